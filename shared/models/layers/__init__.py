@@ -1,0 +1,1 @@
+"""Reusable building blocks; ``shared/models`` assembles them under checkpoint names."""
