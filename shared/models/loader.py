@@ -44,41 +44,59 @@ class CheckpointError(ValueError):
 
 
 def index_checkpoint(checkpoint_dir: Path) -> dict[str, Path]:
-    """Map every tensor name to the file that holds it, reading only the files' headers."""
+    """Map every tensor name to the file that holds it.
+
+    With a shard index the index is trusted and no shard is opened here (so a load opens only
+    the shards that hold its part); without one, each file's header is read.
+    """
     index_path = checkpoint_dir / "model.safetensors.index.json"
     if index_path.exists():
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            key_to_file = {str(k): checkpoint_dir / str(v) for k, v in weight_map.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index_path}: unreadable shard index: {e}") from None
-        files = sorted({checkpoint_dir / name for name in weight_map.values()})
-    else:
-        files = sorted(checkpoint_dir.glob("*.safetensors"))
-        if not files:
-            raise CheckpointError(f"{checkpoint_dir}: no *.safetensors files and no shard index")
-    key_to_file: dict[str, Path] = {}
+        for path in set(key_to_file.values()):
+            if not path.is_file():
+                raise CheckpointError(f"{index_path}: shard {path.name} listed in the index does not exist")
+        return key_to_file
+    files = sorted(checkpoint_dir.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{checkpoint_dir}: no *.safetensors files and no shard index")
+    key_to_file = {}
     for path in files:
-        for key in _read_keys(path):
+        for key in _open(path, lambda f: list(f.keys())):
             if key in key_to_file:
                 raise CheckpointError(f"{path}: key {key!r} also stored in {key_to_file[key]}")
             key_to_file[key] = path
-    if index_path.exists():
-        for key, name in weight_map.items():
-            if key_to_file.get(key) != checkpoint_dir / name:
-                raise CheckpointError(f"{index_path}: key {key!r} is not in {name} as the index claims")
     return key_to_file
 
 
-def _read_keys(path: Path) -> list[str]:
-    if not path.exists():
-        raise CheckpointError(f"{path}: shard listed in the index does not exist")
+def _open(path: Path, use):
     try:
         with safe_open(path, framework="pt") as f:
-            return list(f.keys())
+            return use(f)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(
             f"{path}: not a readable safetensors file (truncated or corrupt?): {e}"
         ) from None
+
+
+def read_tensors(
+    path: Path, keys: list[str], dtype: torch.dtype, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Read just ``keys`` from one file (by offset: the rest of the file is never paged in)."""
+
+    def use(f) -> dict[str, torch.Tensor]:
+        present = set(f.keys())
+        out = {}
+        for key in keys:
+            if key not in present:
+                raise CheckpointError(f"{path}: missing key {key!r} (the shard index places it here)")
+            out[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+        return out
+
+    return _open(path, use)
 
 
 def _map_key(key: str) -> tuple[str, str] | None:
@@ -86,31 +104,6 @@ def _map_key(key: str) -> tuple[str, str] | None:
         if key.startswith(ckpt_prefix):
             return part, ours + key[len(ckpt_prefix) :]
     return None
-
-
-def _get(path: Path, key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    try:
-        with safe_open(path, framework="pt") as f:
-            tensor = f.get_tensor(key)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: cannot read {key!r} (truncated or corrupt file?): {e}") from None
-    return tensor.to(device=device, dtype=dtype)
-
-
-def _fuse_experts(
-    name: str, members: dict[tuple[int, str], tuple[str, Path]], num_experts: int, load
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-expert gate/up/down [I, H] / [I, H] / [H, I] -> fused [E, H, 2I] and [E, I, H]."""
-    gate_up, down = [], []
-    for e in range(num_experts):
-        parts = {}
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            if (e, proj) not in members:
-                raise CheckpointError(f"missing key {name}.{e}.{proj}.weight (per-expert layout)")
-            parts[proj] = load(*members[(e, proj)])
-        gate_up.append(torch.cat((parts["gate_proj"].t(), parts["up_proj"].t()), dim=1))
-        down.append(parts["down_proj"].t())
-    return torch.stack(gate_up), torch.stack(down)
 
 
 def load_model(
@@ -136,50 +129,76 @@ def load_model(
         del expected["lm_head.weight"]
 
     key_to_file = index_checkpoint(checkpoint_dir)
-    state, per_expert = _collect(key_to_file, parts, expected, config, target, device)
-    for name, members in per_expert.items():
-        fused = _fuse_experts(name, members, config.text.num_experts, lambda k, p: _get(p, k, target, device))
-        for suffix, tensor in zip(("gate_up_proj", "down_proj"), fused, strict=True):
-            state[f"{name}.{suffix}"] = (tensor, key_to_file[next(iter(members.values()))[0]])
+    plan = _plan(key_to_file, parts, expected, config)  # ours -> (checkpoint key, file)
+    by_file: dict[Path, list[str]] = {}
+    for key, path in plan.values():
+        by_file.setdefault(path, []).append(key)
+    loaded: dict[str, torch.Tensor] = {}
+    for path, keys in by_file.items():
+        loaded.update(read_tensors(path, keys, target, device))
+    state = {ours: loaded[key] for ours, (key, _) in plan.items() if not PER_EXPERT.match(ours)}
+    state.update(_fuse_experts(plan, loaded, config.text.num_experts))
 
-    for key, param in expected.items():
-        if key not in state:
-            raise CheckpointError(f"{checkpoint_dir}: missing key {_ckpt_name(key)!r} (for {key})")
-        tensor, path = state[key]
-        if tensor.shape != param.shape:
+    for ours, param in expected.items():
+        if ours not in state:
+            raise CheckpointError(f"{checkpoint_dir}: missing key {_ckpt_name(ours)!r}")
+        if state[ours].shape != param.shape:
+            where = plan[ours][1] if ours in plan else checkpoint_dir
             raise CheckpointError(
-                f"{path}: key {_ckpt_name(key)!r} has shape {list(tensor.shape)}, "
+                f"{where}: key {_ckpt_name(ours)!r} has shape {list(state[ours].shape)}, "
                 f"the config implies {list(param.shape)}"
             )
-    model.load_state_dict({k: t for k, (t, _) in state.items()}, strict=True, assign=True)
-    if config.tie_word_embeddings and model.lm_head is not None:
+    tied = config.tie_word_embeddings and model.lm_head is not None
+    if tied:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
 
 
-def _collect(key_to_file, parts, expected, config: ModelConfig, dtype, device):
-    state: dict[str, tuple[torch.Tensor, Path]] = {}
-    per_expert: dict[str, dict[tuple[int, str], tuple[str, Path]]] = {}
+def _plan(
+    key_to_file: dict[str, Path], parts: frozenset[str], expected: dict, config: ModelConfig
+) -> dict[str, tuple[str, Path]]:
+    """Decide which checkpoint tensors this load reads, rejecting keys that fit nowhere."""
+    plan: dict[str, tuple[str, Path]] = {}
     for key, path in key_to_file.items():
         mapped = _map_key(key)
         if mapped is None:
             raise CheckpointError(f"{path}: unexpected key {key!r} (not part of a Qwen3-VL checkpoint)")
         part, ours = mapped
-        if part not in parts:
+        if part not in parts or (ours == "lm_head.weight" and config.tie_word_embeddings):
             continue  # the other half's tensors are never read
-        if ours == "lm_head.weight" and config.tie_word_embeddings:
-            continue
+        match = PER_EXPERT.match(ours)
+        if match and int(match.group(2)) >= config.text.num_experts:
+            raise CheckpointError(f"{path}: unexpected key {key!r}: expert index >= num_experts")
+        if not match and ours not in expected:
+            raise CheckpointError(f"{path}: unexpected key {key!r}")
+        plan[ours] = (key, path)
+    return plan
+
+
+def _fuse_experts(
+    plan: dict[str, tuple[str, Path]], loaded: dict[str, torch.Tensor], num_experts: int
+) -> dict[str, torch.Tensor]:
+    """Per-expert gate/up/down [I, H] / [I, H] / [H, I] -> fused [E, H, 2I] and [E, I, H]."""
+    groups: dict[str, dict[tuple[int, str], torch.Tensor]] = {}
+    for ours, (key, _) in plan.items():
         match = PER_EXPERT.match(ours)
         if match:
-            group, expert, proj = match.group(1), int(match.group(2)), match.group(3)
-            if expert >= config.text.num_experts:
-                raise CheckpointError(f"{path}: unexpected key {key!r}: expert {expert} >= num_experts")
-            per_expert.setdefault(group, {})[(expert, proj)] = (key, path)
-            continue
-        if ours not in expected:
-            raise CheckpointError(f"{path}: unexpected key {key!r}")
-        state[ours] = (_get(path, key, dtype, device), path)
-    return state, per_expert
+            groups.setdefault(match.group(1), {})[(int(match.group(2)), match.group(3))] = loaded[key]
+    fused = {}
+    for group, members in groups.items():
+        gate_up, down = [], []
+        for e in range(num_experts):
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                if (e, proj) not in members:
+                    raise CheckpointError(f"missing key {_ckpt_name(f'{group}.{e}.{proj}.weight')!r}")
+            gate_up.append(torch.cat((members[(e, "gate_proj")].t(), members[(e, "up_proj")].t()), dim=1))
+            down.append(members[(e, "down_proj")].t())
+        fused[f"{group}.gate_up_proj"] = torch.stack(gate_up)
+        fused[f"{group}.down_proj"] = torch.stack(down)
+    return fused
 
 
 def _ckpt_name(ours: str) -> str:

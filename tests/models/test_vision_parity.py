@@ -1,0 +1,49 @@
+"""The vision tower and get_image_feature against transformers' Qwen3VLMoeForConditionalGeneration."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.models.conftest import MAX_PIXELS
+
+
+def test_grids_cover_the_interesting_sizes(images, processor_config):
+    pixels = [g[1] * g[2] * processor_config.patch_size**2 for _, g in images]
+    assert pixels[0] >= processor_config.min_pixels > 40 * 30  # upscaled to the minimum
+    assert any(g[1] != g[2] for _, g in images)  # non-square grids
+    assert pixels[-1] <= MAX_PIXELS < 640 * 480  # downscaled to the maximum
+
+
+def test_each_image_alone_matches_transformers(ours, hf, images):
+    for pixel_values, grid in images:
+        (feature,) = ours.get_image_feature(pixel_values, [grid])
+        with torch.no_grad():
+            ref = hf.model.get_image_features(pixel_values, torch.tensor([grid]), return_dict=True)
+        assert feature.embeds.shape == ref.pooler_output[0].shape
+        torch.testing.assert_close(feature.embeds, ref.pooler_output[0], atol=1e-5, rtol=0)
+        assert feature.deepstack.shape[0] == len(ref.deepstack_features) >= 2
+        for level, ref_level in enumerate(ref.deepstack_features):
+            torch.testing.assert_close(feature.deepstack[level], ref_level[0], atol=1e-5, rtol=0)
+
+
+def test_a_batch_of_images_matches_transformers(ours, hf, images):
+    pixel_values = torch.cat([p for p, _ in images])
+    grids = [g for _, g in images]
+    features = ours.get_image_feature(pixel_values, grids)
+    with torch.no_grad():
+        ref = hf.model.get_image_features(pixel_values, torch.tensor(grids), return_dict=True)
+    assert [f.num_tokens for f in features] == [r.shape[0] for r in ref.pooler_output]
+    for i, feature in enumerate(features):
+        torch.testing.assert_close(feature.embeds, ref.pooler_output[i], atol=1e-5, rtol=0)
+        for level, ref_level in enumerate(ref.deepstack_features):
+            torch.testing.assert_close(feature.deepstack[level], ref_level[i], atol=1e-5, rtol=0)
+
+
+def test_bad_pixel_shape_is_a_clear_error(ours, images):
+    pixel_values, grid = images[0]
+    try:
+        ours.get_image_feature(pixel_values[:-1], [grid])
+    except ValueError as e:
+        assert "do not match grids" in str(e)
+    else:
+        raise AssertionError("a pixel/grid mismatch must be refused")
