@@ -1,0 +1,257 @@
+"""The encoder service: image bytes in, vision-tower embeddings out, pushed straight to prefill.
+
+What it owns: the vision tower (and nothing of the language model), the image preprocessing, a
+byte-bounded LRU cache of embeddings keyed by content hash plus preprocessing settings, and a
+queue of images waiting for a batched vision forward.
+
+Sockets:
+* ``ROUTER`` bound at ``--host:--port``: routers connect with DEALER sockets and send
+  ``EncodeRequest``; answers on it are ``CacheMiss`` (images sent without bytes that are not
+  cached) and ``StageError(bad_request)`` for messages that fail validation.
+* ``PUSH`` to each prefill inbox named in a request's ``reply_to`` (``PushPool``): one
+  ``ImageEmbeddingResult`` per image, or a ``StageError`` in its place.
+* HTTP on ``--http-port``: /health, /ready, /metrics (``metrics.py``).
+
+Life cycle of a request, one stage per step of the loop:
+1. receive: decode and validate the message (a malformed one is answered on the ROUTER, never
+   raised); for each image: past its deadline -> error; cached -> result sent at once; already
+   queued -> join that image; no bytes -> ``CacheMiss`` to the router; else check the hash,
+   decode and preprocess (bad bytes -> ``StageError(bad_image)`` to prefill) and queue it.
+2. schedule: drop waiters past their deadline (told so), then take a batch under the patch budget
+   (``batcher.py``).
+3. run: one ``get_image_feature`` call for the batch.
+4. send: cache each output and push it to every waiter's prefill inbox, tagged with the request id
+   and image index. One request's images may come from several encoders; prefill reassembles.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+
+from services.encoder.batcher import PatchBatcher, PendingImage, Waiter
+from services.encoder.cache import CachedEmbedding, EmbeddingCache
+from services.encoder.config import EncoderConfig
+from services.encoder.metrics import EncoderMetrics, Health
+from services.encoder.runner import VisionRunner
+from shared.multimodal.image import ImageError, image_hash
+from shared.wire import (
+    CacheMiss,
+    EncodeRequest,
+    ErrorKind,
+    ImageEmbeddingResult,
+    ImageInput,
+    PushPool,
+    RouterSocket,
+    StageError,
+    WireError,
+)
+from shared.wire.messages import MAX_IMAGE_BYTES, REQUEST_ID
+
+log = logging.getLogger("encoder")
+IDLE_POLL_S = 0.05  # how long the receive stage blocks when nothing is queued
+MAX_RECV_PER_STEP = 256  # messages admitted per loop turn before the queue gets a chance to run
+
+
+class EncoderServer:
+    def __init__(
+        self, cfg: EncoderConfig, runner: VisionRunner, metrics: EncoderMetrics, health: Health
+    ) -> None:
+        self.cfg = cfg
+        self.runner = runner
+        self.metrics = metrics
+        self.health = health
+        self.cache = EmbeddingCache(cfg.cache_bytes)
+        self.batcher = PatchBatcher(cfg.batch_patches, cfg.cross_request_batching)
+        self.requests = RouterSocket(
+            cfg.bind_address, bind=True, accept=[EncodeRequest], max_frame_bytes=MAX_IMAGE_BYTES + (1 << 20)
+        )
+        self.outbox = PushPool()
+        self.endpoint = self.requests.endpoint
+        self.name = cfg.name or f"encoder@{self.endpoint}"
+
+    # ----- the loop ------------------------------------------------------------------------------
+    def serve(self, stop: threading.Event) -> None:
+        self.health.ready = True
+        log.info(
+            "%s serving (patch budget %d, cache %d bytes)",
+            self.name,
+            self.batcher.patch_budget,
+            self.cache.max_bytes,
+        )
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:  # last resort: a bug in one turn must not take the service down
+                self.metrics.errors.labels(ErrorKind.INTERNAL.value).inc()
+                log.exception("unexpected error in the serving loop; continuing")
+
+    def step(self) -> None:
+        self.health.tick()
+        self.receive(IDLE_POLL_S if not len(self.batcher) else 0.0)
+        batch = self.schedule()
+        if batch:
+            outputs = self.run(batch)
+            if outputs is not None:
+                self.send(batch, outputs)
+        self.metrics.queue_images.set(len(self.batcher))
+        self.metrics.queue_patches.set(self.batcher.queued_patches)
+
+    def close(self) -> None:
+        self.requests.close()
+        self.outbox.close()
+
+    # ----- 1. receive ----------------------------------------------------------------------------
+    def receive(self, timeout: float) -> None:
+        for _ in range(MAX_RECV_PER_STEP):
+            try:
+                got = self.requests.recv(timeout)
+            except WireError as e:
+                self._reject(e)
+                timeout = 0.0
+                continue
+            if got is None:
+                return
+            timeout = 0.0
+            self.admit(*got)
+
+    def _reject(self, e: WireError) -> None:
+        self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
+        rid = e.request_id if e.request_id and re.fullmatch(REQUEST_ID, e.request_id) else None
+        log.warning("rejected a malformed message (request %s): %s", rid, e)
+        if e.peer is None:
+            return
+        reply = StageError(rid, None, ErrorKind.BAD_REQUEST, f"malformed message: {e}"[:4096], self.name)
+        try:
+            self.requests.send(e.peer, reply, self.cfg.send_timeout_s)
+        except WireError as err:
+            self.metrics.send_failures.inc()
+            log.warning("could not answer the sender of a malformed message: %s", err)
+
+    def admit(self, peer: bytes, req: EncodeRequest) -> None:
+        self.metrics.requests.inc()
+        self.metrics.images.inc(len(req.images))
+        arrived, misses = time.monotonic(), []
+        for image in req.images:
+            waiter = Waiter(req.request_id, image.index, req.reply_to, req.deadline, arrived)
+            if time.time() > req.deadline:
+                self._fail(waiter, ErrorKind.DEADLINE_EXCEEDED, "deadline passed before the image was queued")
+                continue
+            key = self.runner.cache_key(image.content_hash)
+            queued = self.batcher.find(key)
+            if queued is not None:  # the same content is already waiting: share its forward
+                self.metrics.cache_lookups.labels("coalesced").inc()
+                queued.waiters.append(waiter)
+                continue
+            cached = self.cache.get(key) if self.cache.max_bytes else None
+            self.metrics.cache_lookups.labels("hit" if cached else "miss").inc()
+            self.metrics.cache_hit_rate.set(self.cache.hit_rate)
+            if cached is not None:
+                self._deliver(waiter, image.content_hash, cached, from_cache=True)
+            elif image.data is None:
+                misses.append(image)
+            else:
+                self._queue(image, key, waiter)
+        if misses:
+            self._report_misses(peer, req.request_id, misses)
+
+    def _queue(self, image: ImageInput, key: str, waiter: Waiter) -> None:
+        assert image.data is not None
+        if image_hash(image.data) != image.content_hash:
+            self._fail(waiter, ErrorKind.BAD_REQUEST, "content_hash is not the SHA-256 of the image bytes")
+            return
+        try:
+            pixel_values, grid = self.runner.prepare(image.data, self.cfg.max_image_pixels)
+        except ImageError as e:
+            self._fail(waiter, ErrorKind.BAD_IMAGE, str(e))
+            return
+        except Exception as e:  # anything the image library did not anticipate, e.g. MemoryError
+            log.exception("[%s] image %d: preprocessing failed", waiter.request_id, waiter.image_index)
+            self._fail(
+                waiter, ErrorKind.BAD_IMAGE, f"image could not be preprocessed: {type(e).__name__}: {e}"
+            )
+            return
+        queued = self.batcher.queued_patches
+        if queued and queued + pixel_values.shape[0] > self.cfg.max_queued_patches:  # one image always fits
+            self._fail(waiter, ErrorKind.OVERLOADED, f"encoder queue is full ({queued} patches waiting)")
+            return
+        self.batcher.add(PendingImage(key, image.content_hash, pixel_values, grid, [waiter]))
+
+    def _report_misses(self, peer: bytes, request_id: str, misses: list[ImageInput]) -> None:
+        self.metrics.cache_misses_reported.inc(len(misses))
+        reply = CacheMiss(request_id, [im.index for im in misses], [im.content_hash for im in misses])
+        try:
+            self.requests.send(peer, reply, self.cfg.send_timeout_s)
+        except WireError as e:
+            self.metrics.send_failures.inc()
+            log.warning("[%s] could not report cache misses to the router: %s", request_id, e)
+
+    # ----- 2. schedule ---------------------------------------------------------------------------
+    def schedule(self) -> list[PendingImage]:
+        for waiter in self.batcher.expire(time.time()):
+            self._fail(waiter, ErrorKind.DEADLINE_EXCEEDED, "deadline passed while the image was queued")
+        return self.batcher.next_batch()
+
+    # ----- 3. run --------------------------------------------------------------------------------
+    def run(self, batch: list[PendingImage]) -> list[CachedEmbedding] | None:
+        patches = sum(im.num_patches for im in batch)
+        start = time.perf_counter()
+        try:
+            outputs = self.runner.run(batch)
+        except Exception as e:  # a failed forward fails its images, never the service
+            log.exception("vision forward failed for %d images", len(batch))
+            for image in batch:
+                for waiter in image.waiters:
+                    self._fail(waiter, ErrorKind.INTERNAL, f"vision forward failed: {type(e).__name__}: {e}")
+            return None
+        self.metrics.forward_seconds.observe(time.perf_counter() - start)
+        self.metrics.forwards.inc()
+        self.metrics.batch_images.observe(len(batch))
+        self.metrics.batch_patches.observe(patches)
+        self.metrics.batch_requests.observe(len({w.request_id for im in batch for w in im.waiters}))
+        return outputs
+
+    # ----- 4. send -------------------------------------------------------------------------------
+    def send(self, batch: list[PendingImage], outputs: list[CachedEmbedding]) -> None:
+        for image, output in zip(batch, outputs, strict=True):
+            if self.cache.max_bytes:
+                evicted = self.cache.evictions
+                self.cache.put(image.key, output)
+                self.metrics.cache_evictions.inc(self.cache.evictions - evicted)
+                self.metrics.cache_bytes.set(self.cache.bytes)
+            for waiter in image.waiters:
+                self._deliver(waiter, image.content_hash, output, from_cache=False)
+
+    def _deliver(self, waiter: Waiter, content_hash: str, out: CachedEmbedding, from_cache: bool) -> None:
+        result = ImageEmbeddingResult(
+            waiter.request_id, waiter.image_index, content_hash, out.grid_thw, out.embeds, out.deepstack,
+            from_cache, self.name,
+        )  # fmt: skip
+        try:
+            self.outbox.send(waiter.reply_to, result, self.cfg.send_timeout_s)
+        except WireError as e:
+            self.metrics.send_failures.inc()
+            log.warning(
+                "[%s] image %d: result not delivered to %s: %s",
+                waiter.request_id,
+                waiter.image_index,
+                waiter.reply_to,
+                e,
+            )
+            return
+        self.metrics.bytes_shipped.inc(out.nbytes)
+        self.metrics.results.labels(str(from_cache).lower()).inc()
+        self.metrics.encode_latency.observe(time.monotonic() - waiter.received_at)
+
+    def _fail(self, waiter: Waiter, kind: ErrorKind, message: str) -> None:
+        """Tell the waiter's prefill inbox that this image failed."""
+        self.metrics.errors.labels(kind.value).inc()
+        log.info("[%s] image %d: %s: %s", waiter.request_id, waiter.image_index, kind.value, message)
+        error = StageError(waiter.request_id, waiter.image_index, kind, message[:4096], self.name)
+        try:
+            self.outbox.send(waiter.reply_to, error, self.cfg.send_timeout_s)
+        except WireError as e:
+            self.metrics.send_failures.inc()
+            log.warning("[%s] error not delivered to %s: %s", waiter.request_id, waiter.reply_to, e)

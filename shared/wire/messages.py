@@ -1,0 +1,131 @@
+"""Every message exchanged between services, one section per channel.
+
+Channels (sender -> receiver: messages):
+
+* router -> encoder (DEALER -> ROUTER): ``EncodeRequest``
+* encoder -> router (ROUTER -> DEALER, replies): ``CacheMiss``; ``StageError`` for a request that
+  failed validation (its prefill address is not trustworthy, so the error goes back to the sender)
+* encoder -> prefill (PUSH -> PULL, the address named in the request): ``ImageEmbeddingResult``,
+  or ``StageError`` where that result would have gone
+* later issues add router -> prefill, prefill -> decode (KV) and decode -> router sections here;
+  when this file passes ~300 lines it becomes a package with one module per channel.
+
+Identifiers are validated by pattern; deadlines are absolute Unix times in seconds (``time.time()``),
+so every hop can tell whether a request is still worth working on.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from shared.wire.schema import message, rule, struct
+
+REQUEST_ID = r"[A-Za-z0-9._:@-]{1,128}"
+CONTENT_HASH = r"[0-9a-f]{64}"  # SHA-256 hex of the raw image bytes (shared.multimodal.image.image_hash)
+ADDRESS = r"(tcp://[A-Za-z0-9.\-\[\]:*]{1,253}:[0-9]{1,5}|ipc://[^\s]{1,200}|inproc://[^\s]{1,200})"
+MAX_IMAGES_PER_REQUEST = 256
+MAX_IMAGE_INDEX = 4095
+MAX_IMAGE_BYTES = 64 << 20
+MAX_GRID = 1 << 16
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ErrorKind(enum.StrEnum):
+    BAD_REQUEST = "bad_request"  # the message itself was malformed or inconsistent
+    BAD_IMAGE = "bad_image"  # the image bytes cannot be decoded or are out of limits
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    OVERLOADED = "overloaded"
+    INTERNAL = "internal"
+    ABORTED = "aborted"
+
+
+# ----- shared ----------------------------------------------------------------------------------------
+@message("stage_error")
+class StageError:
+    """A stage could not do its part of a request (or of one image of it), delivered where that
+    part's result would have gone. ``request_id`` is None only when the message that failed did
+    not reveal one; ``image_index`` is None when the whole request failed."""
+
+    request_id: str | None = rule(pattern=REQUEST_ID)
+    image_index: int | None = rule(ge=0, le=MAX_IMAGE_INDEX)
+    kind: ErrorKind
+    message: str = rule(max_len=4096)
+    source: str = rule(max_len=256)  # which service reported it, e.g. "encoder@tcp://10.0.0.5:5600"
+
+
+# ----- router -> encoder -----------------------------------------------------------------------------
+@struct
+class ImageInput:
+    index: int = rule(ge=0, le=MAX_IMAGE_INDEX)  # position of the image in its request
+    content_hash: str = rule(pattern=CONTENT_HASH)
+    data: bytes | None = rule(max_len=MAX_IMAGE_BYTES, default=None)  # None: "you have it cached"
+
+
+@message("encode_request")
+class EncodeRequest:
+    """Encode some (or all) images of one request and push each result to ``reply_to``.
+
+    One request's images may be spread over several encoders; each result carries its index.
+    """
+
+    request_id: str = rule(pattern=REQUEST_ID)
+    images: list[ImageInput] = rule(min_len=1, max_len=MAX_IMAGES_PER_REQUEST)
+    reply_to: str = rule(pattern=ADDRESS)  # the prefill worker's embedding inbox
+    deadline: float = rule(ge=0)
+
+    def validate(self) -> None:
+        indexes = [im.index for im in self.images]
+        if len(set(indexes)) != len(indexes):
+            raise ValueError(f"image indexes {indexes} are not unique")
+
+
+# ----- encoder -> router -----------------------------------------------------------------------------
+@message("cache_miss")
+class CacheMiss:
+    """These images were sent without bytes but are not in this encoder's cache: send them again
+    with their bytes (the other images of the request are being encoded)."""
+
+    request_id: str = rule(pattern=REQUEST_ID)
+    image_indexes: list[int] = rule(ge=0, le=MAX_IMAGE_INDEX, min_len=1, max_len=MAX_IMAGES_PER_REQUEST)
+    content_hashes: list[str] = rule(pattern=CONTENT_HASH, min_len=1, max_len=MAX_IMAGES_PER_REQUEST)
+
+    def validate(self) -> None:
+        if len(self.image_indexes) != len(self.content_hashes):
+            raise ValueError("image_indexes and content_hashes differ in length")
+
+
+# ----- encoder -> prefill ----------------------------------------------------------------------------
+@message("image_embedding")
+class ImageEmbeddingResult:
+    """The vision tower's output for one image: what prefill splices in at its image tokens."""
+
+    request_id: str = rule(pattern=REQUEST_ID)
+    image_index: int = rule(ge=0, le=MAX_IMAGE_INDEX)
+    content_hash: str = rule(pattern=CONTENT_HASH)
+    grid_thw: tuple[int, int, int] = rule(ge=1, le=MAX_GRID)
+    embeds: torch.Tensor = rule(dtypes=FLOAT_DTYPES, ndim=2)  # [n, H]
+    deepstack: torch.Tensor = rule(dtypes=FLOAT_DTYPES, ndim=3)  # [S, n, H]
+    cached: bool = False  # served from the encoder's cache (informational)
+    source: str = rule(max_len=256, default="")
+
+    def validate(self) -> None:
+        n, h = self.embeds.shape
+        if tuple(self.deepstack.shape[1:]) != (n, h):
+            raise ValueError(f"deepstack {list(self.deepstack.shape)} does not match embeds {[n, h]}")
+        if self.deepstack.dtype != self.embeds.dtype:
+            raise ValueError(
+                f"deepstack dtype {self.deepstack.dtype} differs from embeds {self.embeds.dtype}"
+            )
+        t, gh, gw = self.grid_thw
+        if n == 0 or (t * gh * gw) % n:
+            raise ValueError(f"{n} embedding rows cannot come from a {t}x{gh}x{gw} patch grid")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.embeds.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.embeds.nbytes + self.deepstack.nbytes

@@ -1,0 +1,105 @@
+"""The serving loop driven step by step in-process: batching across requests, overload, invariance."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.encoder.client import EncoderClient
+from services.encoder.config import EncoderConfig
+from services.encoder.metrics import EncoderMetrics, Health
+from services.encoder.runner import VisionRunner
+from services.encoder.server import EncoderServer
+from shared.wire import ErrorKind, ImageEmbeddingResult, PullSocket, StageError
+from tests.encoder.conftest import collect, png
+
+
+@pytest.fixture(scope="module")
+def runner(checkpoint: Path) -> VisionRunner:
+    return VisionRunner(checkpoint, "cpu", "float32")
+
+
+def make_server(runner: VisionRunner, checkpoint: Path, **changes) -> EncoderServer:
+    cfg = EncoderConfig(model=checkpoint, port=0, http_port=0, **changes)
+    return EncoderServer(cfg, runner, EncoderMetrics(), Health())
+
+
+@pytest.fixture
+def client_and_server(
+    request, runner: VisionRunner, checkpoint: Path
+) -> Iterator[tuple[EncoderClient, EncoderServer]]:
+    server = make_server(runner, checkpoint, **getattr(request, "param", {}))
+    client = EncoderClient(server.endpoint)
+    try:
+        yield client, server
+    finally:
+        client.close()
+        server.close()
+
+
+def sample(server: EncoderServer, name: str) -> float:
+    return server.metrics.registry.get_sample_value(name) or 0.0
+
+
+def submit_three(client: EncoderClient, inbox: PullSocket) -> None:
+    client.submit("A", {0: png(64, 64, 1), 1: png(128, 64, 2)}, inbox.endpoint)
+    client.submit("B", {0: png(96, 96, 3)}, inbox.endpoint)
+    client.submit("C", {0: png(64, 160, 4)}, inbox.endpoint)
+    time.sleep(0.3)  # all three are in the socket before the loop turns
+
+
+def test_waiting_images_of_different_requests_share_one_forward(client_and_server, inbox, reference) -> None:
+    client, server = client_and_server
+    submit_three(client, inbox)
+    server.step()
+    got = collect(inbox, 4)
+    assert sample(server, "encoder_vision_forwards_total") == 1
+    assert sample(server, "encoder_batch_requests_sum") == 3
+    # Batched, yet bit-identical to encoding each image alone (see test_batch_invariance).
+    images = {
+        ("A", 0): png(64, 64, 1),
+        ("A", 1): png(128, 64, 2),
+        ("B", 0): png(96, 96, 3),
+        ("C", 0): png(64, 160, 4),
+    }
+    for msg in got:
+        assert isinstance(msg, ImageEmbeddingResult)
+        assert torch.equal(msg.embeds, reference(images[(msg.request_id, msg.image_index)]).embeds)
+
+
+@pytest.mark.parametrize("client_and_server", [{"cross_request_batching": False}], indirect=True)
+def test_without_cross_request_batching_each_request_runs_alone(client_and_server, inbox) -> None:
+    client, server = client_and_server
+    submit_three(client, inbox)
+    for _ in range(3):
+        server.step()
+    collect(inbox, 4)
+    assert sample(server, "encoder_vision_forwards_total") == 3
+    assert sample(server, "encoder_batch_requests_sum") == 3
+
+
+@pytest.mark.parametrize("client_and_server", [{"patch_budget": 16}], indirect=True)
+def test_patch_budget_splits_batches(client_and_server, inbox) -> None:
+    client, server = client_and_server
+    submit_three(client, inbox)  # 16 + 32 + 36 + 40 patches
+    server.step()
+    assert len(collect(inbox, 1)) == 1 and len(server.batcher) == 3
+    for _ in range(3):
+        server.step()
+    collect(inbox, 3)
+    assert sample(server, "encoder_vision_forwards_total") == 4
+
+
+@pytest.mark.parametrize("client_and_server", [{"max_queued_patches": 40}], indirect=True)
+def test_overload_is_refused_with_an_error(client_and_server, inbox) -> None:
+    client, server = client_and_server
+    submit_three(client, inbox)
+    server.step()
+    got = collect(inbox, 4)
+    errors = [m for m in got if isinstance(m, StageError)]
+    assert [(e.request_id, e.image_index) for e in errors] == [("A", 1), ("B", 0), ("C", 0)]
+    assert all(e.kind is ErrorKind.OVERLOADED for e in errors)

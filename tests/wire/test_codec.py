@@ -1,0 +1,264 @@
+"""The codec: every message type round-trips; every kind of malformed input is a WireError."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import pytest
+import torch
+
+from shared.wire import (
+    CacheMiss,
+    EncodeRequest,
+    ErrorKind,
+    ImageEmbeddingResult,
+    ImageInput,
+    StageError,
+    WireError,
+    decode,
+    encode,
+)
+
+H1, H2 = "a" * 64, "0123456789abcdef" * 4
+
+
+def result(dtype: torch.dtype = torch.bfloat16, n: int = 6, h: int = 8, s: int = 3) -> ImageEmbeddingResult:
+    return ImageEmbeddingResult(
+        request_id="req-1",
+        image_index=2,
+        content_hash=H1,
+        grid_thw=(1, 4, 6),
+        embeds=torch.randn(n, h).to(dtype),
+        deepstack=torch.randn(s, n, h).to(dtype),
+        cached=True,
+        source="encoder@tcp://127.0.0.1:5600",
+    )
+
+
+def request(**changes) -> EncodeRequest:
+    fields = dict(
+        request_id="chatcmpl-42",
+        images=[ImageInput(0, H1, b"\x89PNG..."), ImageInput(3, H2)],
+        reply_to="tcp://10.0.0.7:7001",
+        deadline=time.time() + 30,
+    )
+    fields.update(changes)
+    return EncodeRequest(**fields)
+
+
+def header_and_frames(msg) -> tuple[dict, list[bytes]]:
+    frames = [bytes(f) for f in encode(msg)]
+    return msgpack.unpackb(frames[0]), frames[1:]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+
+def repack(header: dict, data: list[bytes]) -> list[bytes]:
+    return [msgpack.packb(header, use_bin_type=True), *data]
+
+
+# ----- round trips ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_embedding_round_trip_is_bit_exact(dtype: torch.dtype) -> None:
+    msg = result(dtype)
+    got = decode(encode(msg))
+    assert isinstance(got, ImageEmbeddingResult)
+    assert got.embeds.dtype == dtype and got.deepstack.dtype == dtype
+    # Bitwise, through an integer view: bf16 NaN payloads and -0.0 would hide behind float ==.
+    assert torch.equal(bits(got.embeds), bits(msg.embeds))
+    assert torch.equal(bits(got.deepstack), bits(msg.deepstack))
+    assert (got.request_id, got.image_index, got.content_hash, got.grid_thw, got.cached, got.source) == (
+        "req-1", 2, H1, (1, 4, 6), True, "encoder@tcp://127.0.0.1:5600",
+    )  # fmt: skip
+
+
+def test_tensor_frames_are_raw_bytes_not_copies() -> None:
+    msg = result(torch.bfloat16)
+    frames = encode(msg)
+    assert len(frames) == 3
+    assert bytes(frames[1]) == msg.embeds.view(torch.uint8).numpy().tobytes()
+    header = msgpack.unpackb(frames[0])
+    assert header["frames"][0] == {"dtype": "bfloat16", "shape": [6, 8]}
+    # Sending views the tensor's own memory.
+    msg.embeds[0, 0] = 123.0
+    assert bytes(frames[1])[:2] == msg.embeds[0, :1].view(torch.uint8).numpy().tobytes()
+
+
+def test_noncontiguous_and_empty_tensors() -> None:
+    base = torch.randn(8, 6)
+    msg = ImageEmbeddingResult("r", 0, H1, (1, 2, 2), base.t()[:4], torch.randn(0, 4, 8))
+    got = decode(encode(msg))
+    assert torch.equal(got.embeds, base.t()[:4]) and got.deepstack.shape == (0, 4, 8)
+
+
+def test_request_round_trip() -> None:
+    msg = request()
+    got = decode(encode(msg))
+    assert got.request_id == msg.request_id and got.reply_to == msg.reply_to and got.deadline == msg.deadline
+    assert [(im.index, im.content_hash, im.data) for im in got.images] == [
+        (0, H1, b"\x89PNG..."),
+        (3, H2, None),
+    ]
+
+
+def test_error_and_miss_round_trip() -> None:
+    err = decode(encode(StageError(None, None, ErrorKind.BAD_REQUEST, "bad", "encoder")))
+    assert err.kind is ErrorKind.BAD_REQUEST and err.request_id is None and err.image_index is None
+    err = decode(encode(StageError("r", 4, ErrorKind.BAD_IMAGE, "truncated PNG", "encoder")))
+    assert (err.request_id, err.image_index, err.kind, err.message) == (
+        "r",
+        4,
+        ErrorKind.BAD_IMAGE,
+        "truncated PNG",
+    )
+    miss = decode(encode(CacheMiss("r", [1, 3], [H1, H2])))
+    assert miss.image_indexes == [1, 3] and miss.content_hashes == [H1, H2]
+
+
+def test_expect_limits_accepted_types() -> None:
+    frames = encode(request())
+    assert isinstance(decode(frames, [EncodeRequest]), EncodeRequest)
+    with pytest.raises(WireError, match="not accepted here"):
+        decode(frames, [ImageEmbeddingResult])
+
+
+# ----- invalid outgoing messages never leave --------------------------------------------------------
+def test_encode_validates_too() -> None:
+    with pytest.raises(WireError, match="reply_to"):
+        encode(request(reply_to="http://example.com"))
+    with pytest.raises(WireError, match="not unique"):
+        encode(request(images=[ImageInput(0, H1), ImageInput(0, H2)]))
+    with pytest.raises(WireError, match="does not match embeds"):
+        encode(ImageEmbeddingResult("r", 0, H1, (1, 2, 2), torch.zeros(1, 4), torch.zeros(2, 1, 5)))
+
+
+# ----- malformed inbound ---------------------------------------------------------------------------
+def test_garbage_msgpack() -> None:
+    deep = b"\x91" * 100_000 + b"\xc0"  # an array nested 100,000 deep
+    huge = b"\xdd\xff\xff\xff\xff"  # claims 4 billion items
+    ext = b"\xc7\x05\x01abcde"  # msgpack extension types are never decoded into objects
+    for garbage in (b"", b"\xc1", b"\x93\x01", b"\xff" * 20, b"\x81\xa1a", deep, huge, ext):
+        with pytest.raises(WireError, match="msgpack|header"):
+            decode([garbage])
+    with pytest.raises(WireError, match="no header"):
+        decode([])
+
+
+def test_header_shape_is_strict() -> None:
+    header, data = header_and_frames(request())
+    with pytest.raises(WireError, match="header must be a map"):
+        decode(repack([1, 2, 3], data))
+    with pytest.raises(WireError, match="header must be a map"):
+        decode(repack({**header, "extra": 1}, data))
+    with pytest.raises(WireError, match="protocol version"):
+        decode(repack({**header, "v": 99}, data))
+    with pytest.raises(WireError, match="unknown message type"):
+        decode(repack({**header, "type": "pickle"}, data))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        (("request_id",), 7, "expected a string"),
+        (("request_id",), "has space", "does not match"),
+        (("request_id",), "x" * 500, "does not match"),
+        (("deadline",), "soon", "expected a number"),
+        (("deadline",), -1.0, "outside"),
+        (("reply_to",), "file:///etc/passwd", "does not match"),
+        (("images",), [], "length 0"),
+        (("images",), "abc", "expected a list"),
+        (("images", 0, "index"), True, "expected an int"),
+        (("images", 0, "index"), -1, "outside"),
+        (("images", 0, "index"), 1.5, "expected an int"),
+        (("images", 0, "content_hash"), "XYZ", "does not match"),
+        (("images", 0, "data"), "not-a-frame-index", "data frame index"),
+        (("images", 0, "data"), 9, "data frame index"),
+        (("images", 0), [1, 2], "expected a map"),
+    ],
+)
+def test_wrong_field_types_and_ranges(path: tuple, value, match: str) -> None:
+    header, data = header_and_frames(request())
+    node = header["body"]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(WireError, match=match) as info:
+        decode(repack(header, data))
+    if path[0] != "request_id":
+        assert info.value.request_id == "chatcmpl-42"  # services can tag their error reply
+
+
+def test_missing_and_unknown_fields() -> None:
+    header, data = header_and_frames(request())
+    del header["body"]["reply_to"]
+    with pytest.raises(WireError, match="reply_to: required field is missing"):
+        decode(repack(header, data))
+    header, data = header_and_frames(request())
+    header["body"]["images"][1]["exec"] = "rm -rf /"
+    with pytest.raises(WireError, match="unknown field"):
+        decode(repack(header, data))
+
+
+def test_enum_values_are_checked() -> None:
+    header, data = header_and_frames(StageError("r", 0, ErrorKind.INTERNAL, "x", "enc"))
+    header["body"]["kind"] = "segfault"
+    with pytest.raises(WireError, match="not one of"):
+        decode(repack(header, data))
+
+
+def test_truncated_and_extra_frames() -> None:
+    header, data = header_and_frames(result())
+    with pytest.raises(WireError, match="describes 2 data frames but 1 arrived"):
+        decode(repack(header, data[:1]))
+    with pytest.raises(WireError, match="describes 2 data frames but 3 arrived"):
+        decode(repack(header, [*data, b"\x00" * 4]))
+    with pytest.raises(WireError, match="needs 96 bytes but the frame holds 95"):
+        decode(repack(header, [data[0][:-1], data[1]]))
+
+
+def test_bad_dtype_and_shape() -> None:
+    for desc, match in [
+        ({"dtype": "object", "shape": [6, 8]}, "unsupported dtype"),
+        ({"dtype": "float32", "shape": [6, 8]}, "needs 192 bytes"),
+        ({"dtype": "bfloat16", "shape": [8, 6, 1]}, "expected 2 dimensions"),
+        ({"dtype": "bfloat16", "shape": [-6, -8]}, "non-negative"),
+        ({"dtype": "bfloat16", "shape": "6x8"}, "shape must be a list"),
+        ({"dtype": "bfloat16"}, "exactly 'dtype' and 'shape'"),
+        ({"dtype": "int32", "shape": [6, 4]}, "not allowed"),
+    ]:
+        header, data = header_and_frames(result())
+        header["frames"][0] = desc
+        with pytest.raises(WireError, match=match):
+            decode(repack(header, data))
+
+
+def test_cross_field_checks_run_on_receive() -> None:
+    header, data = header_and_frames(result(n=6))
+    header["body"]["grid_thw"] = [1, 5, 5]  # 25 patches cannot give 6 tokens
+    with pytest.raises(WireError, match="patch grid"):
+        decode(repack(header, data))
+    header, data = header_and_frames(result())
+    header["body"]["grid_thw"] = [1, 4]
+    with pytest.raises(WireError, match="expected 3 items"):
+        decode(repack(header, data))
+
+
+def test_frames_must_be_used_exactly_once() -> None:
+    header, data = header_and_frames(result())
+    header["body"]["deepstack"] = 0  # both tensors point at frame 1
+    with pytest.raises(WireError, match="referenced twice"):
+        decode(repack(header, data))
+    header, data = header_and_frames(request())
+    header["body"]["images"][0]["data"] = None  # the bytes frame is now orphaned
+    with pytest.raises(WireError, match="not referenced"):
+        decode(repack(header, data))
+
+
+def test_bytes_field_rejects_a_tensor_frame() -> None:
+    header, data = header_and_frames(request())
+    header["frames"][0] = {"dtype": "uint8", "shape": [len(data[0])]}
+    with pytest.raises(WireError, match="expected a bytes frame"):
+        decode(repack(header, data))
