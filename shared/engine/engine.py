@@ -1,0 +1,223 @@
+"""The engine core shared by the prefill and decode services: requests in, tokens out.
+
+Life cycle of a request:
+
+1. ``add_request`` validates it (image spans, shapes, fits the pool on its own) and queues a
+   ``Sequence`` (WAITING).
+2. Each ``step()`` is schedule -> run -> postprocess. The scheduler admits it (taking any cached
+   prefix of its prompt) and hands out prompt chunks until the prompt is computed; the runner
+   writes its K/V into its blocks; after the step its full prompt blocks join the prefix cache.
+   When its last token has been computed, the sampler picks the next token, and from then on it
+   decodes one token per step. Under memory pressure it may be preempted back to WAITING and
+   recomputed later.
+3. It finishes on a stop token, the model's EOS (unless ``ignore_eos``), ``max_tokens`` or
+   ``max_model_len``: its blocks are freed and the last ``TokenOutput`` carries the reason. A
+   ``prefill_only`` request finishes after its first token but keeps its blocks, so that its
+   state and KV can be exported (``export_state`` / ``export_kv`` / ``export_kv_layer``), until
+   ``release``. ``abort`` ends a request in any state and frees all it holds.
+
+The receiving side imports a sequence either whole (``import_sequence``: queued, written into the
+pool when blocks are free) or layer by layer (``begin_import``, ``import_kv_layer``,
+``finish_import``); it then decodes like any other sequence.
+
+Not thread-safe: one thread (the service's loop) calls every method, between steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+import torch
+
+from shared.engine.block_manager import BlockManager
+from shared.engine.config import EngineConfig
+from shared.engine.kv_pool import KVPool
+from shared.engine.kv_transfer import SequenceState, check_kv, check_layer
+from shared.engine.model_runner import ModelRunner
+from shared.engine.moe_kernels import install_kernel, select_kernel
+from shared.engine.request import FinishReason, Request, TokenOutput
+from shared.engine.sampler import Sampler
+from shared.engine.scheduler import Scheduler
+from shared.engine.sequence import Sequence, Status
+from shared.models.layers.attention import SequenceKV
+from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
+
+
+class Engine:
+    def __init__(self, model: Qwen3VLMoeForConditionalGeneration, config: EngineConfig | None = None) -> None:
+        self.config = config = config or EngineConfig()
+        self.model_config = model.config
+        text = model.config.text
+        weight = next(model.parameters())
+        self.device, dtype = weight.device, weight.dtype
+        num_blocks = config.resolve_num_blocks(text, dtype)
+        self.pool = KVPool(
+            text.num_hidden_layers, num_blocks, config.block_size, text.num_key_value_heads, text.head_dim,
+            dtype, self.device,
+        )  # fmt: skip
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
+        self.scheduler = Scheduler(config, self.blocks, self.pool)
+        install_kernel(model, select_kernel(config.moe_kernel, self.device, dtype))
+        self.runner = ModelRunner(model, self.pool)
+        self.sampler = Sampler(config.seed, self.device)
+        self.max_model_len = config.resolve_max_model_len(text)
+        self.eos_token_ids = frozenset(model.config.eos_token_ids)
+        self.seqs: dict[str, Sequence] = {}  # every request the engine holds anything for
+        self._importing: dict[str, Sequence] = {}  # layer-by-layer imports in progress
+        self._imported_layers: dict[str, set[int]] = {}
+        self._arrivals = itertools.count()
+
+    # ----- requests ---------------------------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        cfg = self.model_config
+        request.validate(cfg.image_token_id, cfg.num_deepstack_levels, cfg.text.hidden_size)
+        self._check_new(request.request_id, len(request.prompt_token_ids), request.params.max_tokens)
+        seq = Sequence.from_request(request, next(self._arrivals), self.device)
+        self.seqs[seq.request_id] = seq
+        self.scheduler.add(seq)
+
+    def _check_new(self, request_id: str, num_prompt_tokens: int, max_tokens: int) -> None:
+        if request_id in self.seqs or request_id in self._importing:
+            raise ValueError(f"request {request_id} is already in the engine")
+        if num_prompt_tokens >= self.max_model_len:
+            raise ValueError(
+                f"request {request_id}: {num_prompt_tokens} prompt tokens >= {self.max_model_len}"
+            )
+        longest = min(num_prompt_tokens + max_tokens, self.max_model_len)
+        if self.blocks.blocks_for(longest) > self.blocks.num_blocks:
+            raise ValueError(
+                f"request {request_id}: {longest} tokens need more than the pool's {self.blocks.num_blocks} blocks"
+            )
+
+    def abort(self, request_id: str) -> bool:
+        """End the request wherever it is and free all it holds; False if the engine has no such request."""
+        seq = self.seqs.pop(request_id, None) or self._importing.pop(request_id, None)
+        if seq is None:
+            return False
+        self._imported_layers.pop(request_id, None)
+        self.scheduler.abort(seq)
+        seq.finish_reason = seq.finish_reason or FinishReason.ABORT
+        return True
+
+    def release(self, request_id: str) -> None:
+        """Free a finished ``prefill_only`` request's blocks (after its KV was exported)."""
+        seq = self.seqs.get(request_id)
+        if seq is None or seq.status is not Status.FINISHED:
+            raise KeyError(f"no finished request {request_id} holds KV")
+        self.abort(request_id)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.blocks.num_free_blocks
+
+    # ----- the loop ---------------------------------------------------------------------------------
+    def step(self) -> list[TokenOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        sampling, logits = self.runner.run(batch.scheduled)
+        for s in batch.scheduled:
+            s.seq.num_computed_tokens = s.end
+            self.blocks.register(s.seq)
+        if logits is None:
+            return []
+        seqs = [s.seq for s in sampling]
+        sampled = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        outputs = []
+        for i, seq in enumerate(seqs):
+            token = sampled.token_ids[i]
+            seq.token_ids.append(token)
+            reason = self._stop_reason(seq, token)
+            outputs.append(
+                TokenOutput(seq.request_id, token, sampled.logprobs[i], sampled.top_logprobs[i], reason)
+            )
+            if reason is not None:
+                seq.finish_reason = reason
+                self.scheduler.finish(seq, keep_blocks=seq.prefill_only)
+                if not seq.prefill_only:
+                    del self.seqs[seq.request_id]
+        return outputs
+
+    def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        p = seq.params
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
+            return FinishReason.STOP
+        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return FinishReason.PREFILLED if seq.prefill_only else None
+
+    def generate(self, requests: Iterable[Request]) -> dict[str, list[int]]:
+        """Add the requests and step until nothing is left; the tokens of every request that ran."""
+        results: dict[str, list[int]] = {}
+        for r in requests:
+            self.add_request(r)
+            results[r.request_id] = []
+        while self.has_unfinished():
+            for out in self.step():
+                results.setdefault(out.request_id, []).append(out.token_id)
+        return results
+
+    # ----- export ------------------------------------------------------------------------------------
+    def _resident(self, request_id: str) -> Sequence:
+        seq = self.seqs.get(request_id)
+        if seq is None or not seq.block_table or seq.num_uncomputed_tokens != 1:
+            raise KeyError(f"request {request_id} has no exportable KV (unknown, waiting or mid-prefill)")
+        return seq
+
+    def export_state(self, request_id: str) -> SequenceState:
+        return SequenceState.of(self._resident(request_id))
+
+    def export_kv(self, request_id: str) -> SequenceKV:
+        seq = self._resident(request_id)
+        return self.pool.read(seq.block_table, seq.num_computed_tokens)
+
+    def export_kv_layer(self, request_id: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seq = self._resident(request_id)
+        return self.pool.read_layer(seq.block_table, seq.num_computed_tokens, layer)
+
+    # ----- import ------------------------------------------------------------------------------------
+    def _new_import(self, state: SequenceState) -> Sequence:
+        self._check_new(state.request_id, state.num_prompt_tokens, state.params.max_tokens)
+        return state.to_sequence(next(self._arrivals), self.device)
+
+    def import_sequence(self, state: SequenceState, kv: SequenceKV) -> None:
+        """Queue a sequence with all its KV; it joins the running batch when blocks are free."""
+        text = self.model_config.text
+        check_kv(kv, state.num_kv_tokens, text.num_hidden_layers, text.num_key_value_heads, text.head_dim)
+        seq = self._new_import(state)
+        seq.host_kv = kv
+        self.seqs[seq.request_id] = seq
+        self.scheduler.add(seq)
+
+    def begin_import(self, state: SequenceState) -> bool:
+        """Reserve blocks for a sequence whose KV arrives layer by layer; False if the pool is full now."""
+        seq = self._new_import(state)
+        if not self.blocks.can_grow(seq, seq.num_tokens):
+            return False
+        self.blocks.grow(seq, seq.num_tokens)
+        self._importing[seq.request_id] = seq
+        self._imported_layers[seq.request_id] = set()
+        return True
+
+    def import_kv_layer(self, request_id: str, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        seq = self._importing[request_id]
+        text = self.model_config.text
+        if not 0 <= layer < text.num_hidden_layers:
+            raise ValueError(f"layer {layer} out of range")
+        check_layer(layer, k, v, seq.num_computed_tokens, text.num_key_value_heads, text.head_dim)
+        self.pool.write_layer(seq.block_table, layer, k, v)
+        self._imported_layers[request_id].add(layer)
+
+    def finish_import(self, request_id: str) -> None:
+        """All layers arrived: the sequence joins the queue (it already holds its blocks)."""
+        missing = set(range(self.model_config.text.num_hidden_layers)) - self._imported_layers[request_id]
+        if missing:
+            raise ValueError(f"request {request_id}: layers {sorted(missing)} not imported")
+        seq = self._importing.pop(request_id)
+        del self._imported_layers[request_id]
+        self.seqs[request_id] = seq
+        self.scheduler.add(seq)

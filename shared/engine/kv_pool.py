@@ -1,0 +1,85 @@
+"""The paged KV pool: K and V of every layer, preallocated once, addressed by (block, offset).
+
+Layout: ``k[layer]`` is ``[num_blocks, block_size, Hkv, D]``; slot ``block * block_size + offset``
+is one token's row in the flat view ``[num_blocks * block_size, Hkv, D]``. The pool is allocated
+when the engine starts and never grows; which blocks belong to whom is the ``BlockAllocator``'s
+business. This module also converts one sequence's blocks to and from the contiguous per-layer
+``[L, Hkv, D]`` tensors of ``SequenceKV``: the form in which KV leaves and enters an engine.
+
+Shape legend: N blocks, B block size, L tokens of one sequence, Hkv KV heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from shared.models.layers.attention import SequenceKV
+
+
+class KVPool:
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [layers, N, B, Hkv, D]
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.num_layers = num_layers
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.dtype = dtype
+        self.device = device
+
+    def slots(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat views [N * B, Hkv, D] of one layer's K and V."""
+        return self.k[layer].flatten(0, 1), self.v[layer].flatten(0, 1)
+
+    def gather(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [n * B, Hkv, D] of blocks [n], in order (index_select on whole blocks: a row copy)."""
+        shape = (-1, *self.k.shape[3:])
+        k = self.k[layer].flatten(1).index_select(0, blocks).view(shape)
+        v = self.v[layer].flatten(1).index_select(0, blocks).view(shape)
+        return k, v
+
+    def slot_ids(self, block_table: list[int], start: int, end: int) -> list[int]:
+        """Slots of token indices [start, end) of a sequence."""
+        b = self.block_size
+        return [block_table[i // b] * b + i % b for i in range(start, end)]
+
+    # ----- one sequence, contiguous ----------------------------------------------------------------
+    def read_layer(
+        self, block_table: list[int], length: int, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [length, Hkv, D] of the first ``length`` tokens of a sequence, copied out."""
+        blocks = torch.tensor(block_table[: -(-length // self.block_size)], device=self.device)
+        k, v = self.gather(layer, blocks)
+        return k[:length], v[:length]  # [L, Hkv, D]
+
+    def write_layer(self, block_table: list[int], layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store K, V [L, Hkv, D] as the first L tokens of a sequence whose blocks cover them."""
+        length = k.shape[0]
+        if len(block_table) * self.block_size < length:
+            raise ValueError(f"{len(block_table)} blocks cannot hold {length} tokens")
+        slots = torch.tensor(self.slot_ids(block_table, 0, length), device=self.device)
+        ks, vs = self.slots(layer)
+        ks.index_copy_(0, slots, k.to(device=self.device, dtype=self.dtype))
+        vs.index_copy_(0, slots, v.to(device=self.device, dtype=self.dtype))
+
+    def read(self, block_table: list[int], length: int) -> SequenceKV:
+        kv = SequenceKV(self.num_layers)
+        for layer in range(self.num_layers):
+            kv.keys[layer], kv.values[layer] = self.read_layer(block_table, length, layer)
+        return kv
+
+    def write(self, block_table: list[int], kv: SequenceKV) -> None:
+        for layer in range(self.num_layers):
+            k, v = kv.keys[layer], kv.values[layer]
+            if k is None or v is None:
+                raise ValueError(f"layer {layer} of the imported KV is missing")
+            self.write_layer(block_table, layer, k, v)

@@ -1,0 +1,116 @@
+"""The paged ``AttentionBackend``: stores each layer's new K/V in the pool and attends over blocks.
+
+Built once per step from the batch's metadata; everything that does not depend on the layer
+(slot mapping, padded block tables, masks, row indices) is made here, so ``forward`` costs a few
+tensor ops per layer whatever the batch size.
+
+Sequences are attended in padded groups, one SDPA call per group: their blocks are gathered into
+``[C, Hkv, Lpad, D]``, their query rows into ``[C, Hq, Tpad, D]``, and a mask keeps each query to
+its own causal prefix. Single-token sequences (decodes) form one group, where GQA costs nothing:
+the G query heads of a KV head become G query rows of that head. Multi-token chunks form another
+group when padding wastes at most half its work, else one group each (4-D SDPA calls throughout:
+3-D ones take a slower path on the CPU).
+
+Shape legend: T packed new tokens, C sequences of a group, Tpad their longest chunk, Lpad their
+longest context rounded up to whole blocks, Hq/Hkv query/KV heads, G = Hq/Hkv, D head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from shared.engine.kv_pool import KVPool
+from shared.models.layers.attention import AttentionBackend
+
+MAX_PADDING_WASTE = 2.0  # padded work / useful work above which chunks are attended one by one
+
+
+class _Group:
+    """Sequences attended by one SDPA call; each is (packed offset, new tokens, context length, blocks)."""
+
+    def __init__(
+        self, seqs: list[tuple[int, int, int, list[int]]], block_size: int, device: torch.device
+    ) -> None:
+        tpad = max(n for _, n, _, _ in seqs)
+        nbmax = max(-(-length // block_size) for _, _, length, _ in seqs)
+        lpad = nbmax * block_size
+        self.num_seqs, self.tpad = len(seqs), tpad
+        tables = [t[: -(-length // block_size)] for _, _, length, t in seqs]
+        self.blocks = torch.tensor([t + [0] * (nbmax - len(t)) for t in tables], device=device).flatten()
+        rows = [[off + min(i, n - 1) for i in range(tpad)] for off, n, _, _ in seqs]  # padding repeats a row
+        self.rows = torch.tensor(rows, device=device).flatten()  # [C * Tpad] packed rows of the queries
+        self.first = seqs[0][0]
+        self.in_order = rows == [
+            list(range(self.first + c * tpad, self.first + (c + 1) * tpad)) for c in range(len(seqs))
+        ]
+        valid = [c * tpad + i for c, (_, n, _, _) in enumerate(seqs) for i in range(n)]
+        self.valid = None if len(valid) == len(self.rows) else torch.tensor(valid, device=device)
+        self.dest = torch.tensor([off + i for off, n, _, _ in seqs for i in range(n)], device=device)
+        cols = torch.arange(lpad, device=device)
+        q_pos = torch.tensor([[length - n + min(i, n - 1) for i in range(tpad)] for _, n, length, _ in seqs])
+        mask = cols[None, None, :] <= q_pos.to(device)[:, :, None]  # [C, Tpad, Lpad]
+        self.is_causal = len(seqs) == 1 and seqs[0][1] == seqs[0][2] == lpad  # plain causal, no mask needed
+        self.mask = None if self.is_causal else mask[:, None]  # [C, 1, Tpad, Lpad]
+
+    def attend(self, pool: KVPool, layer: int, q: torch.Tensor, scale: float) -> torch.Tensor:
+        """Outputs [C * Tpad, Hq, D] of this group's query rows (padding rows included)."""
+        c, hq, d = self.num_seqs, q.shape[1], q.shape[2]
+        hkv = pool.k.shape[3]
+        k, v = pool.gather(layer, self.blocks)  # [C * Lpad, Hkv, D]
+        k = k.view(c, -1, hkv, d).transpose(1, 2)  # [C, Hkv, Lpad, D]
+        v = v.view(c, -1, hkv, d).transpose(1, 2)
+        qg = q.narrow(0, self.first, c * self.tpad) if self.in_order else q.index_select(0, self.rows)
+        if self.tpad == 1:
+            out = F.scaled_dot_product_attention(
+                qg.view(c, hkv, hq // hkv, d), k, v, attn_mask=self.mask, scale=scale
+            )
+            return out.reshape(c, hq, d)  # [C, Hq, D]
+        qg = qg.view(c, self.tpad, hq, d).transpose(1, 2)  # [C, Hq, Tpad, D]
+        out = F.scaled_dot_product_attention(
+            qg, k, v, attn_mask=self.mask, is_causal=self.is_causal, scale=scale, enable_gqa=hq != hkv
+        )
+        return out.transpose(1, 2).reshape(c * self.tpad, hq, d)
+
+
+class PagedAttention(AttentionBackend):
+    def __init__(
+        self,
+        pool: KVPool,
+        query_lens: list[int],
+        seq_lens: list[int],  # context lengths including this step's tokens
+        block_tables: list[list[int]],
+        slot_mapping: torch.Tensor,  # [T] slot of each new token
+        scale: float,
+    ) -> None:
+        self.pool = pool
+        self.scale = scale
+        self.slot_mapping = slot_mapping
+        singles, chunks = [], []
+        offset = 0
+        for q_len, length, table in zip(query_lens, seq_lens, block_tables, strict=True):
+            (singles if q_len == 1 else chunks).append((offset, q_len, length, table))
+            offset += q_len
+        self.num_tokens = offset
+        dev, bs = pool.device, pool.block_size
+        self.groups = [_Group(singles, bs, dev)] if singles else []
+        if chunks:
+            useful = sum(n * length for _, n, length, _ in chunks)
+            padded = len(chunks) * max(n for _, n, _, _ in chunks) * max(length for _, _, length, _ in chunks)
+            if padded <= MAX_PADDING_WASTE * useful:
+                self.groups.append(_Group(chunks, bs, dev))
+            else:
+                self.groups += [_Group([c], bs, dev) for c in chunks]
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k_slots, v_slots = self.pool.slots(layer)  # [N*bs, Hkv, D]
+        k_slots.index_copy_(0, self.slot_mapping, k)
+        v_slots.index_copy_(0, self.slot_mapping, v)
+        only = self.groups[0] if len(self.groups) == 1 else None
+        if only is not None and only.in_order and only.valid is None and len(only.rows) == self.num_tokens:
+            return self.groups[0].attend(self.pool, layer, q, self.scale)  # e.g. a pure decode batch
+        out = torch.empty_like(q)  # [T, Hq, D]
+        for g in self.groups:
+            rows = g.attend(self.pool, layer, q, self.scale)
+            out.index_copy_(0, g.dest, rows if g.valid is None else rows.index_select(0, g.valid))
+        return out

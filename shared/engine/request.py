@@ -1,0 +1,122 @@
+"""What enters and leaves the engine: requests, sampling parameters, per-token outputs.
+
+A ``Request`` is everything prefill needs to run one prompt: the token ids, the MRoPE positions
+of the prompt (from ``shared.multimodal.mrope``) and the decode delta, and the features of each
+image (embeddings, deepstack embeddings, content hash, where its tokens start). The engine checks
+it once in ``validate`` and never again. Every step emits one ``TokenOutput`` per sampled token.
+
+Shape legend: T prompt tokens, n tokens of one image, S deepstack levels, H hidden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import torch
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # a stop token or the model's end-of-sequence token
+    LENGTH = "length"  # max_tokens or the engine's max_model_len
+    ABORT = "abort"
+    PREFILLED = "prefilled"  # a prefill_only request sampled its first token; its KV awaits export
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    seed: int | None = None  # per-request generator: same seed, same tokens
+    max_tokens: int = 16
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; n >= 0: the chosen token's logprob and the top n
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
+            raise ValueError(f"invalid sampling parameters {self}")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError("logprobs must be >= 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+@dataclass
+class ImageInput:
+    """One image's features as the encoder produced them, and where its tokens sit in the prompt."""
+
+    embeds: torch.Tensor  # [n, H]
+    deepstack: torch.Tensor  # [S, n, H]
+    content_hash: str  # two images share prefix-cache entries only if their hashes are equal
+    start: int  # index of the image's first token in the prompt
+
+    @property
+    def num_tokens(self) -> int:
+        return self.embeds.shape[0]
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_tokens
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    positions: torch.Tensor | None = None  # [3, T] int64; None: text only, 0 .. T-1 on every axis
+    mrope_delta: int = 0  # decode position of cache index i is i + mrope_delta
+    images: list[ImageInput] = field(default_factory=list)  # in prompt order
+    prefill_only: bool = False  # stop after the first token and keep the KV for export
+
+    def validate(self, image_token_id: int, num_deepstack_levels: int, hidden: int) -> None:
+        """Raise ValueError when the request is inconsistent; the engine then refuses it."""
+        t = len(self.prompt_token_ids)
+        if t == 0:
+            raise ValueError(f"request {self.request_id}: empty prompt")
+        if self.positions is not None and tuple(self.positions.shape) != (3, t):
+            raise ValueError(
+                f"request {self.request_id}: positions {tuple(self.positions.shape)} != (3, {t})"
+            )
+        if self.positions is None and (self.images or self.mrope_delta):
+            raise ValueError(f"request {self.request_id}: a prompt with images needs its MRoPE positions")
+        covered = 0
+        last_end = 0
+        for img in self.images:
+            n = img.num_tokens
+            if img.start < last_end or img.end > t:
+                raise ValueError(f"request {self.request_id}: image spans overlap or leave the prompt")
+            if any(tok != image_token_id for tok in self.prompt_token_ids[img.start : img.end]):
+                raise ValueError(
+                    f"request {self.request_id}: image at {img.start} does not cover image tokens"
+                )
+            if tuple(img.embeds.shape) != (n, hidden):
+                raise ValueError(f"request {self.request_id}: image embeds {tuple(img.embeds.shape)}")
+            if tuple(img.deepstack.shape) != (num_deepstack_levels, n, hidden):
+                raise ValueError(f"request {self.request_id}: deepstack {tuple(img.deepstack.shape)}")
+            covered += n
+            last_end = img.end
+        if covered != sum(tok == image_token_id for tok in self.prompt_token_ids):
+            raise ValueError(f"request {self.request_id}: image tokens without image features")
+
+
+@dataclass
+class TokenOutput:
+    """One sampled token of one request."""
+
+    request_id: str
+    token_id: int
+    logprob: float | None = None  # of the chosen token, from the raw logits
+    top_logprobs: list[tuple[int, float]] | None = None  # the top n (token, logprob), best first
+    finish_reason: FinishReason | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

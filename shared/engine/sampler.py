@@ -1,0 +1,96 @@
+"""Turning one step's logits into tokens: greedy, temperature, top-k, top-p, min-p, seeds, logprobs.
+
+Rows are processed together; only the random draws are per row, because a request with a seed
+owns its generator (so its tokens do not depend on what else is in the batch, and the generator's
+state can travel with the sequence to another engine). Order of the filters: temperature, then
+top-k, then top-p over what top-k kept, then min-p relative to the most likely token. A row is
+greedy when its temperature is 0 or its top-k is 1: plain argmax of the raw logits.
+
+Sampling draws ``argmax(p / e)`` with ``e ~ Exp(1)`` per token, which picks token i with
+probability p_i (the exponential race). Logprobs are those of the raw logits (before temperature
+and filters), as vLLM reports them.
+
+Shape legend: R rows (sequences that sample this step), V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from shared.engine.request import SamplingParams
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]] | None]
+
+
+class Sampler:
+    def __init__(self, seed: int, device: torch.device) -> None:
+        self.generator = torch.Generator(device).manual_seed(seed)  # for rows without a seed
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        logits: torch.Tensor,  # [R, V] float32
+        params: list[SamplingParams],
+        generators: list[torch.Generator | None],
+    ) -> SamplerOutput:
+        tokens = logits.argmax(dim=-1)  # [R]
+        random_rows = [i for i, p in enumerate(params) if not p.greedy]
+        if random_rows:
+            rows = torch.tensor(random_rows, device=logits.device)
+            chosen = self._sample(
+                logits[rows], [params[i] for i in random_rows], [generators[i] for i in random_rows]
+            )
+            tokens[rows] = chosen
+        token_list = tokens.tolist()
+        logprobs: list[float | None] = [None] * len(params)
+        tops: list[list[tuple[int, float]] | None] = [None] * len(params)
+        want = [i for i, p in enumerate(params) if p.logprobs is not None]
+        if want:
+            rows = torch.tensor(want, device=logits.device)
+            lp = torch.log_softmax(logits[rows], dim=-1)  # [r, V]
+            chosen_lp = lp.gather(1, tokens[rows][:, None])[:, 0].tolist()
+            n_max = max(params[i].logprobs or 0 for i in want)
+            top_v, top_i = lp.topk(min(n_max, lp.shape[1]), dim=-1) if n_max else (None, None)
+            for j, i in enumerate(want):
+                logprobs[i] = chosen_lp[j]
+                n = params[i].logprobs or 0
+                tops[i] = list(zip(top_i[j, :n].tolist(), top_v[j, :n].tolist(), strict=True)) if n else []
+        return SamplerOutput(token_list, logprobs, tops)
+
+    def _sample(
+        self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+    ) -> torch.Tensor:
+        dev = logits.device
+        temps = torch.tensor([p.temperature for p in params], device=dev)
+        x = logits / temps[:, None]  # [r, V]
+        x, order = x.sort(dim=-1, descending=True)  # filters work on ranks
+        vocab = x.shape[1]
+        ranks = torch.arange(vocab, device=dev)
+        top_k = torch.tensor([p.top_k or vocab for p in params], device=dev)
+        x = x.masked_fill(ranks[None, :] >= top_k[:, None], float("-inf"))
+        if any(p.top_p < 1 for p in params):
+            probs = x.softmax(dim=-1)
+            mass_before = probs.cumsum(dim=-1) - probs  # [r, V]
+            top_p = torch.tensor([p.top_p for p in params], device=dev)
+            x = x.masked_fill(mass_before >= top_p[:, None], float("-inf"))  # rank 0 always stays
+        if any(p.min_p > 0 for p in params):
+            probs = x.softmax(dim=-1)
+            min_p = torch.tensor([p.min_p for p in params], device=dev)
+            x = x.masked_fill(probs < min_p[:, None] * probs[:, :1], float("-inf"))
+        probs = x.softmax(dim=-1)
+        race = torch.empty_like(probs)
+        shared = [i for i, g in enumerate(generators) if g is None]
+        if shared:
+            race[shared] = torch.empty(len(shared), vocab, device=dev).exponential_(generator=self.generator)
+        for i, g in enumerate(generators):
+            if g is not None:
+                race[i] = torch.empty(vocab, device=dev).exponential_(generator=g)
+        picked = (probs / race.clamp_min_(1e-20)).argmax(dim=-1)  # [r] rank of the chosen token
+        return order.gather(1, picked[:, None])[:, 0]

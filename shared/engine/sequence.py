@@ -1,0 +1,101 @@
+"""The engine's state of one request, from admission to finish.
+
+Life cycle: WAITING (queued, or preempted) -> RUNNING (holds blocks; its prompt is computed in
+one or more chunks, then it decodes one token per step) -> FINISHED. Preemption sends a RUNNING
+sequence back to WAITING: a sequence built from a ``Request`` drops its KV and recomputes it
+(prompt and generated tokens alike) when readmitted; one imported from another engine has no
+image features to recompute with, so its KV is swapped out to ``host_kv`` and written back.
+
+Invariant: the pool holds K/V for tokens ``[0, num_computed_tokens)``; the tokens after that are
+fed to the model by later steps. A decoding sequence has exactly one such token (its last
+sampled one).
+
+Shape legend: T prompt tokens.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+
+from shared.engine.request import FinishReason, ImageInput, Request, SamplingParams
+from shared.models.layers.attention import SequenceKV
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(
+        self,
+        request_id: str,
+        token_ids: list[int],
+        num_prompt_tokens: int,
+        params: SamplingParams,
+        arrival: int,
+        mrope_delta: int = 0,
+        prompt_positions: torch.Tensor | None = None,  # [3, T]; None: a text prompt, 0 .. T-1
+        images: list[ImageInput] | None = None,
+        prefill_only: bool = False,
+        recomputable: bool = True,
+    ) -> None:
+        self.request_id = request_id
+        self.token_ids = token_ids
+        self.num_prompt_tokens = num_prompt_tokens
+        self.params = params
+        self.arrival = arrival  # admission order: older sequences are served and kept first
+        self.mrope_delta = mrope_delta
+        self.prompt_positions = prompt_positions
+        self.images = images or []
+        self.prefill_only = prefill_only
+        self.recomputable = recomputable
+        self.generator: torch.Generator | None = None  # per-request RNG when params.seed is set
+        self.status = Status.WAITING
+        self.finish_reason: FinishReason | None = None
+        self.num_computed_tokens = 0
+        self.block_table: list[int] = []
+        self.block_hashes: list[bytes] | None = None  # prompt block hashes, filled on first admission
+        self.num_registered_blocks = 0  # leading blocks already in the prefix cache
+        self.num_cached_tokens = 0  # prompt tokens found in the prefix cache at the last admission
+        self.host_kv: SequenceKV | None = None  # swapped-out or imported KV awaiting a slot
+
+    @classmethod
+    def from_request(cls, req: Request, arrival: int, device: torch.device) -> Sequence:
+        seq = cls(
+            req.request_id,
+            list(req.prompt_token_ids),
+            len(req.prompt_token_ids),
+            req.params,
+            arrival,
+            mrope_delta=req.mrope_delta,
+            prompt_positions=req.positions,
+            images=sorted(req.images, key=lambda i: i.start),
+            prefill_only=req.prefill_only,
+        )
+        if req.params.seed is not None:
+            seq.generator = torch.Generator(device).manual_seed(req.params.seed)
+        return seq
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_decoding(self) -> bool:
+        return self.num_uncomputed_tokens == 1 and self.num_output_tokens > 0

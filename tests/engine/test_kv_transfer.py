@@ -1,0 +1,124 @@
+"""Moving a sequence between engines: what prefill ships and decode receives.
+
+A sequence exported mid-generation (whole or layer by layer) and imported into a second engine,
+with another block size, continues with the same tokens, greedy or seeded sampling alike.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.engine import Engine, EngineConfig, FinishReason, Request, SamplingParams, SequenceState
+from tests.engine.prompts import Picture, build, request
+
+GREEDY = SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)
+SEEDED = SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=1234, max_tokens=14, ignore_eos=True)
+
+
+def tokens_alone(lm, req: Request) -> list[int]:
+    return Engine(lm, EngineConfig(num_blocks=64)).generate([req])[req.request_id]
+
+
+def make_request(lm, vision, params: SamplingParams, rid: str = "moving", **kw) -> Request:
+    prompt = build([40, Picture((1, 12, 16), 3), 21], lm.config, seed=9)
+    return request(rid, prompt, lm.config, vision, params, **kw)
+
+
+def filler(lm, rid: str, n: int) -> Request:
+    return Request(
+        rid, build([n], lm.config, seed=n).ids, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    )
+
+
+def move(src: Engine, dst: Engine, rid: str, layerwise: bool) -> SequenceState:
+    state = src.export_state(rid)
+    if layerwise:
+        assert dst.begin_import(state)
+        for layer in range(src.pool.num_layers):
+            dst.import_kv_layer(rid, layer, *src.export_kv_layer(rid, layer))
+        dst.finish_import(rid)
+    else:
+        dst.import_sequence(state, src.export_kv(rid))
+    return state
+
+
+@pytest.mark.parametrize("layerwise", [False, True], ids=["whole", "layerwise"])
+@pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_export_mid_generation_continues_elsewhere(params, layerwise, lm, vision):
+    ref = tokens_alone(lm, make_request(lm, vision, params))
+    src = Engine(lm, EngineConfig(block_size=16, num_blocks=64, prefill_chunk_size=32))
+    dst = Engine(lm, EngineConfig(block_size=8, num_blocks=64))
+    src.add_request(make_request(lm, vision, params))
+    src.add_request(filler(lm, "src-neighbour", 20))
+    dst.add_request(filler(lm, "dst-neighbour", 33))
+    got: list[int] = []
+    while len(got) < 6:
+        got += [o.token_id for o in src.step() if o.request_id == "moving"]
+    state = move(src, dst, "moving", layerwise)
+    assert state.num_kv_tokens == len(state.token_ids) - 1 and state.token_ids[-6:] == got
+    src.abort("moving")
+    outs = []
+    while dst.has_unfinished():
+        outs += [o for o in dst.step() if o.request_id == "moving"]
+    assert got + [o.token_id for o in outs] == ref
+    assert outs[-1].finish_reason is FinishReason.LENGTH
+    src.generate([])
+    assert src.num_free_blocks == 64 and dst.num_free_blocks == 64
+
+
+def test_prefill_only_then_decode_elsewhere(lm, vision):
+    """The disaggregated flow: prefill samples the first token and keeps the KV until released."""
+    ref = tokens_alone(lm, make_request(lm, vision, SEEDED))
+    prefill = Engine(lm, EngineConfig(block_size=16, num_blocks=32, prefill_chunk_size=16))
+    decode = Engine(lm, EngineConfig(block_size=4, num_blocks=64))
+    prefill.add_request(make_request(lm, vision, SEEDED, prefill_only=True))
+    outs = []
+    while prefill.has_unfinished():
+        outs += prefill.step()
+    assert len(outs) == 1 and outs[0].finish_reason is FinishReason.PREFILLED
+    assert prefill.num_free_blocks < 32  # held for the export
+    move(prefill, decode, "moving", layerwise=True)
+    prefill.release("moving")
+    assert prefill.num_free_blocks == 32
+    tokens = [outs[0].token_id] + decode.generate([])["moving"]
+    assert tokens == ref and decode.num_free_blocks == 64
+
+
+def test_imported_sequences_are_swapped_under_pressure(lm, vision):
+    """A decode engine too small for its imports swaps KV out and back in; tokens are unchanged."""
+    reqs = [make_request(lm, vision, GREEDY, rid=f"s{i}") for i in range(4)]
+    ref = tokens_alone(lm, reqs[0])
+    prefill = Engine(lm, EngineConfig(num_blocks=64))
+    for r in reqs:
+        prefill.add_request(Request(**{**r.__dict__, "prefill_only": True}))
+    firsts = {o.request_id: o.token_id for o in iter_outputs(prefill)}
+    decode = Engine(lm, EngineConfig(block_size=8, num_blocks=30))  # a sequence needs up to 16 blocks
+    for r in reqs:
+        move(prefill, decode, r.request_id, layerwise=False)
+        prefill.release(r.request_id)
+    got = {rid: [tok] for rid, tok in firsts.items()}
+    for o in iter_outputs(decode):
+        got[o.request_id].append(o.token_id)
+    assert decode.scheduler.num_preemptions > 0
+    assert all(tokens == ref for tokens in got.values())
+    assert decode.num_free_blocks == 30 and prefill.num_free_blocks == 64
+
+
+def test_begin_import_refuses_when_full(lm, vision):
+    src = Engine(lm, EngineConfig(num_blocks=64))
+    src.add_request(make_request(lm, vision, GREEDY, prefill_only=True))
+    list(iter_outputs(src))
+    dst = Engine(lm, EngineConfig(block_size=8, num_blocks=8))  # 9 blocks needed
+    with pytest.raises(ValueError, match="blocks"):
+        dst.begin_import(src.export_state("moving"))
+    dst = Engine(lm, EngineConfig(block_size=8, num_blocks=30))
+    dst.add_request(filler(lm, "big", 190))
+    dst.step()
+    assert not dst.begin_import(src.export_state("moving"))
+    with pytest.raises(ValueError, match="layers"):
+        dst.import_sequence(src.export_state("moving"), src.export_kv("moving").__class__(1))
+
+
+def iter_outputs(engine: Engine):
+    while engine.has_unfinished():
+        yield from engine.step()

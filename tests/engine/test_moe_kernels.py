@@ -1,0 +1,48 @@
+"""The grouped-GEMM expert kernel computes what the reference loop computes; installing is per model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shared.engine.moe_kernels import grouped_mm_experts, install_kernel, select_kernel
+from shared.models.layers.moe import SparseMoeBlock, grouped_experts
+
+pytestmark = pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="torch without _grouped_mm")
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 64])
+def test_grouped_mm_equals_the_loop(tokens):
+    g = torch.Generator().manual_seed(tokens)
+    e, h, i, k = 8, 24, 20, 2
+    x = torch.randn(tokens, h, generator=g)
+    gate_up, down = torch.randn(e, h, 2 * i, generator=g), torch.randn(e, i, h, generator=g)
+    ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(tokens)])
+    weights = torch.rand(tokens, k, generator=g)
+    torch.testing.assert_close(
+        grouped_mm_experts(x, gate_up, down, ids, weights), grouped_experts(x, gate_up, down, ids, weights)
+    )
+
+
+def test_install_sets_the_kernel_of_one_model_only(lm):
+    cpu = torch.device("cpu")
+    assert select_kernel("auto", cpu, torch.float32) is grouped_mm_experts
+    assert select_kernel("loop", cpu, torch.float32) is grouped_experts
+    assert select_kernel("grouped_mm", cpu, torch.float32) is grouped_mm_experts
+    blocks = [m for m in lm.modules() if isinstance(m, SparseMoeBlock)]
+    try:
+        assert install_kernel(lm, grouped_mm_experts) == len(blocks) > 0
+        assert all(b.kernel is grouped_mm_experts for b in blocks)
+        assert SparseMoeBlock.kernel is grouped_experts
+    finally:
+        install_kernel(lm, grouped_experts)
+
+
+def test_engine_with_the_grouped_kernel_gives_the_same_tokens(lm):
+    from shared.engine import Engine, EngineConfig, Request, SamplingParams
+
+    req = lambda: [Request("a", list(range(3, 90)), SamplingParams(temperature=0, max_tokens=6))]  # noqa: E731
+    loop = Engine(lm, EngineConfig(num_blocks=16, moe_kernel="loop")).generate(req())
+    grouped = Engine(lm, EngineConfig(num_blocks=16, moe_kernel="grouped_mm")).generate(req())
+    install_kernel(lm, grouped_experts)
+    assert loop == grouped

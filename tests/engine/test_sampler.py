@@ -1,0 +1,90 @@
+"""Sampling rules: greedy, temperature, top-k, top-p, min-p, seeds and logprobs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shared.engine.request import SamplingParams
+from shared.engine.sampler import Sampler
+
+# probabilities 0.5, 0.25, 0.125, 0.0625, 0.0625 for tokens 3, 0, 4, 1, 2
+PROBS = torch.tensor([0.25, 0.0625, 0.0625, 0.5, 0.125])
+LOGITS = PROBS.log()
+
+
+def draw(params: SamplingParams, n: int = 4000, logits: torch.Tensor = LOGITS) -> torch.Tensor:
+    """Token frequencies of n draws (one batch of n identical rows)."""
+    sampler = Sampler(seed=0, device=torch.device("cpu"))
+    out = sampler(logits.expand(n, -1), [params] * n, [None] * n)
+    return torch.bincount(torch.tensor(out.token_ids), minlength=logits.shape[0]).float() / n
+
+
+def test_greedy_is_argmax_of_each_row():
+    sampler = Sampler(0, torch.device("cpu"))
+    logits = torch.randn(6, 50)
+    rows = [SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=1)] * 3
+    assert sampler(logits, rows, [None] * 6).token_ids == logits.argmax(-1).tolist()
+
+
+def test_temperature_one_follows_the_distribution():
+    freq = draw(SamplingParams())
+    assert torch.allclose(freq, PROBS, atol=0.03)
+
+
+def test_temperature_sharpens_and_flattens():
+    assert draw(SamplingParams(temperature=0.3))[3] > 0.85
+    assert draw(SamplingParams(temperature=5.0))[3] < 0.3
+
+
+def test_top_k_top_p_min_p_restrict_the_support():
+    assert set(draw(SamplingParams(top_k=2)).nonzero()[:, 0].tolist()) == {0, 3}
+    # top-p 0.7: 0.5 alone is not enough, 0.5 + 0.25 is; token 4 (0.125) is out
+    assert set(draw(SamplingParams(top_p=0.7)).nonzero()[:, 0].tolist()) == {0, 3}
+    assert set(draw(SamplingParams(top_p=0.76)).nonzero()[:, 0].tolist()) == {0, 3, 4}
+    # min-p 0.2: tokens below 0.2 * 0.5 = 0.1 are out
+    assert set(draw(SamplingParams(min_p=0.2)).nonzero()[:, 0].tolist()) == {0, 3, 4}
+    kept = draw(SamplingParams(top_k=3, top_p=0.9))
+    assert set(kept.nonzero()[:, 0].tolist()) == {0, 3, 4}
+    assert torch.allclose(kept[[3, 0, 4]], torch.tensor([4 / 7, 2 / 7, 1 / 7]), atol=0.03)
+
+
+def test_a_seed_reproduces_tokens_whatever_the_batch():
+    logits = torch.randn(8, 100)
+    p = SamplingParams(temperature=1.0, seed=42)
+    alone = []
+    gen = torch.Generator().manual_seed(42)
+    for _ in range(5):
+        alone.append(Sampler(1, torch.device("cpu"))(logits[2:3], [p], [gen]).token_ids[0])
+    batched = []
+    gen = torch.Generator().manual_seed(42)
+    others = [SamplingParams(temperature=1.0)] * 8
+    for i in range(5):
+        rows = others[:2] + [p] + others[3:]
+        gens = [None, None, gen] + [None] * 5
+        batched.append(Sampler(i, torch.device("cpu"))(logits, rows, gens).token_ids[2])
+    assert alone == batched
+    assert len(set(alone)) > 1
+
+
+def test_logprobs_of_the_chosen_token_and_the_top_n():
+    sampler = Sampler(0, torch.device("cpu"))
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.0, 0.0, 5.0, 0.0]])
+    rows = [SamplingParams(temperature=0, logprobs=2), SamplingParams(temperature=0)]
+    out = sampler(logits, rows, [None, None])
+    ref = torch.log_softmax(logits[0], -1)
+    assert out.token_ids == [1, 2]
+    assert math.isclose(out.logprobs[0], ref[1].item(), rel_tol=1e-6)
+    assert [t for t, _ in out.top_logprobs[0]] == [1, 2]
+    assert out.top_logprobs[0][1][1] == pytest.approx(ref[2].item())
+    assert out.logprobs[1] is None and out.top_logprobs[1] is None
+    zero = sampler(logits[:1], [SamplingParams(temperature=0, logprobs=0)], [None])
+    assert zero.top_logprobs == [[]] and zero.logprobs[0] == pytest.approx(ref[1].item())
+
+
+def test_invalid_parameters_are_refused():
+    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(min_p=2), dict(max_tokens=0)):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
