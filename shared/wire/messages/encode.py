@@ -1,58 +1,27 @@
-"""Every message exchanged between services, one section per channel.
-
-Channels (sender -> receiver: messages):
+"""router -> encoder, encoder -> router and encoder -> prefill: the image flow.
 
 * router -> encoder (DEALER -> ROUTER): ``EncodeRequest``
 * encoder -> router (ROUTER -> DEALER, replies): ``CacheMiss``; ``StageError`` for a request that
   failed validation (its prefill address is not trustworthy, so the error goes back to the sender)
 * encoder -> prefill (PUSH -> PULL, the address named in the request): ``ImageEmbeddingResult``,
   or ``StageError`` where that result would have gone
-* later issues add router -> prefill, prefill -> decode (KV) and decode -> router sections here;
-  when this file passes ~300 lines it becomes a package with one module per channel.
-
-Identifiers are validated by pattern; deadlines are absolute Unix times in seconds (``time.time()``),
-so every hop can tell whether a request is still worth working on.
 """
 
 from __future__ import annotations
 
-import enum
-
 import torch
 
+from shared.wire.messages.common import (
+    ADDRESS,
+    CONTENT_HASH,
+    FLOAT_DTYPES,
+    MAX_GRID,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_INDEX,
+    MAX_IMAGES_PER_REQUEST,
+    REQUEST_ID,
+)
 from shared.wire.schema import message, rule, struct
-
-REQUEST_ID = r"[A-Za-z0-9._:@-]{1,128}"
-CONTENT_HASH = r"[0-9a-f]{64}"  # SHA-256 hex of the raw image bytes (shared.multimodal.image.image_hash)
-ADDRESS = r"(tcp://[A-Za-z0-9.\-\[\]:*]{1,253}:[0-9]{1,5}|ipc://[^\s]{1,200}|inproc://[^\s]{1,200})"
-MAX_IMAGES_PER_REQUEST = 256
-MAX_IMAGE_INDEX = 4095
-MAX_IMAGE_BYTES = 64 << 20
-MAX_GRID = 1 << 16
-FLOAT_DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ErrorKind(enum.StrEnum):
-    BAD_REQUEST = "bad_request"  # the message itself was malformed or inconsistent
-    BAD_IMAGE = "bad_image"  # the image bytes cannot be decoded or are out of limits
-    DEADLINE_EXCEEDED = "deadline_exceeded"
-    OVERLOADED = "overloaded"
-    INTERNAL = "internal"
-    ABORTED = "aborted"
-
-
-# ----- shared ----------------------------------------------------------------------------------------
-@message("stage_error")
-class StageError:
-    """A stage could not do its part of a request (or of one image of it), delivered where that
-    part's result would have gone. ``request_id`` is None only when the message that failed did
-    not reveal one; ``image_index`` is None when the whole request failed."""
-
-    request_id: str | None = rule(pattern=REQUEST_ID)
-    image_index: int | None = rule(ge=0, le=MAX_IMAGE_INDEX)
-    kind: ErrorKind
-    message: str = rule(max_len=4096)
-    source: str = rule(max_len=256)  # which service reported it, e.g. "encoder@tcp://10.0.0.5:5600"
 
 
 # ----- router -> encoder -----------------------------------------------------------------------------

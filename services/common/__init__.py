@@ -1,0 +1,1 @@
+"""Pieces the language-model services (prefill, decode) share: flags, engine setup, launching."""

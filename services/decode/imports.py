@@ -1,0 +1,161 @@
+"""Decode's side of KV transfers: the reservation handshake and layer-by-layer import.
+
+A reservation is granted only when the engine can hold the sequence's KV now
+(``Engine.begin_import`` reserves its blocks); otherwise it waits in a bounded FIFO (the prefill
+worker is told ``queued`` and keeps its copy) until blocks free up or its deadline passes, and
+beyond that bound it is refused as ``overloaded``. Data is therefore never sent without room and
+never dropped. A granted transfer must finish within ``transfer_timeout_s``: otherwise the
+prefill worker is taken as gone, the blocks are freed and the router is told.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shared.engine import Engine
+from shared.transfer import KVReceiver, state_from_reservation
+from shared.transfer.base import KVInbound
+from shared.wire.messages import ErrorKind, KVAbort, KVDone, KVLayer, KVReserve
+
+log = logging.getLogger("decode")
+
+GRANTED, FULL, REFUSED = "granted", "full", "refused"
+Fail = Callable[[str, str, ErrorKind, str], None]  # (request id, reply_to, kind, message)
+
+
+@dataclass
+class Import:
+    msg: KVReserve
+    expires: float  # monotonic
+    nbytes: int = 0
+    layers: set[int] = field(default_factory=set)
+
+
+class Importer:
+    def __init__(
+        self, engine: Engine, receiver: KVReceiver, fail: Fail, max_pending: int, transfer_timeout_s: float
+    ) -> None:
+        self.engine = engine
+        self.receiver = receiver
+        self.fail = fail
+        self.max_pending = max_pending
+        self.transfer_timeout_s = transfer_timeout_s
+        self.pending: OrderedDict[str, KVReserve] = OrderedDict()  # waiting for room, FIFO
+        self.importing: dict[str, Import] = {}
+        self.refused: dict[str, int] = {}
+        self.bytes_received = 0
+        self.num_queued = 0  # reservations that had to wait for room, since start
+        self.on_imported: Callable[[KVReserve, Import], None] = lambda msg, imp: None
+
+    def known(self, request_id: str) -> bool:
+        return request_id in self.pending or request_id in self.importing or request_id in self.engine.seqs
+
+    def handle(self, messages: list[KVInbound]) -> None:
+        for msg in messages:
+            if isinstance(msg, KVReserve):
+                self._reserve(msg)
+            elif isinstance(msg, KVLayer):
+                self._layer(msg)
+            elif isinstance(msg, KVDone):
+                self._done(msg)
+            elif isinstance(msg, KVAbort):
+                self.drop(msg.request_id, f"prefill aborted the transfer: {msg.reason}")
+
+    def _reserve(self, msg: KVReserve) -> None:
+        rid = msg.request_id
+        if self.known(rid):
+            self._refuse(rid, ErrorKind.BAD_REQUEST, "request id already in use here")
+            return
+        if not self.pending and self._try_begin(msg) != FULL:
+            return
+        if len(self.pending) >= self.max_pending:
+            self._refuse(rid, ErrorKind.OVERLOADED, f"no room and {len(self.pending)} reservations waiting")
+            return
+        self.pending[rid] = msg
+        self.num_queued += 1
+        self.receiver.queued(rid, len(self.pending) - 1)
+
+    def _try_begin(self, msg: KVReserve) -> str:
+        """GRANTED when the blocks are there, FULL when not now, REFUSED when never."""
+        try:
+            ok = self.engine.begin_import(state_from_reservation(msg))
+        except ValueError as e:
+            self._refuse(msg.request_id, ErrorKind.BAD_REQUEST, str(e))
+            return REFUSED
+        if not ok:
+            return FULL
+        self.importing[msg.request_id] = Import(msg, time.monotonic() + self.transfer_timeout_s)
+        self.receiver.grant(msg.request_id)
+        return GRANTED
+
+    def grant_waiting(self) -> None:
+        """Grant queued reservations in arrival order while room lasts; refuse the expired ones."""
+        now = time.time()
+        for rid, msg in list(self.pending.items()):
+            if now > msg.deadline:
+                del self.pending[rid]
+                self._refuse(rid, ErrorKind.OVERLOADED, "no room before the reservation's deadline")
+        while self.pending:
+            rid, msg = next(iter(self.pending.items()))
+            if self._try_begin(msg) == FULL:
+                return
+            del self.pending[rid]
+
+    def _layer(self, msg: KVLayer) -> None:
+        imp = self.importing.get(msg.request_id)
+        if imp is None:
+            return  # dropped meanwhile (abort, timeout)
+        try:
+            self.engine.import_kv_layer(msg.request_id, msg.layer, msg.keys, msg.values)
+        except (KeyError, ValueError) as e:
+            self._fail_import(imp, ErrorKind.BAD_REQUEST, f"bad KV layer {msg.layer}: {e}")
+            return
+        imp.layers.add(msg.layer)
+        imp.nbytes += msg.keys.nbytes + msg.values.nbytes
+
+    def _done(self, msg: KVDone) -> None:
+        imp = self.importing.get(msg.request_id)
+        if imp is None:
+            return
+        try:
+            self.engine.finish_import(msg.request_id)
+        except ValueError as e:
+            self._fail_import(imp, ErrorKind.BAD_REQUEST, str(e))
+            return
+        del self.importing[msg.request_id]
+        self.bytes_received += imp.nbytes
+        self.receiver.ack(msg.request_id)
+        self.on_imported(imp.msg, imp)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for imp in [i for i in self.importing.values() if now > i.expires]:
+            self._fail_import(
+                imp, ErrorKind.UNAVAILABLE, "prefill worker gone? the KV transfer did not finish"
+            )
+
+    def drop(self, request_id: str, why: str) -> bool:
+        """End a pending or importing transfer without telling prefill (it asked, or is gone)."""
+        found = self.pending.pop(request_id, None) is not None
+        if self.importing.pop(request_id, None) is not None:
+            self.engine.abort(request_id)
+            found = True
+        if found:
+            log.info("[%s] transfer dropped: %s", request_id, why)
+            self.receiver.forget(request_id)
+        return found
+
+    def _fail_import(self, imp: Import, kind: ErrorKind, message: str) -> None:
+        rid = imp.msg.request_id
+        self.receiver.refuse(rid, kind, message)
+        self.drop(rid, message)
+        self.fail(rid, imp.msg.reply_to, kind, message)
+
+    def _refuse(self, request_id: str, kind: ErrorKind, message: str) -> None:
+        log.info("[%s] reservation refused: %s", request_id, message)
+        self.refused[kind.value] = self.refused.get(kind.value, 0) + 1
+        self.receiver.refuse(request_id, kind, message)

@@ -1,0 +1,34 @@
+"""The decode worker's Prometheus metrics (served with the encoder's /health, /ready, /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class DecodeMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.errors = Counter("decode_errors", "Errors reported, by kind", ["kind"], registry=r)
+        self.running = Gauge("decode_running_requests", "Sequences in the running batch", registry=r)
+        self.queued = Gauge("decode_queued_requests", "Waiting, swapped, importing or pending", registry=r)
+        self.pending = Gauge("decode_pending_reservations", "Reservations waiting for room", registry=r)
+        self.queued_reservations = Gauge(
+            "decode_reservations_queued", "Reservations that waited for room, since start", registry=r
+        )
+        self.free_blocks = Gauge("decode_free_blocks", "Free KV blocks", registry=r)
+        self.total_blocks = Gauge("decode_total_blocks", "KV blocks in the pool", registry=r)
+        self.tokens = Counter("decode_tokens", "Tokens generated", registry=r)
+        self.imports = Counter("decode_imports", "KV transfers completed", registry=r)
+        self.kv_bytes = Counter("decode_kv_bytes_received", "KV payload bytes received", registry=r)
+        self.refusals = Counter("decode_refusals", "Reservations refused, by kind", ["kind"], registry=r)
+        self.step_seconds = Histogram(
+            "decode_step_seconds", "Engine step time", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.handoff_seconds = Histogram(
+            "decode_handoff_seconds",
+            "Last KV layer received to the first decode token sent",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )

@@ -1,0 +1,178 @@
+"""The decode worker: KV and state in from prefill, one token per step out to the router.
+
+What it owns: the language model and ``lm_head`` (no vision weights), an engine running
+continuous batching over imported sequences, and the reservations and imports of KV transfers
+(``imports.py``).
+
+Sockets:
+* a ``KVReceiver`` (``shared.transfer``, a ROUTER at ``--kv-port``): prefill workers reserve
+  room, send layers, get grants and acks on the same connection.
+* ``PULL`` at ``--port`` (control): ``AbortRequest`` from routers.
+* ``PUSH`` to each request's ``reply_to`` (``PushPool``): one ``TokenBatch`` per step and router,
+  or ``StageError``; ``LoadReport`` to every ``--report-to`` address each ``--report-interval-s``.
+* HTTP on ``--http-port``: /health, /ready (with the current load), /metrics.
+
+Life cycle of a request, one stage per step of the loop:
+1. receive: a reservation is granted when the pool has room (blocks reserved), else queued or
+   refused; layers are written into the reserved blocks as they arrive; on the last one the
+   sequence joins the running batch and prefill is acked. Aborts end a request anywhere.
+2. schedule + run: one engine step over every running sequence (swapping out the newest under
+   memory pressure: imported sequences cannot be recomputed here).
+3. send: the step's tokens, batched per router; a finished request frees its blocks, which may
+   let a queued reservation be granted in the next turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from services.decode.config import DecodeConfig
+from services.decode.imports import Import, Importer
+from services.decode.metrics import DecodeMetrics
+from services.encoder.metrics import Health
+from services.prefill.server import token_batch
+from shared.engine import Engine, TokenOutput
+from shared.transfer import KVReceiver
+from shared.wire import PullSocket, PushPool, StageError, WireError
+from shared.wire.messages import AbortRequest, ErrorKind, KVReserve, LoadReport, TokenBatch
+from shared.wire.poll import wait_readable
+
+log = logging.getLogger("decode")
+IDLE_POLL_S = 0.05
+MAX_RECV_PER_STEP = 256
+
+
+class DecodeServer:
+    def __init__(
+        self, cfg: DecodeConfig, engine: Engine, receiver: KVReceiver, metrics: DecodeMetrics, health: Health
+    ) -> None:
+        self.cfg, self.engine, self.metrics, self.health = cfg, engine, metrics, health
+        self.receiver = receiver
+        self.control = PullSocket(cfg.address(cfg.port), bind=True, accept=[AbortRequest])
+        self.endpoint = self.control.endpoint
+        self.outbox = PushPool()
+        self.name = cfg.name or f"decode@{receiver.address}"
+        self.importer = Importer(engine, receiver, self._error, cfg.max_pending, cfg.transfer_timeout_s)
+        self.importer.on_imported = self._imported
+        self.routes: dict[str, str] = {}  # running request -> its router's token inbox
+        self.handoff: dict[str, float] = {}  # imported, no token yet -> when the last layer came
+        self.next_report = 0.0
+        metrics.total_blocks.set(engine.blocks.num_blocks)
+
+    # ----- the loop ------------------------------------------------------------------------------
+    def serve(self, stop: threading.Event) -> None:
+        self.health.ready = True
+        log.info(
+            "%s serving (control %s, %d KV blocks)", self.name, self.endpoint, self.engine.blocks.num_blocks
+        )
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:  # last resort: a bug in one turn must not take the service down
+                self.metrics.errors.labels(ErrorKind.INTERNAL.value).inc()
+                log.exception("unexpected error in the serving loop; continuing")
+
+    def step(self) -> None:
+        self.health.tick()
+        self.receive(0.0 if self.engine.has_unfinished() else IDLE_POLL_S)
+        self.importer.expire()
+        self.importer.grant_waiting()
+        if self.engine.has_unfinished():
+            start = time.perf_counter()
+            outputs = self.engine.step()
+            self.metrics.step_seconds.observe(time.perf_counter() - start)
+            self.send(outputs)
+        self.report()
+
+    def close(self) -> None:
+        self.control.close()
+        self.receiver.close()
+        self.outbox.close()
+
+    # ----- 1. receive ----------------------------------------------------------------------------
+    def receive(self, timeout: float) -> None:
+        if timeout and not wait_readable([self.control.zmq_socket, *self.receiver.sockets], timeout):
+            return
+        for _ in range(MAX_RECV_PER_STEP):
+            try:
+                msg = self.control.recv(0)
+            except WireError as e:
+                log.warning("rejected a malformed control message: %s", e)
+                self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
+                continue
+            if msg is None:
+                break
+            self._abort(msg)
+        self.importer.handle(self.receiver.poll(0))
+
+    def _abort(self, msg: AbortRequest) -> None:
+        rid = msg.request_id
+        found = self.importer.drop(rid, f"aborted: {msg.reason}") | self.engine.abort(rid)
+        self.routes.pop(rid, None)
+        self.handoff.pop(rid, None)
+        log.info("[%s] aborted%s", rid, "" if found else " (not here)")
+
+    def _imported(self, msg: KVReserve, imp: Import) -> None:
+        self.routes[msg.request_id] = msg.reply_to
+        self.handoff[msg.request_id] = time.monotonic()
+        self.metrics.imports.inc()
+        self.metrics.kv_bytes.inc(imp.nbytes)
+
+    # ----- 3. send -------------------------------------------------------------------------------
+    def send(self, outputs: list[TokenOutput]) -> None:
+        by_router: dict[str, list[TokenOutput]] = {}
+        now = time.monotonic()
+        for out in outputs:
+            reply_to = self.routes.get(out.request_id)
+            if reply_to is None:
+                continue
+            by_router.setdefault(reply_to, []).append(out)
+            came = self.handoff.pop(out.request_id, None)
+            if came is not None:
+                self.metrics.handoff_seconds.observe(now - came)
+            if out.finished:
+                del self.routes[out.request_id]
+        self.metrics.tokens.inc(len(outputs))
+        for reply_to, outs in by_router.items():
+            self._push(reply_to, token_batch(self.name, outs))
+
+    def load(self) -> LoadReport:
+        s = self.engine.scheduler
+        running = len(s.running)
+        queued = len(s.waiting) + len(self.importer.importing) + len(self.importer.pending)
+        return LoadReport(
+            self.name, self.receiver.address, self.endpoint, running, queued, self.engine.num_free_blocks,
+            self.engine.blocks.num_blocks, time.time(),
+        )  # fmt: skip
+
+    def report(self) -> None:
+        now = time.monotonic()
+        if now < self.next_report:
+            return
+        self.next_report = now + self.cfg.report_interval_s
+        load = self.load()
+        m = self.metrics
+        m.running.set(load.running)
+        m.queued.set(load.queued)
+        m.pending.set(len(self.importer.pending))
+        m.free_blocks.set(load.free_blocks)
+        m.queued_reservations.set(self.importer.num_queued)
+        self.health.info.update(running=load.running, queued=load.queued, free_blocks=load.free_blocks)
+        for address in self.cfg.report_addresses:
+            self._push(address, load, timeout=0.05)
+
+    def _error(self, request_id: str, reply_to: str, kind: ErrorKind, message: str) -> None:
+        self.metrics.errors.labels(kind.value).inc()
+        self.routes.pop(request_id, None)
+        log.info("[%s] %s: %s", request_id, kind.value, message)
+        self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name))
+
+    def _push(
+        self, address: str, msg: TokenBatch | StageError | LoadReport, timeout: float | None = None
+    ) -> None:
+        try:
+            self.outbox.send(address, msg, self.cfg.send_timeout_s if timeout is None else timeout)
+        except WireError as e:
+            log.warning("could not deliver to %s: %s", address, e)

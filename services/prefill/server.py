@@ -1,0 +1,256 @@
+"""The prefill worker: prompts and image embeddings in, first token to the router, KV to decode.
+
+What it owns: the language model and ``lm_head`` (no vision weights), an engine whose requests
+are all ``prefill_only``, the requests waiting for their embeddings (``waiting.py``), and the KV
+transfers of computed prompts (``shipper.py``).
+
+Sockets:
+* ``ROUTER`` at ``--host:--port``: routers (DEALER) send ``PrefillRequest`` and ``AbortRequest``;
+  a malformed message is answered with ``StageError(bad_request)`` on it.
+* ``PULL`` at ``--inbox-port``: encoders push ``ImageEmbeddingResult`` (or ``StageError``).
+* a ``KVSender`` (``shared.transfer``): one DEALER per decode worker, replies on the same.
+* ``PUSH`` to each request's ``reply_to`` (``PushPool``): ``TokenBatch`` with the first token,
+  or ``StageError``.
+* HTTP on ``--http-port``: /health, /ready, /metrics.
+
+Life cycle of a request, one stage per step of the loop:
+1. receive: requests, embeddings and transfer replies, in any order. A request waits until all
+   its embeddings are there; an image error or its deadline fails it (what arrived is freed).
+2. admit: a complete request becomes an engine ``Request(prefill_only=True)``.
+3. run: one engine step (chunked prefill, prefix cache, deepstack).
+4. send: a sampled first token goes to the router at once; if the request goes on, its state is
+   offered to the decode worker (reserve); on a grant every layer is queued for sending (ZMQ
+   streams it while the next step computes); on the ack the blocks are freed (full blocks stay
+   in the prefix cache). Refusals and silent decode workers end the request with an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from services.encoder.metrics import Health
+from services.prefill.config import PrefillConfig
+from services.prefill.metrics import PrefillMetrics
+from services.prefill.requests import build_request
+from services.prefill.shipper import Shipper, Transfer
+from services.prefill.waiting import Waiting, WaitingRoom
+from shared.engine import Engine, FinishReason, TokenOutput
+from shared.transfer import KVSender
+from shared.wire import ImageEmbeddingResult, PullSocket, PushPool, RouterSocket, StageError, WireError
+from shared.wire.messages import AbortRequest, ErrorKind, PrefillRequest, TokenBatch
+from shared.wire.poll import wait_readable
+
+log = logging.getLogger("prefill")
+IDLE_POLL_S = 0.05
+MAX_RECV_PER_STEP = 256
+
+
+class PrefillServer:
+    def __init__(
+        self, cfg: PrefillConfig, engine: Engine, sender: KVSender, metrics: PrefillMetrics, health: Health
+    ) -> None:
+        self.cfg, self.engine, self.metrics, self.health = cfg, engine, metrics, health
+        self.requests = RouterSocket(cfg.address(cfg.port), bind=True, accept=[PrefillRequest, AbortRequest])
+        self.inbox = PullSocket(
+            cfg.address(cfg.inbox_port), bind=True, accept=[ImageEmbeddingResult, StageError],
+            max_frame_bytes=1 << 31,
+        )  # fmt: skip
+        self.outbox = PushPool()
+        self.endpoint = self.requests.endpoint
+        self.inbox_endpoint = self.inbox.endpoint
+        self.name = cfg.name or f"prefill@{self.endpoint}"
+        self.waiting = WaitingRoom(cfg.max_waiting, cfg.max_orphan_bytes, cfg.orphan_ttl_s)
+        self.shipper = Shipper(
+            engine,
+            sender,
+            self._error,
+            self.name,
+            cfg.kv_reply_timeout_s,
+            cfg.grant_timeout_s,
+            cfg.send_timeout_s,
+        )
+        self.shipper.on_done = self._transferred
+        self.sender = sender
+        self.active: dict[str, tuple[PrefillRequest, float]] = {}  # in the engine: request, admitted at
+        metrics.total_blocks.set(engine.blocks.num_blocks)
+
+    # ----- the loop ------------------------------------------------------------------------------
+    def serve(self, stop: threading.Event) -> None:
+        self.health.ready = True
+        log.info(
+            "%s serving (inbox %s, %d KV blocks)",
+            self.name,
+            self.inbox_endpoint,
+            self.engine.blocks.num_blocks,
+        )
+        while not stop.is_set():
+            try:
+                self.step()
+            except Exception:  # last resort: a bug in one turn must not take the service down
+                self.metrics.errors.labels(ErrorKind.INTERNAL.value).inc()
+                log.exception("unexpected error in the serving loop; continuing")
+
+    def step(self) -> None:
+        self.health.tick()
+        self.receive(0.0 if self.engine.has_unfinished() else IDLE_POLL_S)
+        self.admit()
+        outputs = self.engine.step() if self.engine.has_unfinished() else []
+        self.send(outputs)
+        self.shipper.expire()
+        m = self.metrics
+        m.waiting.set(len(self.waiting))
+        m.running.set(len(self.active))
+        m.transfers.set(len(self.shipper))
+        m.free_blocks.set(self.engine.num_free_blocks)
+        m.orphan_bytes.set(self.waiting.orphan_bytes)
+
+    def close(self) -> None:
+        self.requests.close()
+        self.inbox.close()
+        self.outbox.close()
+        self.sender.close()
+
+    # ----- 1. receive ----------------------------------------------------------------------------
+    def receive(self, timeout: float) -> None:
+        socks = [self.requests.zmq_socket, self.inbox.zmq_socket, *self.sender.sockets]
+        if timeout and not wait_readable(socks, timeout):
+            return
+        for _ in range(MAX_RECV_PER_STEP):
+            got = self._recv_request()
+            if got is None:
+                break
+            self._on_request(*got)
+        for _ in range(MAX_RECV_PER_STEP):
+            try:
+                msg = self.inbox.recv(0)
+            except WireError as e:
+                log.warning("rejected a malformed embedding message: %s", e)
+                self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
+                continue
+            if msg is None:
+                break
+            if msg.request_id is not None:
+                self.waiting.add_embedding(msg)
+        self.shipper.handle(self.sender.poll(0))
+
+    def _recv_request(self) -> tuple[bytes, PrefillRequest | AbortRequest] | None:
+        while True:
+            try:
+                return self.requests.recv(0)
+            except WireError as e:
+                self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
+                log.warning("rejected a malformed request: %s", e)
+                if e.peer is not None:
+                    err = StageError(
+                        None, None, ErrorKind.BAD_REQUEST, f"malformed message: {e}"[:4096], self.name
+                    )
+                    self._answer(e.peer, err)
+
+    def _answer(self, peer: bytes, msg: StageError) -> None:
+        try:
+            self.requests.send(peer, msg, self.cfg.send_timeout_s)
+        except WireError as e:
+            log.warning("could not answer a router: %s", e)
+
+    def _on_request(self, peer: bytes, msg: PrefillRequest | AbortRequest) -> None:
+        if isinstance(msg, AbortRequest):
+            self._abort(msg.request_id)
+            return
+        self.metrics.requests.inc()
+        rid = msg.request_id
+        if rid in self.active or rid in self.shipper.transfers:
+            self._answer(
+                peer, StageError(rid, None, ErrorKind.BAD_REQUEST, "request id already in use", self.name)
+            )
+            return
+        try:
+            self.waiting.add_request(msg)
+        except (KeyError, OverflowError) as e:
+            kind = ErrorKind.OVERLOADED if isinstance(e, OverflowError) else ErrorKind.BAD_REQUEST
+            self._error(rid, msg.reply_to, kind, str(e))
+
+    def _abort(self, request_id: str) -> None:
+        found = self.waiting.remove(request_id) | self.shipper.abort(request_id)
+        if self.active.pop(request_id, None) is not None:
+            found = self.engine.abort(request_id) or True
+        log.info("[%s] aborted%s", request_id, "" if found else " (not here)")
+
+    # ----- 2. admit ------------------------------------------------------------------------------
+    def admit(self) -> None:
+        for w in self.waiting.expire():
+            have = len(w.images.results)
+            self._error(
+                w.msg.request_id, w.msg.reply_to, ErrorKind.DEADLINE_EXCEEDED,
+                f"deadline passed with {have} of {len(w.msg.images)} image embeddings received",
+            )  # fmt: skip
+        for w in self.waiting.pop_done():
+            self._admit(w)
+
+    def _admit(self, w: Waiting) -> None:
+        msg = w.msg
+        if w.images.failed or w.problem:
+            e = w.images.errors[0] if w.images.errors else None
+            kind = e.kind if e else ErrorKind.BAD_REQUEST
+            text = f"image {e.image_index} failed at {e.source}: {e.message}" if e else w.problem
+            self._error(msg.request_id, msg.reply_to, kind, text)
+            return
+        if time.time() > msg.deadline:
+            self._error(msg.request_id, msg.reply_to, ErrorKind.DEADLINE_EXCEEDED, "deadline passed")
+            return
+        try:
+            request = build_request(msg, w.images.ordered(), self.engine.pool.dtype)
+            self.engine.add_request(request)
+        except ValueError as e:
+            self._error(msg.request_id, msg.reply_to, ErrorKind.BAD_REQUEST, str(e))
+            return
+        self.active[msg.request_id] = (msg, time.monotonic())
+        self.metrics.prompt_tokens.inc(len(msg.prompt_token_ids))
+
+    # ----- 4. send -------------------------------------------------------------------------------
+    def send(self, outputs: list[TokenOutput]) -> None:
+        by_router: dict[str, list[TokenOutput]] = {}
+        for out in outputs:
+            msg, admitted = self.active.pop(out.request_id)
+            by_router.setdefault(msg.reply_to, []).append(out)
+            self.metrics.ttft.observe(time.monotonic() - admitted)
+            if out.finish_reason is FinishReason.PREFILLED:
+                if len(self.shipper) >= self.cfg.max_transfers:
+                    self.engine.abort(out.request_id)
+                    self._error(
+                        out.request_id, msg.reply_to, ErrorKind.OVERLOADED, "too many transfers waiting"
+                    )
+                    continue
+                self.shipper.start(out.request_id, msg.decode_address, msg.reply_to)
+            else:  # finished at its first token: nothing to decode
+                self.engine.release(out.request_id)
+        for reply_to, outs in by_router.items():
+            self._push(reply_to, token_batch(self.name, outs))
+
+    def _transferred(self, t: Transfer) -> None:
+        self.metrics.kv_bytes.inc(t.nbytes)
+        self.metrics.transfers_done.inc()
+        self.metrics.transfer_seconds.observe(time.monotonic() - t.started)
+
+    def _error(self, request_id: str, reply_to: str, kind: ErrorKind, message: str) -> None:
+        self.metrics.errors.labels(kind.value).inc()
+        log.info("[%s] %s: %s", request_id, kind.value, message)
+        self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name))
+
+    def _push(self, address: str, msg: TokenBatch | StageError) -> None:
+        try:
+            self.outbox.send(address, msg, self.cfg.send_timeout_s)
+        except WireError as e:
+            log.warning("could not deliver to the router at %s: %s", address, e)
+
+
+def token_batch(source: str, outputs: list[TokenOutput]) -> TokenBatch:
+    reasons = [
+        "" if o.finish_reason in (None, FinishReason.PREFILLED) else o.finish_reason.value for o in outputs
+    ]
+    with_lp = any(o.logprob is not None for o in outputs)
+    logprobs = [float("nan") if o.logprob is None else o.logprob for o in outputs] if with_lp else []
+    return TokenBatch(
+        source, [o.request_id for o in outputs], [o.token_id for o in outputs], logprobs, reasons
+    )

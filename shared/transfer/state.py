@@ -1,0 +1,44 @@
+"""Engine objects <-> wire messages of the transfer: sampling parameters and sequence state."""
+
+from __future__ import annotations
+
+import torch
+
+from shared.engine import SamplingParams, SequenceState
+from shared.wire.messages import KVReserve, Sampling
+
+
+def sampling_to_wire(p: SamplingParams) -> Sampling:
+    return Sampling(
+        p.temperature, p.top_p, p.top_k, p.min_p, p.seed, p.max_tokens, list(p.stop_token_ids),
+        p.ignore_eos, p.logprobs,
+    )  # fmt: skip
+
+
+def sampling_from_wire(s: Sampling) -> SamplingParams:
+    """Raises ValueError for values the engine refuses."""
+    return SamplingParams(
+        s.temperature, s.top_p, s.top_k, s.min_p, s.seed, s.max_tokens, tuple(s.stop_token_ids),
+        s.ignore_eos, s.logprobs,
+    )  # fmt: skip
+
+
+def reservation(
+    state: SequenceState, num_layers: int, reply_to: str, deadline: float, source: str
+) -> KVReserve:
+    rng = None if state.rng_state is None else state.rng_state.to(torch.uint8).flatten()
+    return KVReserve(
+        state.request_id, list(state.token_ids), state.num_prompt_tokens, state.mrope_delta,
+        sampling_to_wire(state.params), rng, num_layers, reply_to, deadline, source,
+    )  # fmt: skip
+
+
+def state_from_reservation(msg: KVReserve) -> SequenceState:
+    return SequenceState(
+        msg.request_id,
+        list(msg.token_ids),
+        msg.num_prompt_tokens,
+        msg.mrope_delta,
+        sampling_from_wire(msg.sampling),
+        None if msg.rng_state is None else msg.rng_state.clone(),
+    )

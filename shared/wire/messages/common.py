@@ -1,0 +1,45 @@
+"""What every channel shares: identifier patterns, limits, error kinds and ``StageError``."""
+
+from __future__ import annotations
+
+import enum
+
+from shared.wire.schema import message, rule
+
+REQUEST_ID = r"[A-Za-z0-9._:@-]{1,128}"
+CONTENT_HASH = r"[0-9a-f]{64}"  # SHA-256 hex of the raw image bytes (shared.multimodal.image.image_hash)
+ADDRESS = r"(tcp://[A-Za-z0-9.\-\[\]:*]{1,253}:[0-9]{1,5}|ipc://[^\s]{1,200}|inproc://[^\s]{1,200})"
+MAX_IMAGES_PER_REQUEST = 256
+MAX_IMAGE_INDEX = 4095
+MAX_IMAGE_BYTES = 64 << 20
+MAX_GRID = 1 << 16
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+MAX_PROMPT_TOKENS = 1 << 20
+MAX_TOKEN_ID = (1 << 31) - 1
+SOURCE = 256  # max length of a service's name in messages
+
+
+class ErrorKind(enum.StrEnum):
+    BAD_REQUEST = "bad_request"  # the message itself was malformed or inconsistent
+    BAD_IMAGE = "bad_image"  # the image bytes cannot be decoded or are out of limits
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    OVERLOADED = "overloaded"
+    INTERNAL = "internal"
+    ABORTED = "aborted"
+    # No token of the request left prefill for the client from a decode worker: the KV never
+    # reached one (refused, full, gone). The router may run the request again elsewhere.
+    UNAVAILABLE = "unavailable"
+
+
+# ----- shared ----------------------------------------------------------------------------------------
+@message("stage_error")
+class StageError:
+    """A stage could not do its part of a request (or of one image of it), delivered where that
+    part's result would have gone. ``request_id`` is None only when the message that failed did
+    not reveal one; ``image_index`` is None when the whole request failed."""
+
+    request_id: str | None = rule(pattern=REQUEST_ID)
+    image_index: int | None = rule(ge=0, le=MAX_IMAGE_INDEX)
+    kind: ErrorKind
+    message: str = rule(max_len=4096)
+    source: str = rule(max_len=256)  # which service reported it, e.g. "encoder@tcp://10.0.0.5:5600"

@@ -1,0 +1,110 @@
+"""router -> prefill and router -> decode: running a prompt, and aborting a request.
+
+* router -> prefill (DEALER -> ROUTER): ``PrefillRequest``, ``AbortRequest``; a message that fails
+  validation is answered with ``StageError(bad_request)`` on the same socket.
+* router -> decode (PUSH -> PULL, the decode worker's control port): ``AbortRequest``.
+
+The prompt's MRoPE layout travels as its segments (``shared.multimodal.mrope.Segment``): a few
+numbers per text run or image instead of 3 positions per token.
+"""
+
+from __future__ import annotations
+
+from shared.wire.messages.common import (
+    ADDRESS,
+    CONTENT_HASH,
+    MAX_GRID,
+    MAX_IMAGE_INDEX,
+    MAX_IMAGES_PER_REQUEST,
+    MAX_PROMPT_TOKENS,
+    MAX_TOKEN_ID,
+    REQUEST_ID,
+    SOURCE,
+)
+from shared.wire.schema import message, rule, struct
+
+MAX_STOP_TOKENS = 64
+MAX_SEGMENTS = 2 * MAX_IMAGES_PER_REQUEST + 1
+
+
+@struct
+class Sampling:
+    """``shared.engine.SamplingParams`` on the wire (the engine re-checks the values)."""
+
+    temperature: float = rule(ge=0, le=100)
+    top_p: float = rule(ge=0, le=1)
+    top_k: int = rule(ge=0, le=MAX_TOKEN_ID)
+    min_p: float = rule(ge=0, le=1)
+    seed: int | None = rule(ge=0, le=(1 << 63) - 1)
+    max_tokens: int = rule(ge=1, le=MAX_PROMPT_TOKENS)
+    stop_token_ids: list[int] = rule(ge=0, le=MAX_TOKEN_ID, max_len=MAX_STOP_TOKENS)
+    ignore_eos: bool
+    logprobs: int | None = rule(ge=0, le=20)
+
+
+@struct
+class MRopeSegment:
+    """One text run (grid all zero) or one image (merged grid t, h, w) of the prompt's layout."""
+
+    start: int = rule(ge=0, le=MAX_PROMPT_TOKENS)
+    length: int = rule(ge=1, le=MAX_PROMPT_TOKENS)
+    position: int = rule(ge=0, le=MAX_PROMPT_TOKENS)
+    grid: tuple[int, int, int] = rule(ge=0, le=MAX_GRID)
+
+
+@struct
+class ImagePlacement:
+    """Where image ``index`` (as the encoders tag its embeddings) sits in the prompt."""
+
+    index: int = rule(ge=0, le=MAX_IMAGE_INDEX)
+    content_hash: str = rule(pattern=CONTENT_HASH)
+    start: int = rule(ge=0, le=MAX_PROMPT_TOKENS)  # first image token
+    num_tokens: int = rule(ge=1, le=MAX_PROMPT_TOKENS)
+
+
+@message("prefill_request")
+class PrefillRequest:
+    """Run this prompt, send its first token to ``reply_to`` and its KV to ``decode_address``.
+
+    The request's image embeddings come separately, from encoders, tagged with ``request_id`` and
+    the placement's ``index``; they may arrive before or after this message.
+    """
+
+    request_id: str = rule(pattern=REQUEST_ID)
+    prompt_token_ids: list[int] = rule(ge=0, le=MAX_TOKEN_ID, min_len=1, max_len=MAX_PROMPT_TOKENS)
+    layout: list[MRopeSegment] = rule(max_len=MAX_SEGMENTS)  # empty: text only, positions 0 .. T-1
+    mrope_delta: int = rule(ge=-MAX_PROMPT_TOKENS, le=MAX_PROMPT_TOKENS)
+    images: list[ImagePlacement] = rule(max_len=MAX_IMAGES_PER_REQUEST)  # in prompt order
+    sampling: Sampling
+    decode_address: str = rule(pattern=ADDRESS)  # the chosen decode worker's KV port
+    reply_to: str = rule(pattern=ADDRESS)  # the router's token inbox (TokenBatch, StageError)
+    deadline: float = rule(ge=0)  # absolute Unix time: no first token by then -> error
+
+    def validate(self) -> None:
+        t = len(self.prompt_token_ids)
+        if [im.index for im in self.images] != list(range(len(self.images))):
+            raise ValueError("image placements must be indexed 0 .. n-1 in prompt order")
+        end = 0
+        for im in self.images:
+            if im.start < end or im.start + im.num_tokens > t:
+                raise ValueError(f"image {im.index} overlaps another or leaves the prompt")
+            end = im.start + im.num_tokens
+        if self.layout:
+            covered = 0
+            for seg in self.layout:
+                if seg.start != covered:
+                    raise ValueError(f"layout segment at {seg.start} leaves a gap or overlaps")
+                covered += seg.length
+            if covered != t:
+                raise ValueError(f"layout covers {covered} tokens, the prompt has {t}")
+        elif self.images or self.mrope_delta:
+            raise ValueError("a prompt with images needs its MRoPE layout")
+
+
+@message("abort_request")
+class AbortRequest:
+    """Stop working on a request and free what it holds (client gone, or the router gave up)."""
+
+    request_id: str = rule(pattern=REQUEST_ID)
+    reason: str = rule(max_len=1024, default="")
+    source: str = rule(max_len=SOURCE, default="")
