@@ -35,16 +35,20 @@ class KVPool:
         self.block_size = block_size
         self.dtype = dtype
         self.device = device
+        # Views made once: a decode step asks for them in every layer, and each view op costs ~1 us.
+        self._slots = [(self.k[i].flatten(0, 1), self.v[i].flatten(0, 1)) for i in range(num_layers)]
+        self._rows = [(self.k[i].flatten(1), self.v[i].flatten(1)) for i in range(num_layers)]  # [N, B*Hkv*D]
+        self._token_shape = (-1, num_kv_heads, head_dim)
 
     def slots(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat views [N * B, Hkv, D] of one layer's K and V."""
-        return self.k[layer].flatten(0, 1), self.v[layer].flatten(0, 1)
+        return self._slots[layer]
 
     def gather(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V [n * B, Hkv, D] of blocks [n], in order (index_select on whole blocks: a row copy)."""
-        shape = (-1, *self.k.shape[3:])
-        k = self.k[layer].flatten(1).index_select(0, blocks).view(shape)
-        v = self.v[layer].flatten(1).index_select(0, blocks).view(shape)
+        k_rows, v_rows = self._rows[layer]
+        k = k_rows.index_select(0, blocks).view(self._token_shape)
+        v = v_rows.index_select(0, blocks).view(self._token_shape)
         return k, v
 
     def slot_ids(self, block_table: list[int], start: int, end: int) -> list[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from shared.engine.host import long_tensor
 from shared.engine.kv_pool import KVPool
 from shared.engine.paged_attention import PagedAttention
 from shared.engine.scheduler import ScheduledSeq
@@ -34,6 +35,8 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], torch.Tensor | None]:
         """Compute the batch; returns the entries that sample and their logits [R, V]."""
+        if self.decode_only(batch):
+            return batch, self._run_decode(batch)
         dev = self.device
         bs = self.pool.block_size
         ids: list[int] = []
@@ -68,14 +71,14 @@ class ModelRunner:
                 sample_rows.append(offset - 1)
                 sampling.append(s)
 
-        pos = torch.tensor(linear, device=dev).expand(3, -1)  # [3, T]
+        pos = long_tensor(linear, dev).expand(3, -1)  # [3, T]
         if grid_parts:
             pos = pos.clone()
             for off, part in grid_parts:
                 pos[:, off : off + part.shape[1]] = part
         lm = self.model.model
         assert lm is not None
-        embeds = lm.embed_tokens(torch.tensor(ids, device=dev))  # [T, H]
+        embeds = lm.embed_tokens(long_tensor(ids, dev))  # [T, H]
         deepstack = None
         if image_rows:
             index = torch.cat(image_index).to(dev)  # [N]
@@ -86,10 +89,43 @@ class ModelRunner:
             [s.num_tokens for s in batch],
             [s.end for s in batch],
             [s.seq.block_table for s in batch],
-            torch.tensor(slots, device=dev),
+            long_tensor(slots, dev),
             self.scale,
         )
         hidden = self.model(embeds, pos, attn, deepstack)  # [T, H]
         if not sampling:
             return sampling, None
-        return sampling, self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)])  # [R, V]
+        if len(sample_rows) < len(ids):
+            hidden = hidden[long_tensor(sample_rows, dev)]
+        return sampling, self.model.compute_logits(hidden)  # [R, V]
+
+    @staticmethod
+    def decode_only(batch: list[ScheduledSeq]) -> bool:
+        """Every entry computes its last token, a generated one: no images, no prompt positions, and
+        every row samples (a one-token chunk of a recomputation, not yet the last, does not)."""
+        return all(
+            s.num_tokens == 1 and s.start >= s.seq.num_prompt_tokens and s.end == s.seq.num_tokens
+            for s in batch
+        )
+
+    def _run_decode(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        """The packing of ``run`` for a batch of decodes only, without its per-sequence branches: the
+        step that repeats most often. Gives the same inputs, hence the same logits."""
+        dev, bs = self.device, self.pool.block_size
+        ids, slots, positions, tables, lengths = [], [], [], [], []
+        for s in batch:
+            seq, i = s.seq, s.start
+            table = seq.block_table
+            ids.append(seq.token_ids[i])
+            slots.append(table[i // bs] * bs + i % bs)
+            positions.append(i + seq.mrope_delta)
+            tables.append(table)
+            lengths.append(i + 1)
+        attn = PagedAttention(
+            self.pool, [1] * len(batch), lengths, tables, long_tensor(slots, dev), self.scale
+        )
+        pos = long_tensor(positions, dev).expand(3, -1)  # [3, T]
+        lm = self.model.model
+        assert lm is not None
+        hidden = self.model(lm.embed_tokens(long_tensor(ids, dev)), pos, attn, None)  # [T, H]
+        return self.model.compute_logits(hidden)  # [T, V]

@@ -2,7 +2,8 @@
 
 Built once per step from the batch's metadata; everything that does not depend on the layer
 (slot mapping, padded block tables, masks, row indices) is made here, so ``forward`` costs a few
-tensor ops per layer whatever the batch size.
+tensor ops per layer whatever the batch size. Masks are made additive here (0 / -inf, what SDPA
+would convert a boolean mask to in every layer).
 
 Sequences are attended in padded groups, one SDPA call per group: their blocks are gathered into
 ``[C, Hkv, Lpad, D]``, their query rows into ``[C, Hq, Tpad, D]``, and a mask keeps each query to
@@ -20,38 +21,60 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from shared.engine.host import long_tensor
 from shared.engine.kv_pool import KVPool
 from shared.models.layers.attention import AttentionBackend
 
 MAX_PADDING_WASTE = 2.0  # padded work / useful work above which chunks are attended one by one
 
 
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The float mask SDPA makes of a boolean one (0 where allowed, -inf elsewhere), made once per
+    step instead of once per layer."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, float("-inf")
+    )
+
+
 class _Group:
     """Sequences attended by one SDPA call; each is (packed offset, new tokens, context length, blocks)."""
 
-    def __init__(
-        self, seqs: list[tuple[int, int, int, list[int]]], block_size: int, device: torch.device
-    ) -> None:
+    def __init__(self, seqs: list[tuple[int, int, int, list[int]]], pool: KVPool) -> None:
+        block_size, device = pool.block_size, pool.device
         tpad = max(n for _, n, _, _ in seqs)
-        nbmax = max(-(-length // block_size) for _, _, length, _ in seqs)
+        num_blocks = [-(-length // block_size) for _, _, length, _ in seqs]
+        nbmax = max(num_blocks)
         lpad = nbmax * block_size
         self.num_seqs, self.tpad = len(seqs), tpad
-        tables = [t[: -(-length // block_size)] for _, _, length, t in seqs]
-        self.blocks = torch.tensor([t + [0] * (nbmax - len(t)) for t in tables], device=device).flatten()
-        rows = [[off + min(i, n - 1) for i in range(tpad)] for off, n, _, _ in seqs]  # padding repeats a row
-        self.rows = torch.tensor(rows, device=device).flatten()  # [C * Tpad] packed rows of the queries
+        flat: list[int] = []  # block tables padded with block 0 (masked out), one flat list: fast to convert
+        for (_, _, _, table), nb in zip(seqs, num_blocks, strict=True):
+            flat += table[:nb]
+            flat += [0] * (nbmax - nb)
+        self.blocks = long_tensor(flat, device)  # [C * nbmax]
         self.first = seqs[0][0]
+        cols = torch.arange(lpad, device=device)
+        if tpad == 1:  # decodes: one query row each, the row of its offset; the mask is the context length
+            offsets = [off for off, _, _, _ in seqs]
+            self.rows = self.dest = long_tensor(offsets, device)  # [C]
+            self.in_order = offsets == list(range(self.first, self.first + len(seqs)))
+            self.valid = None
+            lengths = long_tensor([length for _, _, length, _ in seqs], device)
+            self.is_causal = False
+            allowed = cols[None, :] < lengths[:, None]  # [C, Lpad]
+            self.mask = _additive(allowed, pool.dtype)[:, None, None, :]  # [C, 1, 1, Lpad]
+            return
+        rows = [[off + min(i, n - 1) for i in range(tpad)] for off, n, _, _ in seqs]  # padding repeats a row
+        self.rows = long_tensor([r for row in rows for r in row], device)  # [C * Tpad] rows of the queries
         self.in_order = rows == [
             list(range(self.first + c * tpad, self.first + (c + 1) * tpad)) for c in range(len(seqs))
         ]
         valid = [c * tpad + i for c, (_, n, _, _) in enumerate(seqs) for i in range(n)]
-        self.valid = None if len(valid) == len(self.rows) else torch.tensor(valid, device=device)
-        self.dest = torch.tensor([off + i for off, n, _, _ in seqs for i in range(n)], device=device)
-        cols = torch.arange(lpad, device=device)
+        self.valid = None if len(valid) == len(self.rows) else long_tensor(valid, device)
+        self.dest = long_tensor([off + i for off, n, _, _ in seqs for i in range(n)], device)
         q_pos = torch.tensor([[length - n + min(i, n - 1) for i in range(tpad)] for _, n, length, _ in seqs])
         mask = cols[None, None, :] <= q_pos.to(device)[:, :, None]  # [C, Tpad, Lpad]
         self.is_causal = len(seqs) == 1 and seqs[0][1] == seqs[0][2] == lpad  # plain causal, no mask needed
-        self.mask = None if self.is_causal else mask[:, None]  # [C, 1, Tpad, Lpad]
+        self.mask = None if self.is_causal else _additive(mask, pool.dtype)[:, None]  # [C, 1, Tpad, Lpad]
 
     def attend(self, pool: KVPool, layer: int, q: torch.Tensor, scale: float) -> torch.Tensor:
         """Outputs [C * Tpad, Hq, D] of this group's query rows (padding rows included)."""
@@ -92,15 +115,14 @@ class PagedAttention(AttentionBackend):
             (singles if q_len == 1 else chunks).append((offset, q_len, length, table))
             offset += q_len
         self.num_tokens = offset
-        dev, bs = pool.device, pool.block_size
-        self.groups = [_Group(singles, bs, dev)] if singles else []
+        self.groups = [_Group(singles, pool)] if singles else []
         if chunks:
             useful = sum(n * length for _, n, length, _ in chunks)
             padded = len(chunks) * max(n for _, n, _, _ in chunks) * max(length for _, _, length, _ in chunks)
             if padded <= MAX_PADDING_WASTE * useful:
-                self.groups.append(_Group(chunks, bs, dev))
+                self.groups.append(_Group(chunks, pool))
             else:
-                self.groups += [_Group([c], bs, dev) for c in chunks]
+                self.groups += [_Group([c], pool) for c in chunks]
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_slots, v_slots = self.pool.slots(layer)  # [N*bs, Hkv, D]
