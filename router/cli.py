@@ -1,9 +1,11 @@
 """``epd``: the project's command line. ``epd up`` runs a whole local cluster on one machine.
 
-    epd up [--model DIR] [--encoders N] [--torch-threads N] [--log-dir DIR]
+    epd up [--model DIR] [--encoders N] [--prefills N] [--decodes N] [--port 8000] [--log-dir DIR]
 
-It starts the services as child processes (``shared/supervisor.py``), waits until each is
-ready, prints their endpoints, restarts any that crash, and stops them all on Ctrl-C. The default
+It starts encoders, prefill and decode workers and the router as child processes
+(``shared/supervisor.py``), waits until each is ready (the router: until it sees a ready worker
+of every stage), prints the API URL, restarts any service that crashes, and stops them all on
+Ctrl-C. Restarted services keep their ports only with a fixed ``--base-port`` (the default). The default
 model is the bundled demo checkpoint in ``models/demo``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -22,17 +25,65 @@ from shared.supervisor import REPO_ROOT, ServiceSpec, Supervisor
 DEMO_MODEL = REPO_ROOT / "models" / "demo"
 
 
-def cluster_specs(args: argparse.Namespace) -> list[ServiceSpec]:
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
+    """Encoders, prefill and decode workers, and the router that reads their ready files.
+
+    Ports from ``--base-port`` B: encoder i B+i (HTTP B+1000+i), prefill i B+100+2i and B+101+2i
+    (HTTP B+1100+i), decode i B+200+2i and B+201+2i (HTTP B+1200+i), the router's inbox B+300.
+    B = 0: free ports everywhere (the router's HTTP port too, unless --port is given)."""
     common = ("--model", str(args.model), "--host", args.host, "--torch-threads", str(args.torch_threads))
+    engine = (*common, "--device", args.device, "--dtype", args.dtype)
+    b = args.base_port
+
+    def port(offset: int) -> str:
+        return "0" if b == 0 else str(b + offset)
+
+    inbox = _free_port(args.host) if b == 0 else b + 300
     specs = []
     for i in range(args.encoders):
-        # --base-port 0 lets every service pick free ports (tests, several clusters on one host).
-        port, http = (0, 0) if args.base_port == 0 else (args.base_port + i, args.base_port + 1000 + i)
-        specs.append(
-            ServiceSpec(
-                f"encoder-{i}", "services.encoder", (*common, "--port", str(port), "--http-port", str(http))
-            )
+        flags = (
+            "--port",
+            port(i),
+            "--http-port",
+            port(1000 + i),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
         )
+        specs.append(ServiceSpec(f"encoder-{i}", "services.encoder", (*common, *flags)))
+    for i in range(args.prefills):
+        flags = (
+            "--port",
+            port(100 + 2 * i),
+            "--inbox-port",
+            port(101 + 2 * i),
+            "--http-port",
+            port(1100 + i),
+        )
+        specs.append(ServiceSpec(f"prefill-{i}", "services.prefill", (*engine, *flags, *args.prefill_arg)))
+    for i in range(args.decodes):
+        flags = ("--port", port(200 + 2 * i), "--kv-port", port(201 + 2 * i), "--http-port", port(1200 + i))
+        report = ("--report-to", f"tcp://{args.host}:{inbox}")
+        specs.append(
+            ServiceSpec(f"decode-{i}", "services.decode", (*engine, *flags, *report, *args.decode_arg))
+        )
+    ready = [str(log_dir / f"{s.name}.ready.json") for s in specs]
+    http_port = args.port if args.port is not None else (0 if b == 0 else 8000)
+    router = (
+        "--model", str(args.model), "--host", args.http_host, "--port", str(http_port),
+        "--inbox-host", args.host, "--inbox-port", str(inbox),
+        "--encoders", ",".join(r for r in ready if "encoder-" in r),
+        "--prefills", ",".join(r for r in ready if "prefill-" in r),
+        *args.router_arg,
+    )  # fmt: skip
+    specs.append(ServiceSpec("router", "router", router))
     return specs
 
 
@@ -45,14 +96,15 @@ def up(args: argparse.Namespace) -> int:
         )
         return 2
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="epd-"))
-    supervisor = Supervisor(cluster_specs(args), log_dir)
+    supervisor = Supervisor(cluster_specs(args, log_dir), log_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         ready = supervisor.start(timeout=args.start_timeout)
         for name, info in ready.items():
-            print(f"{name:12s} {info.get('zmq', '')}  {info.get('http', '')}", flush=True)
+            print(f"{name:12s} {info.get('zmq', info.get('kv', ''))}  {info.get('http', '')}", flush=True)
+        print(f"OpenAI API at {ready['router']['http']}/v1", flush=True)
         print(f"cluster ready (logs in {log_dir}); Ctrl-C stops it", flush=True)
         supervisor.watch(stop)
     except RuntimeError as e:
@@ -70,6 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("up", help="start a local cluster and keep it running until Ctrl-C")
     p.add_argument("--model", type=Path, default=DEMO_MODEL, help="checkpoint directory (default: demo)")
     p.add_argument("--encoders", type=int, default=1)
+    p.add_argument("--prefills", type=int, default=1)
+    p.add_argument("--decodes", type=int, default=1)
+    p.add_argument(
+        "--port", type=int, default=None, help="router HTTP port (default 8000; 0 with --base-port 0)"
+    )
+    p.add_argument("--http-host", default="127.0.0.1", help="interface the router's HTTP API listens on")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for every service")
+    p.add_argument("--dtype", default="auto")
+    for stage in ("prefill", "decode", "router"):
+        p.add_argument(
+            f"--{stage}-arg", action="append", default=[], help=f"extra flag for every {stage} (repeatable)"
+        )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument(
         "--base-port",
@@ -82,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.encoders < 1:
-        parser.error("--encoders must be >= 1")
+    if min(args.encoders, args.prefills, args.decodes) < 1:
+        parser.error("--encoders, --prefills and --decodes must be >= 1")
     return up(args)
 
 

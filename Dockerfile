@@ -1,0 +1,14 @@
+# One image for every service: router, encoder, prefill, decode (the command picks the service).
+FROM python:3.11-slim
+WORKDIR /app
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# torch first and pinned, so that nothing later pulls another build (see the design note).
+RUN pip install torch==2.13.0
+COPY pyproject.toml README.md ./
+COPY router ./router
+COPY services ./services
+COPY shared ./shared
+COPY tools ./tools
+RUN pip install .
+EXPOSE 8000
+CMD ["epd", "up", "--model", "/models/demo", "--http-host", "0.0.0.0"]

@@ -1,0 +1,83 @@
+"""Entry point: ``python -m router --model DIR --encoders ... --prefills ... [flags]`` (``--help``).
+
+Binds the HTTP port first (so ``--port 0`` is known), serves with uvicorn, and writes the ready
+file (``{"http", "inbox", "pid"}``) once at least one worker of each stage is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+import uvicorn
+
+from router.app import RequestIdFilter, create_app
+from router.config import ENCODER_KEYS, PREFILL_KEYS, parse_config, parse_workers
+from router.images import FetchLimits
+from router.metrics import RouterMetrics
+from router.orchestrator import Orchestrator
+from router.prepare import Preparer
+from router.workers import Encoder, Prefill, Workers
+from services.common.launch import write_ready_file
+
+log = logging.getLogger("router")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+    )
+    logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
+    encoders = [Encoder(**w) for w in parse_workers(cfg.encoders, ENCODER_KEYS, cfg.start_timeout_s)]
+    prefills = [Prefill(**w) for w in parse_workers(cfg.prefills, PREFILL_KEYS, cfg.start_timeout_s)]
+    if not encoders or not prefills:
+        print("router: give at least one --encoders and one --prefills entry", file=sys.stderr)
+        return 2
+    workers = Workers(encoders, prefills, cfg.heartbeat_timeout_s)
+    limits = FetchLimits(
+        cfg.max_image_bytes, cfg.fetch_timeout_s, cfg.allow_private_urls, cfg.allow_file_urls
+    )
+    prep = Preparer(cfg.model, cfg.model_name, cfg.max_model_len, cfg.max_images, limits)
+    orch = Orchestrator(
+        workers, RouterMetrics(), inbox=f"tcp://{cfg.inbox_host}:{cfg.inbox_port}",
+        advertise_host=cfg.advertise_host or cfg.inbox_host, image_token_id=prep.builder.image_token_id,
+        merge_size=prep.processor.merge_size, max_inflight=cfg.max_inflight, max_per_worker=cfg.max_per_worker,
+        max_retries=cfg.max_retries,
+    )  # fmt: skip
+    app = create_app(cfg, workers, orch, prep)
+    sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((cfg.host, cfg.port))
+    url = f"http://{cfg.host}:{sock.getsockname()[1]}"
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+    )
+
+    async def announce() -> None:
+        while not server.started or not all(workers.ready(time.monotonic()).values()):
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.1)
+        write_ready_file(cfg.ready_file, {"http": url, "inbox": orch.reply_to})
+        log.info("router ready on %s (inbox %s)", url, orch.reply_to)
+
+    async def run() -> None:
+        task = asyncio.create_task(announce())
+        await server.serve(sockets=[sock])
+        task.cancel()
+
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Incremental detokenization and stop strings, per request.
+
+``Detokenizer.push(token)`` returns the new text a token completes. Byte-level BPE tokens can
+end in the middle of a multi-byte character: the text of the window since the last complete
+character is decoded again with each token, and nothing is emitted while it ends in U+FFFD, so a
+client never sees half a character. ``StopStrings`` holds back the last ``len(longest stop) - 1``
+characters, so a stop string split across tokens is still found, and cuts the text before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Detokenizer:
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip = skip_special_tokens
+        self.ids: list[int] = []
+        self.prefix = 0  # window start: the text before it was emitted
+        self.read = 0  # ids already turned into emitted text
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        now = self._decode(self.ids[self.prefix :])
+        if len(now) <= len(before) or now.endswith("\ufffd"):
+            return ""  # a partial character (or a skipped special token): wait for more
+        self.prefix, self.read = self.read, len(self.ids)
+        return now[len(before) :]
+
+    def flush(self) -> str:
+        """The text still held back at the end of the request (may hold U+FFFD)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        now = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return now[len(before) :] if len(now) > len(before) else ""
+
+
+class StopStrings:
+    """Feed text with ``push``; it returns (text safe to emit, whether a stop string ended it)."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def push(self, delta: str, final: bool = False) -> tuple[str, bool]:
+        if self.stopped:
+            return "", True
+        self.text += delta
+        start = max(0, self.sent - self.hold)
+        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if hits:
+            cut = max(min(hits), self.sent)
+            out, self.sent, self.stopped = self.text[self.sent : cut], cut, True
+            self.text = self.text[:cut]
+            return out, True
+        safe = len(self.text) if final else max(self.sent, len(self.text) - self.hold)
+        out, self.sent = self.text[self.sent : safe], safe
+        return out, False

@@ -1,0 +1,118 @@
+"""One request's generation as the HTTP side sees it: submit the job, then iterate text pieces.
+
+``Generation`` owns the per-request asyncio queue that the orchestrator thread fills, the
+incremental detokenizer and the stop strings. Iterating yields ``Piece``s (text, token
+logprobs, finish reason); a stage error becomes an ``APIError``. Whatever way the iteration ends
+(done, stop string, client gone, timeout, exception) ``close`` aborts the request in the cluster
+unless it finished by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.detokenize import Detokenizer, StopStrings
+from router.jobs import Event, Job
+from router.orchestrator import Orchestrator, Overloaded
+from router.prepare import Prepared
+from router.protocol import APIError, overloaded
+from shared.wire.messages import ErrorKind
+
+_STATUS = {
+    ErrorKind.BAD_REQUEST: (400, "invalid_request_error"),
+    ErrorKind.BAD_IMAGE: (400, "invalid_request_error"),
+    ErrorKind.DEADLINE_EXCEEDED: (504, "timeout_error"),
+    ErrorKind.ABORTED: (499, "aborted"),
+}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def stage_error(kind: ErrorKind, message: str) -> APIError:
+    if kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE):
+        return overloaded(message)
+    status, type_ = _STATUS.get(kind, (500, "internal_error"))
+    return APIError(status, message, type=type_, code=str(kind))
+
+
+@dataclass
+class Piece:
+    text: str
+    logprobs: list[tuple[str, float]] = field(default_factory=list)
+    finish: str | None = None
+
+
+class Generation:
+    def __init__(
+        self, orch: Orchestrator, tokenizer: Any, prep: Prepared, rid: str, timeout_s: float
+    ) -> None:
+        self.orch, self.tokenizer, self.prep, self.rid = orch, tokenizer, prep, rid
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.detok = Detokenizer(tokenizer)
+        self.stops = StopStrings(prep.stops)
+        self.deadline = time.monotonic() + timeout_s
+        self.completion_tokens = 0
+        self.finished = False
+        self.want_logprobs = prep.params.logprobs is not None
+        self._first: Event | None = None
+
+    async def start(self) -> None:
+        """Submit, and wait for the first event so that errors before any token get a status code."""
+        loop = asyncio.get_running_loop()
+        job = Job(
+            self.rid, self.prep.prompt_ids, self.prep.images, self.prep.params, self.deadline,
+            lambda ev: loop.call_soon_threadsafe(self.events.put_nowait, ev),
+        )  # fmt: skip
+        try:
+            self.orch.submit(job)
+        except Overloaded as e:
+            self.finished = True
+            raise overloaded(str(e)) from None
+        self._first = await self._next()
+        if self._first.error is not None:
+            self.finished = True
+            raise stage_error(self._first.error, self._first.message)
+
+    async def _next(self) -> Event:
+        try:
+            return await asyncio.wait_for(self.events.get(), max(0.01, self.deadline - time.monotonic() + 5))
+        except TimeoutError:
+            raise stage_error(ErrorKind.DEADLINE_EXCEEDED, "request timed out") from None
+
+    async def pieces(self) -> AsyncIterator[Piece]:
+        while not self.finished:
+            ev, self._first = self._first or await self._next(), None
+            if ev.error is not None:
+                self.finished = True
+                raise stage_error(ev.error, ev.message)
+            text, lps = "", []
+            for tok, lp in ev.tokens:
+                self.completion_tokens += 1
+                delta = self.detok.push(tok)
+                if self.want_logprobs:
+                    lps.append((self.tokenizer.decode([tok]), lp if lp is not None else 0.0))
+                text += delta
+            if ev.finish:
+                text += self.detok.flush()
+            out, stopped = self.stops.push(text, final=bool(ev.finish))
+            if stopped:
+                yield Piece(out, lps, "stop")
+                return  # close() aborts the request in the workers
+            if ev.finish:
+                self.finished = True
+                yield Piece(out, lps, "length" if ev.finish == "length" else "stop")
+                return
+            if out or lps:
+                yield Piece(out, lps)
+
+    def close(self, reason: str = "client gone") -> None:
+        if not self.finished:
+            self.finished = True
+            self.orch.abort(self.rid, reason)

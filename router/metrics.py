@@ -1,0 +1,33 @@
+"""The router's Prometheus metrics (one registry, served on ``GET /metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "router_requests", "HTTP requests, by route and status", ["route", "status"], registry=r
+        )
+        self.errors = Counter("router_errors", "Errors answered, by kind", ["kind"], registry=r)
+        self.retries = Counter("router_retries", "Requests resubmitted after a stage failed", registry=r)
+        self.aborts = Counter(
+            "router_aborts", "Requests aborted in the workers, by reason", ["reason"], registry=r
+        )
+        self.ttft = Histogram("router_ttft_seconds", "Time to first token", buckets=_LATENCY, registry=r)
+        self.itl = Histogram(
+            "router_inter_token_seconds", "Time between tokens", buckets=_LATENCY, registry=r
+        )
+        self.e2e = Histogram("router_e2e_seconds", "Request latency end to end", buckets=_LATENCY, registry=r)
+        self.tokens = Counter("router_generated_tokens", "Tokens streamed to clients", registry=r)
+        self.queue = Gauge(
+            "router_queue_depth", "Requests waiting or running, by stage", ["stage"], registry=r
+        )
+        self.stage_latency = Histogram(
+            "router_stage_latency_seconds", "Time spent per stage", ["stage"], buckets=_LATENCY, registry=r
+        )
+        self.inflight = Gauge("router_inflight_requests", "Requests in the cluster", registry=r)

@@ -1,0 +1,373 @@
+"""The one owner of the router's ZMQ sockets: a background thread that runs every request's trip
+through encoders, prefill and decode.
+
+Owns: the inbox (PULL, bound; tokens and errors from prefill and decode, load reports from
+decode), one DEALER per prefill worker (requests, aborts; errors back), one DEALER per encoder
+(``EncodeRequest``; ``CacheMiss`` / errors back), a PUSH pool to decode control inboxes (aborts).
+ZMQ sockets are not thread-safe, so nothing else touches them: the HTTP side talks to this thread
+through a bounded command queue (``submit``, ``abort``, ``snapshot``) and gets ``Event``s back
+through each job's thread-safe ``sink`` (an asyncio queue per request).
+
+Request life cycle (one loop turn: commands, receive, timeouts):
+
+1. ``submit`` takes an admission slot (``max_inflight``) and queues the job (503 when full).
+2. Dispatch: pick a prefill and a decode worker by load and the encoders for the images (cache-
+   aware: a known image goes without its bytes to the encoder that has it; a ``CacheMiss``
+   resends it with bytes); send ``PrefillRequest`` then the ``EncodeRequest``s.
+3. Tokens: the first from prefill, the rest from decode, forwarded as they come.
+4. A stage error, a silent decode worker, an unready prefill worker: if no token reached the
+   client yet and retries are left, the attempt is aborted and the job dispatched again on other
+   workers (wire id ``<rid>.r<n>``); otherwise the client gets the error.
+5. End: finish reason, error, deadline, or ``abort`` (client gone, stop string): the request is
+   aborted in prefill and decode (best effort) and its slot and load counts are released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from router.jobs import Event, Job, encode_request, prefill_request
+from router.metrics import RouterMetrics
+from router.workers import Decode, Prefill, Workers
+from shared.wire import CacheMiss, DealerSocket, PullSocket, PushPool, StageError, WireError
+from shared.wire.messages import AbortRequest, ErrorKind, LoadReport, TokenBatch
+
+log = logging.getLogger("router.orchestrator")
+RETRYABLE = {ErrorKind.UNAVAILABLE, ErrorKind.OVERLOADED, ErrorKind.INTERNAL}
+
+
+class Overloaded(Exception):
+    """No admission slot or the command queue is full."""
+
+
+@dataclass
+class Live:
+    job: Job
+    wire_id: str
+    attempt: int
+    prefill: Prefill
+    decode: Decode
+    encoders: dict[str, list[int]]  # encoder address -> image indexes it was given
+    submitted: float = field(default_factory=time.monotonic)
+    first: float = 0.0
+    last: float = 0.0
+    tokens: int = 0
+    tried: set[str] = field(default_factory=set)  # worker addresses that failed this job
+    prefill_done: bool = False
+
+
+class Orchestrator:
+    def __init__(
+        self, workers: Workers, metrics: RouterMetrics, *, inbox: str, advertise_host: str,
+        image_token_id: int, merge_size: int, max_inflight: int, max_per_worker: int, max_retries: int,
+    ) -> None:  # fmt: skip
+        self.workers, self.metrics = workers, metrics
+        self.inbox_address, self.advertise_host = inbox, advertise_host
+        self.image_token_id, self.merge_size = image_token_id, merge_size
+        self.max_per_worker, self.max_retries = max_per_worker, max_retries
+        self.slots = threading.BoundedSemaphore(max_inflight)
+        self.commands: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2 * max_inflight)
+        self.live: dict[str, Live] = {}  # by wire id
+        self.by_rid: dict[str, Live] = {}
+        self.stopping = threading.Event()
+        self.started = threading.Event()
+        self.reply_to = ""
+        self.thread = threading.Thread(target=self._run, name="orchestrator", daemon=True)
+
+    # ----- called from the HTTP side ----------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        if not self.started.wait(timeout) or not self.reply_to:
+            raise RuntimeError(f"the orchestrator could not bind its inbox {self.inbox_address}")
+
+    def submit(self, job: Job) -> None:
+        if not self.slots.acquire(blocking=False):
+            raise Overloaded("too many requests in flight")
+        try:
+            self.commands.put_nowait(("submit", job))
+        except queue.Full:
+            self.slots.release()
+            raise Overloaded("the router's queue is full") from None
+
+    def abort(self, rid: str, reason: str) -> None:
+        with contextlib.suppress(queue.Full):  # the deadline frees it if the queue is jammed
+            self.commands.put(("abort", (rid, reason)), timeout=1.0)
+
+    def snapshot(self) -> Future:
+        fut: Future = Future()
+        self.commands.put(("snapshot", fut), timeout=1.0)
+        return fut
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5.0)
+
+    # ----- the thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.inbox = PullSocket(
+                self.inbox_address, bind=True, accept=[TokenBatch, StageError, LoadReport]
+            )
+        except WireError as e:
+            log.error("%s", e)
+            self.started.set()
+            return
+        port = self.inbox.endpoint.rsplit(":", 1)[1]
+        self.reply_to = f"tcp://{self.advertise_host}:{port}"
+        self.prefill_socks = {
+            p.zmq: DealerSocket(p.zmq, bind=False, accept=[StageError]) for p in self.workers.prefills
+        }
+        self.encoder_socks = {
+            e.zmq: DealerSocket(e.zmq, bind=False, accept=[CacheMiss, StageError])
+            for e in self.workers.encoders
+        }
+        self.controls = PushPool()
+        poller = zmq.Poller()
+        for s in [self.inbox, *self.prefill_socks.values(), *self.encoder_socks.values()]:
+            poller.register(s.zmq_socket, zmq.POLLIN)
+        self.started.set()
+        log.info("orchestrator inbox %s (advertised as %s)", self.inbox.endpoint, self.reply_to)
+        next_check = 0.0
+        while not self.stopping.is_set():
+            self._commands()
+            ready = dict(poller.poll(2))
+            for s in [self.inbox, *self.prefill_socks.values(), *self.encoder_socks.values()]:
+                if s.zmq_socket in ready:
+                    self._drain(s)
+            now = time.monotonic()
+            if now >= next_check:
+                self._check(now)
+                next_check = now + 0.05
+        for s in [self.inbox, *self.prefill_socks.values(), *self.encoder_socks.values()]:
+            s.close()
+        self.controls.close()
+
+    def _commands(self) -> None:
+        for _ in range(256):
+            try:
+                kind, arg = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "submit":
+                self._dispatch(arg, 0, set())
+            elif kind == "abort" and (live := self.by_rid.get(arg[0])) is not None:
+                self._end(live, abort=arg[1])
+            elif kind == "snapshot":
+                arg.set_result(self._snapshot())
+
+    def _drain(self, sock: PullSocket | DealerSocket) -> None:
+        for _ in range(1024):
+            try:
+                msg = sock.recv(0)
+            except WireError as e:
+                log.warning("bad message: %s", e)
+                continue
+            if msg is None:
+                return
+            if isinstance(msg, TokenBatch):
+                self._tokens(msg)
+            elif isinstance(msg, LoadReport):
+                self.workers.heard(msg, time.monotonic())
+            elif isinstance(msg, StageError):
+                if (live := self.live.get(msg.request_id or "")) is not None:
+                    self._failed(live, msg.kind, f"{msg.source}: {msg.message}", msg.source)
+            elif isinstance(msg, CacheMiss) and (live := self.live.get(msg.request_id)) is not None:
+                address = next((a for a, idx in live.encoders.items() if msg.image_indexes[0] in idx), None)
+                if address is not None:
+                    req = encode_request(live.job, live.wire_id, msg.image_indexes, live.prefill.inbox, True)
+                    self._send(self.encoder_socks[address], req)
+
+    def _dispatch(self, job: Job, attempt: int, tried: set[str]) -> None:
+        now = time.monotonic()
+        prefill = self.workers.pick_prefill(tried, self.max_per_worker)
+        decode = self.workers.pick_decode(tried, now)
+        if prefill is None or decode is None:
+            stage = "prefill" if prefill is None else "decode"
+            self._finish_job(
+                job, Event(error=ErrorKind.OVERLOADED, message=f"no {stage} worker is available")
+            )
+            return
+        wire_id = job.rid if attempt == 0 else f"{job.rid}.r{attempt}"
+        hashes = [im.hash for im in job.images]
+        known = {h for h in hashes if h in self.workers.image_home}
+        plan = self.workers.assign_images(hashes) if job.images else {}
+        live = Live(job, wire_id, attempt, prefill, decode, plan, tried=tried)
+        self.live[wire_id], self.by_rid[job.rid] = live, live
+        prefill.inflight += 1
+        decode.inflight += 1
+        for address, idx in plan.items():
+            self._encoder(address).inflight += len(idx)
+        msg = prefill_request(job, wire_id, self.image_token_id, self.merge_size, decode.kv, self.reply_to)
+        if not self._send(self.prefill_socks[prefill.zmq], msg):
+            self._failed(
+                live, ErrorKind.UNAVAILABLE, f"prefill {prefill.zmq} does not take requests", prefill.zmq
+            )
+            return
+        for address, idx in plan.items():
+            cached = [i for i in idx if hashes[i] in known]
+            for subset, with_bytes in ((cached, False), ([i for i in idx if i not in cached], True)):
+                if subset:
+                    req = encode_request(job, wire_id, subset, prefill.inbox, with_bytes)
+                    self._send(self.encoder_socks[address], req)
+        log.info(
+            "dispatched as %s to prefill %s, decode %s",
+            wire_id,
+            prefill.zmq,
+            decode.kv,
+            extra={"request_id": job.rid},
+        )
+
+    def _tokens(self, batch: TokenBatch) -> None:
+        now = time.monotonic()
+        lps = batch.logprobs or [math.nan] * len(batch.token_ids)
+        for wid, tok, reason, lp in zip(
+            batch.request_ids, batch.token_ids, batch.finish_reasons, lps, strict=True
+        ):
+            live = self.live.get(wid)
+            if live is None:
+                continue
+            if live.tokens == 0:
+                live.first = now
+                self._release_prefill(live)
+                self.metrics.ttft.observe(now - live.submitted)
+                self.metrics.stage_latency.labels("prefill").observe(now - live.submitted)
+            else:
+                self.metrics.itl.observe(now - live.last)
+            live.tokens, live.last = live.tokens + 1, now
+            self.metrics.tokens.inc()
+            live.job.sink(Event([(tok, None if math.isnan(lp) else lp)], finish=reason))
+            if reason:
+                self.metrics.stage_latency.labels("decode").observe(now - live.first)
+                self._end(live)
+
+    def _failed(self, live: Live, kind: ErrorKind, message: str, culprit: str) -> None:
+        job = live.job
+        if (
+            kind in RETRYABLE
+            and live.tokens == 0
+            and live.attempt < self.max_retries
+            and time.monotonic() < job.deadline
+        ):
+            log.warning(
+                "attempt %d failed (%s); retrying", live.attempt, message, extra={"request_id": job.rid}
+            )
+            self.metrics.retries.inc()
+            tried = live.tried | {culprit, live.decode.kv if "decode" in message else live.prefill.zmq}
+            self._end(live, abort="retrying elsewhere", keep_slot=True)
+            self._dispatch(job, live.attempt + 1, tried)
+            return
+        log.warning("failed: %s %s", kind, message, extra={"request_id": job.rid})
+        self._end(live, abort=f"failed: {kind}", event=Event(error=kind, message=message))
+
+    def _check(self, now: float) -> None:
+        live_decodes = {d.kv for d in self.workers.live_decodes(now)}
+        for live in list(self.live.values()):
+            if now > live.job.deadline:
+                self._end(
+                    live,
+                    abort="deadline",
+                    event=Event(error=ErrorKind.DEADLINE_EXCEEDED, message="request timed out"),
+                )
+            elif live.decode.kv not in live_decodes:
+                self._failed(
+                    live,
+                    ErrorKind.UNAVAILABLE,
+                    f"decode worker {live.decode.kv} stopped reporting",
+                    live.decode.kv,
+                )
+            elif live.tokens == 0 and not live.prefill.ready:
+                self._failed(
+                    live,
+                    ErrorKind.UNAVAILABLE,
+                    f"prefill worker {live.prefill.zmq} is not ready",
+                    live.prefill.zmq,
+                )
+        waiting = [v for v in self.live.values() if v.tokens == 0]
+        self.metrics.queue.labels("admission").set(self.commands.qsize())
+        self.metrics.queue.labels("encoder").set(sum(e.inflight for e in self.workers.encoders))
+        self.metrics.queue.labels("prefill").set(len(waiting))
+        self.metrics.queue.labels("decode").set(len(self.live) - len(waiting))
+        self.metrics.inflight.set(len(self.by_rid))
+
+    def _end(self, live: Live, abort: str = "", event: Event | None = None, keep_slot: bool = False) -> None:
+        """Forget an attempt: abort it in the workers (when it did not finish by itself), release
+        its load counts, and unless it is being retried, release the job's slot."""
+        if abort:
+            self.metrics.aborts.labels(abort.split(":")[0]).inc()
+            msg = AbortRequest(live.wire_id, abort, "router")
+            self._send(self.prefill_socks[live.prefill.zmq], msg, 0.2)
+            with contextlib.suppress(WireError):
+                self.controls.send(live.decode.control, msg, 0.2)
+        self._release_prefill(live)
+        live.decode.inflight -= 1
+        self.live.pop(live.wire_id, None)
+        if not keep_slot:
+            self.by_rid.pop(live.job.rid, None)
+            self.metrics.e2e.observe(time.monotonic() - live.submitted)
+            if event is not None:
+                live.job.sink(event)
+            self.slots.release()
+
+    def _finish_job(self, job: Job, event: Event) -> None:
+        self.by_rid.pop(job.rid, None)
+        job.sink(event)
+        self.slots.release()
+
+    def _release_prefill(self, live: Live) -> None:
+        """The first token (or the end) frees the attempt's share of prefill and encoder load."""
+        if live.prefill_done:
+            return
+        live.prefill_done = True
+        live.prefill.inflight -= 1
+        for address, idx in live.encoders.items():
+            self._encoder(address).inflight -= len(idx)
+
+    def _encoder(self, address: str) -> Any:
+        return next(e for e in self.workers.encoders if e.zmq == address)
+
+    def _send(self, sock: DealerSocket, msg: Any, timeout: float = 1.0) -> bool:
+        try:
+            sock.send(msg, timeout)
+            return True
+        except WireError as e:
+            log.warning("send to %s failed: %s", sock.address, e)
+            return False
+
+    def _snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "requests": [
+                {
+                    "id": v.job.rid,
+                    "wire_id": v.wire_id,
+                    "prefill": v.prefill.zmq,
+                    "decode": v.decode.kv,
+                    "tokens": v.tokens,
+                }
+                for v in self.live.values()
+            ],
+            "encoders": [
+                {"zmq": e.zmq, "ready": e.ready, "inflight": e.inflight} for e in self.workers.encoders
+            ],
+            "prefills": [
+                {"zmq": p.zmq, "ready": p.ready, "inflight": p.inflight} for p in self.workers.prefills
+            ],
+            "decodes": [
+                {
+                    "kv": d.kv,
+                    "live": now - d.heard <= self.workers.heartbeat_timeout_s,
+                    "inflight": d.inflight,
+                }
+                for d in self.workers.decodes.values()
+            ],
+        }

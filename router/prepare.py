@@ -1,0 +1,154 @@
+"""OpenAI requests to what the cluster runs: prompt token ids, loaded images, sampling parameters.
+
+Owns the model-dependent checks (every failure is a 400 ``APIError``): the model id, the number
+and validity of images, the chat template, the context length, the token budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from router.images import FetchLimits, load_image_url
+from router.jobs import LoadedImage
+from router.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingFields, bad_request
+from shared.engine import SamplingParams
+from shared.models.config import load_config
+from shared.multimodal.image import ImageError, decode_image, image_hash
+from shared.multimodal.prompt import PromptBuilder
+from shared.multimodal.vision_inputs import ImageProcessorConfig, grid_thw_for_size
+
+
+@dataclass
+class Prepared:
+    prompt_ids: list[int]
+    images: list[LoadedImage]
+    params: SamplingParams
+    stops: list[str]
+
+
+class Preparer:
+    def __init__(
+        self, model_dir: Path, model_name: str, max_model_len: int, max_images: int, limits: FetchLimits
+    ):
+        self.model_name, self.max_images, self.limits = model_name, max_images, limits
+        self.config = load_config(model_dir)
+        self.builder = PromptBuilder.from_checkpoint(model_dir)
+        self.tokenizer = self.builder.tokenizer
+        self.processor = ImageProcessorConfig.from_checkpoint(model_dir)
+        self.max_model_len = max_model_len or self.config.text.max_position_embeddings
+        self.eos_ids = _eos_ids(model_dir, self.config.eos_token_ids)
+
+    def check_model(self, model: str) -> None:
+        if model != self.model_name:
+            raise APIError(404, f"the model {model!r} does not exist", param="model", code="model_not_found")
+
+    async def chat(self, req: ChatCompletionRequest, client: httpx.AsyncClient) -> Prepared:
+        self.check_model(req.model)
+        messages: list[dict[str, Any]] = []
+        urls: list[tuple[str, str]] = []
+        for m, msg in enumerate(req.messages):
+            d = msg.model_dump(exclude_none=True)
+            if isinstance(msg.content, list):
+                for p, part in enumerate(msg.content):
+                    if part.type == "image_url":
+                        if msg.role not in ("user", "tool"):
+                            raise bad_request(
+                                "images are only accepted in user and tool messages", f"messages[{m}]"
+                            )
+                        urls.append((part.image_url.url, f"messages[{m}].content[{p}].image_url.url"))
+            if d.get("role") == "developer":
+                d["role"] = "system"
+            messages.append(d)
+        if len(urls) > self.max_images:
+            raise bad_request(
+                f"at most {self.max_images} images per request, got {len(urls)}",
+                "messages",
+                "too_many_images",
+            )
+        images = await asyncio.gather(*(self._image(u, param, client) for u, param in urls))
+        try:
+            prompt = await asyncio.to_thread(self.builder.build, messages, [im.grid for im in images])
+        except ValueError as e:
+            raise bad_request(f"cannot apply the chat template: {e}", "messages") from None
+        if req.top_logprobs is not None and not req.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        return self._prepared(req, prompt.input_ids, list(images), max_tokens, top)
+
+    async def completion(self, req: CompletionRequest) -> Prepared:
+        self.check_model(req.model)
+        if req.echo:
+            raise bad_request("echo is not supported", "echo")
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise bad_request("only one prompt per request is supported", "prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            ids = await asyncio.to_thread(
+                lambda: self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            )
+        else:
+            ids = list(prompt)
+            if any(not 0 <= t < len(self.tokenizer) for t in ids):
+                raise bad_request("prompt token ids out of the vocabulary", "prompt")
+        if self.builder.image_token_id in ids:
+            raise bad_request("the prompt must not contain image tokens", "prompt")
+        return self._prepared(req, ids, [], req.max_tokens, req.logprobs)
+
+    def _prepared(
+        self,
+        req: SamplingFields,
+        ids: list[int],
+        images: list[LoadedImage],
+        max_tokens: int | None,
+        logprobs: int | None,
+    ) -> Prepared:
+        if not ids:
+            raise bad_request("the prompt is empty", "prompt")
+        room = self.max_model_len - len(ids)
+        if room < 1:
+            raise bad_request(
+                f"the prompt has {len(ids)} tokens; the model's context is {self.max_model_len}",
+                "messages", "context_length_exceeded",
+            )  # fmt: skip
+        if max_tokens is not None and max_tokens > room:
+            raise bad_request(
+                f"{len(ids)} prompt tokens + max_tokens {max_tokens} exceed the context of {self.max_model_len}",
+                "max_tokens", "context_length_exceeded",
+            )  # fmt: skip
+        stops = req.stop_strings()
+        params = SamplingParams(
+            temperature=req.temperature, top_p=req.top_p, top_k=max(0, req.top_k), min_p=req.min_p, seed=req.seed,
+            max_tokens=max_tokens or room, stop_token_ids=() if req.ignore_eos else self.eos_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
+        )  # fmt: skip
+        return Prepared(ids, images, params, stops)
+
+    async def _image(self, url: str, param: str, client: httpx.AsyncClient) -> LoadedImage:
+        data = await load_image_url(url, param, self.limits, client)
+        try:
+            img = await asyncio.to_thread(decode_image, data)
+        except ImageError as e:
+            raise bad_request(f"invalid image: {e}", param, "invalid_image") from None
+        try:
+            grid = grid_thw_for_size(img.height, img.width, self.processor)
+        except ValueError as e:
+            raise bad_request(f"invalid image: {e}", param, "invalid_image") from None
+        return LoadedImage(data, image_hash(data), grid)
+
+
+def _eos_ids(model_dir: Path, config_ids: tuple[int, ...]) -> tuple[int, ...]:
+    ids = set(config_ids)
+    try:
+        gen = json.loads((model_dir / "generation_config.json").read_text()).get("eos_token_id")
+        ids |= set(gen if isinstance(gen, list) else [gen] if gen is not None else [])
+    except (OSError, ValueError):
+        pass
+    return tuple(sorted(ids))

@@ -1,0 +1,169 @@
+"""OpenAI request and response shapes (pydantic), and the OpenAI error JSON.
+
+Requests are validated here (types, ranges); everything that needs the model (context length,
+images, the model id) is checked by the router afterwards. Responses are plain dicts built by
+``chat_response`` / ``chat_chunk`` and friends, in the exact shapes the ``openai`` client parses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class APIError(Exception):
+    """An error the client gets as ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+        code: str | None = None, headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def overloaded(message: str = "the cluster is overloaded; retry later") -> APIError:
+    return APIError(503, message, type="overloaded_error", code="overloaded", headers={"Retry-After": "1"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ImageURL(_Strict):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = TextPart | ImagePart
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class SamplingFields(_Strict):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=-1)  # -1 or 0: off
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=(1 << 63) - 1)
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = False
+    user: str | None = None
+
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 16 or any(not s for s in stops):
+            raise bad_request("stop: at most 16 non-empty strings", "stop")
+        return stops
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[int] | list[str]
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    max_tokens: int | None = Field(default=16, ge=1)
+
+
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def chat_logprobs(tokens: list[tuple[str, float]]) -> dict[str, Any]:
+    """Only the chosen token's logprob travels from the workers; ``top_logprobs`` stays empty."""
+    return {
+        "content": [
+            {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []} for t, lp in tokens
+        ]
+    }
+
+
+def chat_response(
+    rid: str, model: str, text: str, finish: str, n_prompt: int, n_out: int, logprobs: dict | None
+) -> dict[str, Any]:
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": logprobs,
+        "finish_reason": finish,
+    }
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": usage(n_prompt, n_out),
+    }
+
+
+def chat_chunk(
+    rid: str, model: str, delta: dict[str, Any] | None, finish: str | None = None,
+    logprobs: dict | None = None, usage_: dict | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    choices = (
+        [] if delta is None else [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
+    )
+    chunk: dict[str, Any] = {
+        "id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+        "choices": choices,
+    }  # fmt: skip
+    if usage_ is not None:
+        chunk["usage"] = usage_
+    return chunk
+
+
+def completion_choice(text: str, finish: str | None, logprobs: dict | None) -> dict[str, Any]:
+    return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def completion_body(
+    rid: str, model: str, choice: dict[str, Any], usage_: dict | None, chunk: bool = False
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": [choice] if choice else [],
+    }  # fmt: skip
+    if usage_ is not None or not chunk:
+        body["usage"] = usage_
+    return body

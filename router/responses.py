@@ -1,0 +1,66 @@
+"""Turning a ``Generation`` into one JSON answer or an SSE stream (shared by both endpoints)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import Request
+
+from router.generate import Generation
+from router.protocol import APIError, usage
+
+
+async def collect(gen: Generation, request: Request) -> tuple[str, str, list[tuple[str, float]]]:
+    """All text; a client that goes away while it waits aborts the request."""
+    text, finish, lps = [], "stop", []
+    it = gen.pieces().__aiter__()
+    try:
+        while True:
+            step = asyncio.ensure_future(it.__anext__())
+            while not step.done():
+                await asyncio.wait([step], timeout=0.5)
+                if not step.done() and await request.is_disconnected():
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+                    raise APIError(499, "client disconnected", type="aborted")
+            try:
+                piece = step.result()
+            except StopAsyncIteration:
+                break
+            text.append(piece.text)
+            lps += piece.logprobs
+            finish = piece.finish or finish
+    finally:
+        gen.close()
+    return "".join(text), finish, lps
+
+
+def _event(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def sse(
+    gen: Generation, first: dict | None, chunk: Callable[[str | None, str | None, list], dict],
+    tail: dict | None, n_prompt: int,
+) -> AsyncIterator[str]:  # fmt: skip
+    """SSE events; cancelled when the client disconnects, which ``finally`` turns into an abort."""
+    try:
+        if first is not None:
+            yield _event(first)
+        try:
+            async for piece in gen.pieces():
+                if piece.text or piece.logprobs or piece.finish:
+                    yield _event(chunk(piece.text, piece.finish, piece.logprobs))
+        except APIError as e:
+            yield _event(e.body())
+        if tail is not None:
+            tail["usage"] = usage(n_prompt, gen.completion_tokens)
+            yield _event(tail)
+        yield "data: [DONE]\n\n"
+    finally:
+        gen.close()

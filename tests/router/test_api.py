@@ -1,0 +1,114 @@
+"""The OpenAI API through a cluster started by ``epd up``: the official client (streaming and not,
+text and base64 images), greedy parity with transformers, stop strings, completions, metrics."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import openai
+import pytest
+import torch
+
+from shared.models.config import load_config
+from shared.multimodal.image import decode_image
+from shared.multimodal.prompt import PromptBuilder
+from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image
+from tests.disagg.conftest import Prompt, hf_generate
+from tests.encoder.conftest import png
+
+
+def data_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def client(cluster) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cluster.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_health_models_and_text_chat(cluster, client):
+    assert httpx.get(cluster.url + "/health").json()["ready"] is True
+    assert [m.id for m in client.models.list().data] == [cluster.model]
+    out = client.chat.completions.create(
+        model=cluster.model, messages=[{"role": "user", "content": "Say hi"}], max_tokens=6, temperature=0
+    )
+    assert out.choices[0].finish_reason in ("stop", "length") and isinstance(
+        out.choices[0].message.content, str
+    )
+    assert out.usage.completion_tokens >= 1 and out.usage.prompt_tokens > 3
+    print(f"\ntext answer: {out.choices[0].message.content!r} ({out.usage})")
+
+
+def test_streaming_equals_non_streaming(cluster, client):
+    kw = dict(
+        model=cluster.model, messages=[{"role": "user", "content": "Count"}], max_tokens=10, temperature=0
+    )
+    whole = client.chat.completions.create(**kw, extra_body={"ignore_eos": True})
+    stream = client.chat.completions.create(
+        **kw, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 10 == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+@pytest.fixture(scope="module")
+def hf(ckpt):
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    return Qwen3VLMoeForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("n_images", [0, 1, 2])
+def test_greedy_matches_transformers(cluster, client, ckpt, hf, n_images):
+    images = [png(96 + 64 * i, 64 + 32 * i, seed=i) for i in range(n_images)]
+    parts = [{"type": "text", "text": "Describe these."}]
+    parts += [{"type": "image_url", "image_url": {"url": data_url(d)}} for d in images]
+    out = client.chat.completions.create(
+        model=cluster.model, messages=[{"role": "user", "content": parts}], max_tokens=8, temperature=0
+    )
+    builder = PromptBuilder.from_checkpoint(ckpt)
+    processor = ImageProcessorConfig.from_checkpoint(ckpt)
+    pix = [preprocess_image(decode_image(d), processor) for d in images]
+    hf_parts = [{"type": "text", "text": "Describe these."}] + [{"type": "image"}] * n_images
+    chat = builder.build([{"role": "user", "content": hf_parts}], [g for _, g in pix])
+    prompt = Prompt(
+        chat.input_ids, [(d, g) for d, (_, g) in zip(images, pix, strict=True)], [p for p, _ in pix]
+    )
+    ref = hf_generate(hf, prompt, load_config(ckpt), 8)
+    assert out.usage.prompt_tokens == len(chat.input_ids)
+    assert out.usage.completion_tokens == len(ref)
+    assert out.choices[0].message.content == builder.tokenizer.decode(ref, skip_special_tokens=True)
+    print(f"\n{n_images} images: {out.choices[0].message.content!r} == transformers")
+
+
+def test_stop_string_cuts_the_answer(cluster, client):
+    kw = dict(model=cluster.model, messages=[{"role": "user", "content": "Go"}], temperature=0)
+    full = client.chat.completions.create(**kw, max_tokens=12, extra_body={"ignore_eos": True})
+    text = full.choices[0].message.content
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip()
+    cut = client.chat.completions.create(**kw, max_tokens=12, stop=[stop], extra_body={"ignore_eos": True})
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_completions_logprobs_and_metrics(cluster, client):
+    out = client.completions.create(
+        model=cluster.model, prompt="Once upon", max_tokens=4, temperature=0, logprobs=0
+    )
+    assert (
+        out.usage.completion_tokens == len(out.choices[0].logprobs.token_logprobs)
+        or out.choices[0].finish_reason == "stop"
+    )
+    chat = client.chat.completions.create(
+        model=cluster.model, messages=[{"role": "user", "content": "x"}], max_tokens=3, logprobs=True, seed=1
+    )
+    assert all(t.logprob <= 0 for t in chat.choices[0].logprobs.content)
+    metrics = httpx.get(cluster.url + "/metrics").text
+    for name in ("router_ttft_seconds_bucket", "router_inter_token_seconds_bucket", "router_e2e_seconds_bucket",
+                 "router_queue_depth", "router_requests_total", "router_stage_latency_seconds_bucket"):  # fmt: skip
+        assert name in metrics, name
