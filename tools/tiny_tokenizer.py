@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -95,8 +96,9 @@ Thank you for your help. You're welcome. Goodbye, and have a nice day!
 """
 
 
-@functools.cache
-def _train(bpe_vocab_size: int) -> str:
+def train_bpe(lines: Iterable[str], bpe_vocab_size: int) -> Tokenizer:
+    """A Qwen-style byte-level BPE of ``bpe_vocab_size`` tokens trained on ``lines``, then Qwen's
+    added tokens (so their ids start at ``bpe_vocab_size`` when the corpus fills the vocabulary)."""
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -114,9 +116,14 @@ def _train(bpe_vocab_size: int) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    tok.train_from_iterator(CORPUS.splitlines(keepends=True), trainer=trainer)
+    tok.train_from_iterator(lines, trainer=trainer)
     tok.add_tokens([AddedToken(c, special=s, normalized=False) for c, s in QWEN_ADDED_TOKENS])
-    return tok.to_str()
+    return tok
+
+
+@functools.cache
+def _train(bpe_vocab_size: int) -> str:
+    return train_bpe(CORPUS.splitlines(keepends=True), bpe_vocab_size).to_str()
 
 
 def build_tokenizer(bpe_vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> Tokenizer:
