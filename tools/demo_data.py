@@ -170,9 +170,9 @@ def _two_scenes(rng: np.random.Generator) -> list[Scene]:
             return [first, second]
 
 
-def make_chat(seed: int, kind: str | None = None, turns: int = 1) -> Chat:
+def make_chat(seed: int, kind: str | None = None, turns: int = 1, num_shapes: int | None = None) -> Chat:
     """A chat whose first turn is a question of ``kind`` (default: random) and ``turns - 1`` more
-    text-only questions about the same picture(s)."""
+    text-only questions about the same picture(s) of ``num_shapes`` (default: 1 or 2) shapes."""
     rng = np.random.default_rng(seed)
     kind = kind or _pick(rng, KINDS)
     system = _pick(rng, SYSTEM_PROMPTS) if rng.random() < 0.2 else None
@@ -183,7 +183,7 @@ def make_chat(seed: int, kind: str | None = None, turns: int = 1) -> Chat:
         scenes = _two_scenes(rng)
         chat_turns = [two_image_turn(scenes, rng) for _ in range(turns)]
     else:
-        scenes = [sample_scene(rng)]
+        scenes = [sample_scene(rng, num_shapes)]
         kinds = [kind] + [_train_kind(rng) for _ in range(turns - 1)]
         chat_turns = [Turn(*image_question(k, scenes[0], rng), k) for k in kinds]
     chat_turns[0].images = len(scenes)
@@ -195,13 +195,13 @@ def make_chat(seed: int, kind: str | None = None, turns: int = 1) -> Chat:
 
 def training_chat(seed: int) -> Chat:
     """The training mix: mostly one picture with 1-4 questions, some two-picture and text chats;
-    now and then a greeting comes before the picture."""
+    now and then a greeting comes before the picture. Two shapes more often than one (binding a
+    colour or a position to the right shape is what takes longest to learn)."""
     rng = np.random.default_rng(seed ^ 0x5EED)
     r = rng.random()
     kind = "text" if r < 0.08 else "two_image" if r < 0.2 else _train_kind(rng)
-    chat = make_chat(
-        seed, kind, turns=int(rng.integers(1, 5)) if kind != "two_image" else int(rng.integers(1, 3))
-    )
+    turns = int(rng.integers(1, 5)) if kind != "two_image" else int(rng.integers(1, 3))
+    chat = make_chat(seed, kind, turns, num_shapes=2 if rng.random() < 0.65 else 1)
     if kind not in ("text",) and rng.random() < 0.1:
         chat.turns.insert(0, text_turn(rng))
     return chat
