@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -13,21 +11,13 @@ from collections.abc import Sequence
 import torch
 import zmq
 
-from services.encoder.config import EncoderConfig, parse_config
+from services.common.launch import write_ready_file
+from services.encoder.config import parse_config
 from services.encoder.metrics import EncoderMetrics, Health, start_http
 from services.encoder.runner import VisionRunner
 from services.encoder.server import EncoderServer
 
 log = logging.getLogger("encoder")
-
-
-def _write_ready_file(cfg: EncoderConfig, zmq_endpoint: str, http_port: int) -> None:
-    if cfg.ready_file is None:
-        return
-    info = {"zmq": zmq_endpoint, "http": f"http://{cfg.host}:{http_port}", "pid": os.getpid()}
-    tmp = cfg.ready_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(cfg.ready_file)  # atomic: a reader never sees half a file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "zmq": server.endpoint,
         "dtype": str(runner.dtype).removeprefix("torch."),
     }
-    _write_ready_file(cfg, server.endpoint, http.server_port)
+    write_ready_file(
+        cfg.ready_file, {"zmq": server.endpoint, "http": f"http://{cfg.host}:{http.server_port}"}
+    )
     try:
         server.serve(stop)
     finally:
