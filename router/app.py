@@ -42,6 +42,7 @@ from router.protocol import (
     chat_response,
     completion_body,
     completion_choice,
+    legacy_logprobs,
     usage,
 )  # fmt: skip
 from router.responses import collect, sse
@@ -173,15 +174,15 @@ def create_app(cfg: RouterConfig, workers: Workers, orch: Orchestrator, prep: Pr
         await gen.start()
         n_prompt = len(prepared.prompt_ids)
 
+        offset = 0
+
         def legacy(lps: list) -> dict | None:
+            nonlocal offset
             if req.logprobs is None:
                 return None
-            return {
-                "tokens": [t for t, _ in lps],
-                "token_logprobs": [lp for _, lp in lps],
-                "top_logprobs": None,
-                "text_offset": [],
-            }
+            out = legacy_logprobs(lps, offset)
+            offset += sum(len(t.token) for t in lps)
+            return out
 
         if not req.stream:
             text, finish, lps = await collect(gen, request)

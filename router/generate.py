@@ -43,9 +43,18 @@ def stage_error(kind: ErrorKind, message: str) -> APIError:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's text and logprob, and the top-n alternatives (text, logprob), best first."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
 class Piece:
     text: str
-    logprobs: list[tuple[str, float]] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: str | None = None
 
 
@@ -93,11 +102,18 @@ class Generation:
                 self.finished = True
                 raise stage_error(ev.error, ev.message)
             text, lps = "", []
-            for tok, lp in ev.tokens:
+            for i, (tok, lp) in enumerate(ev.tokens):
                 self.completion_tokens += 1
                 delta = self.detok.push(tok)
                 if self.want_logprobs:
-                    lps.append((self.tokenizer.decode([tok]), lp if lp is not None else 0.0))
+                    top = ev.top[i] if i < len(ev.top) else []
+                    lps.append(
+                        TokenLogprob(
+                            self._text(tok),
+                            lp if lp is not None else 0.0,
+                            [(self._text(t), v) for t, v in top],
+                        )
+                    )
                 text += delta
             if ev.finish:
                 text += self.detok.flush()
@@ -111,6 +127,9 @@ class Generation:
                 return
             if out or lps:
                 yield Piece(out, lps)
+
+    def _text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def close(self, reason: str = "client gone") -> None:
         if not self.finished:

@@ -24,9 +24,12 @@ class LoadedImage:
 
 @dataclass
 class Event:
-    """Tokens (with logprobs, None where not asked) and, at the end, a finish reason or an error."""
+    """Tokens (with logprobs, None where not asked) and, at the end, a finish reason or an error.
+
+    ``top`` is empty, or one list of (token id, logprob), best first, per token in ``tokens``."""
 
     tokens: list[tuple[int, float | None]] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
     finish: str = ""
     error: ErrorKind | None = None
     message: str = ""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import queue
 import threading
 import time
@@ -229,9 +228,13 @@ class Orchestrator:
 
     def _tokens(self, batch: TokenBatch) -> None:
         now = time.monotonic()
-        lps = batch.logprobs or [math.nan] * len(batch.token_ids)
-        for wid, tok, reason, lp in zip(
-            batch.request_ids, batch.token_ids, batch.finish_reasons, lps, strict=True
+        lps = batch.logprobs or [None] * len(batch.token_ids)
+        tops = [
+            list(zip(ids, lp, strict=True))
+            for ids, lp in zip(batch.top_token_ids, batch.top_logprobs, strict=True)
+        ]
+        for i, (wid, tok, reason, lp) in enumerate(
+            zip(batch.request_ids, batch.token_ids, batch.finish_reasons, lps, strict=True)
         ):
             live = self.live.get(wid)
             if live is None:
@@ -245,7 +248,8 @@ class Orchestrator:
                 self.metrics.itl.observe(now - live.last)
             live.tokens, live.last = live.tokens + 1, now
             self.metrics.tokens.inc()
-            live.job.sink(Event([(tok, None if math.isnan(lp) else lp)], finish=reason))
+            top = [tops[i]] if tops and tops[i] else []
+            live.job.sink(Event([(tok, lp)], top, finish=reason))
             if reason:
                 self.metrics.stage_latency.labels("decode").observe(now - live.first)
                 self._end(live)

@@ -109,12 +109,30 @@ def usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_logprobs(tokens: list[tuple[str, float]]) -> dict[str, Any]:
-    """Only the chosen token's logprob travels from the workers; ``top_logprobs`` stays empty."""
+def _token(text: str, logprob: float) -> dict[str, Any]:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+
+def chat_logprobs(tokens: list[Any]) -> dict[str, Any]:
+    """Chat ``logprobs.content`` from ``TokenLogprob``s (router/generate.py)."""
     return {
         "content": [
-            {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []} for t, lp in tokens
+            {**_token(t.token, t.logprob), "top_logprobs": [_token(a, lp) for a, lp in t.top]} for t in tokens
         ]
+    }
+
+
+def legacy_logprobs(tokens: list[Any], start: int = 0) -> dict[str, Any]:
+    """``/v1/completions`` logprobs from ``TokenLogprob``s; ``start``: the text offset of the first."""
+    offsets, at = [], start
+    for t in tokens:
+        offsets.append(at)
+        at += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens] if any(t.top for t in tokens) else None,
+        "text_offset": offsets,
     }
 
 

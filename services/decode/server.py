@@ -28,11 +28,11 @@ import logging
 import threading
 import time
 
+from services.common.tokens import token_batch
 from services.decode.config import DecodeConfig
 from services.decode.imports import Import, Importer
 from services.decode.metrics import DecodeMetrics
 from services.encoder.metrics import Health
-from services.prefill.server import token_batch
 from shared.engine import Engine, TokenOutput
 from shared.transfer import KVReceiver
 from shared.wire import PullSocket, PushPool, StageError, WireError

@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 
+from services.common.tokens import token_batch
 from services.encoder.metrics import Health
 from services.prefill.config import PrefillConfig
 from services.prefill.metrics import PrefillMetrics
@@ -243,14 +244,3 @@ class PrefillServer:
             self.outbox.send(address, msg, self.cfg.send_timeout_s)
         except WireError as e:
             log.warning("could not deliver to the router at %s: %s", address, e)
-
-
-def token_batch(source: str, outputs: list[TokenOutput]) -> TokenBatch:
-    reasons = [
-        "" if o.finish_reason in (None, FinishReason.PREFILLED) else o.finish_reason.value for o in outputs
-    ]
-    with_lp = any(o.logprob is not None for o in outputs)
-    logprobs = [float("nan") if o.logprob is None else o.logprob for o in outputs] if with_lp else []
-    return TokenBatch(
-        source, [o.request_id for o in outputs], [o.token_id for o in outputs], logprobs, reasons
-    )

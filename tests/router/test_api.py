@@ -112,3 +112,49 @@ def test_completions_logprobs_and_metrics(cluster, client):
     for name in ("router_ttft_seconds_bucket", "router_inter_token_seconds_bucket", "router_e2e_seconds_bucket",
                  "router_queue_depth", "router_requests_total", "router_stage_latency_seconds_bucket"):  # fmt: skip
         assert name in metrics, name
+
+
+def test_top_logprobs_match_transformers(cluster, client, ckpt, hf):
+    """Chosen and top-3 logprobs of a greedy answer equal transformers' log-softmax at each step."""
+    messages = [{"role": "user", "content": "Name a colour"}]
+    out = client.chat.completions.create(
+        model=cluster.model, messages=messages, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    builder = PromptBuilder.from_checkpoint(ckpt)
+    prompt = builder.build(messages, []).input_ids
+    ids = torch.tensor(prompt + hf_generate(hf, Prompt(prompt, [], []), load_config(ckpt), 5))[None]
+    with torch.inference_mode():
+        ref = torch.log_softmax(hf(input_ids=ids).logits[0, len(prompt) - 1 : -1].float(), -1)
+    content = out.choices[0].logprobs.content
+    assert len(content) == 5
+    for step, tok in enumerate(content):
+        want = ref[step].topk(3)
+        assert [t.logprob for t in tok.top_logprobs] == pytest.approx(want.values.tolist(), abs=1e-4)
+        assert [t.token for t in tok.top_logprobs] == [builder.tokenizer.decode([i]) for i in want.indices]
+        assert tok.token == tok.top_logprobs[0].token and tok.logprob == pytest.approx(
+            want.values[0].item(), abs=1e-4
+        )
+    legacy = client.completions.create(
+        model=cluster.model, prompt="Once upon", max_tokens=3, temperature=0, logprobs=2
+    )
+    lp = legacy.choices[0].logprobs
+    assert len(lp.top_logprobs) == len(lp.tokens) and all(len(t) <= 2 for t in lp.top_logprobs)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    print(f"\ntop-3 logprobs of 5 greedy steps equal transformers' (first: {content[0].top_logprobs})")
+
+
+def test_requests_with_and_without_logprobs_share_steps(cluster, client):
+    """Decode steps that mix requests with and without logprobs deliver every token to both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(logprobs: bool) -> int:
+        out = client.chat.completions.create(
+            model=cluster.model, messages=[{"role": "user", "content": "Go on"}], max_tokens=24, temperature=0,
+            logprobs=logprobs, top_logprobs=2 if logprobs else None, extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        assert (out.choices[0].logprobs is not None) == logprobs
+        return out.usage.completion_tokens
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(ask, [True, False, True, False])) == [24] * 4

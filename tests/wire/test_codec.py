@@ -262,3 +262,20 @@ def test_bytes_field_rejects_a_tensor_frame() -> None:
     header["frames"][0] = {"dtype": "uint8", "shape": [len(data[0])]}
     with pytest.raises(WireError, match="expected a bytes frame"):
         decode(repack(header, data))
+
+
+def test_token_batch_top_logprobs_round_trip_and_checks() -> None:
+    from shared.wire.messages import TokenBatch
+
+    msg = TokenBatch(
+        "decode", ["a", "b"], [5, 6], [-0.1, None], ["", "stop"], [[5, 9], []], [[-0.1, -2.5], []]
+    )
+    got = decode(encode(msg))
+    assert got.top_token_ids == [[5, 9], []] and got.top_logprobs == [[-0.1, -2.5], []]
+    assert got.logprobs == [-0.1, None]
+    with pytest.raises(WireError, match="top"):
+        encode(TokenBatch("d", ["a"], [5], [], [""], [[5, 9]], [[-0.1]]))
+    with pytest.raises(WireError, match="top"):
+        encode(TokenBatch("d", ["a"], [5], [], [""], [list(range(21))], [[0.0] * 21]))
+    with pytest.raises(WireError):
+        encode(TokenBatch("d", ["a"], [5], [], [""], [[-1]], [[0.0]]))
