@@ -1,7 +1,9 @@
-"""Entry point: ``python -m router --model DIR --encoders ... --prefills ... [flags]`` (``--help``).
+"""Entry point: ``python -m router --model DIR --encoders ... --prefills ... [flags]`` (``--help``),
+or ``python -m router --model DIR --colocated [engine flags]`` (the whole model in this process).
 
 Binds the HTTP port first (so ``--port 0`` is known), serves with uvicorn, and writes the ready
-file (``{"http", "inbox", "pid"}``) once at least one worker of each stage is ready.
+file (``{"http", "inbox", "pid"}``; colocated: no inbox) once at least one worker of each stage is
+ready (colocated: once the engine thread runs).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 import uvicorn
 
 from router.app import RequestIdFilter, create_app
+from router.backend import Backend, Readiness
 from router.config import ENCODER_KEYS, PREFILL_KEYS, parse_config, parse_workers
 from router.images import FetchLimits
 from router.metrics import RouterMetrics
@@ -36,22 +39,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
     )
     logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
-    encoders = [Encoder(**w) for w in parse_workers(cfg.encoders, ENCODER_KEYS, cfg.start_timeout_s)]
-    prefills = [Prefill(**w) for w in parse_workers(cfg.prefills, PREFILL_KEYS, cfg.start_timeout_s)]
-    if not encoders or not prefills:
-        print("router: give at least one --encoders and one --prefills entry", file=sys.stderr)
-        return 2
-    workers = Workers(encoders, prefills, cfg.heartbeat_timeout_s)
     limits = FetchLimits(
         cfg.max_image_bytes, cfg.fetch_timeout_s, cfg.allow_private_urls, cfg.allow_file_urls
     )
     prep = Preparer(cfg.model, cfg.model_name, cfg.max_model_len, cfg.max_images, limits)
-    orch = Orchestrator(
-        workers, RouterMetrics(), inbox=f"tcp://{cfg.inbox_host}:{cfg.inbox_port}",
-        advertise_host=cfg.advertise_host or cfg.inbox_host, image_token_id=prep.builder.image_token_id,
-        merge_size=prep.processor.merge_size, max_inflight=cfg.max_inflight, max_per_worker=cfg.max_per_worker,
-        max_retries=cfg.max_retries,
-    )  # fmt: skip
+    image_token_id, merge_size = prep.builder.image_token_id, prep.processor.merge_size
+    orch: Backend
+    workers: Readiness
+    if cfg.colocated:
+        from router.colocated import load_colocated  # imports the model code: only when needed
+
+        orch = workers = load_colocated(cfg, RouterMetrics(), image_token_id, merge_size)
+    else:
+        encoders = [Encoder(**w) for w in parse_workers(cfg.encoders, ENCODER_KEYS, cfg.start_timeout_s)]
+        prefills = [Prefill(**w) for w in parse_workers(cfg.prefills, PREFILL_KEYS, cfg.start_timeout_s)]
+        if not encoders or not prefills:
+            print(
+                "router: give at least one --encoders and one --prefills entry (or --colocated)",
+                file=sys.stderr,
+            )
+            return 2
+        workers = Workers(encoders, prefills, cfg.heartbeat_timeout_s)
+        orch = Orchestrator(
+            workers, RouterMetrics(), inbox=f"tcp://{cfg.inbox_host}:{cfg.inbox_port}",
+            advertise_host=cfg.advertise_host or cfg.inbox_host, image_token_id=image_token_id,
+            merge_size=merge_size, max_inflight=cfg.max_inflight, max_per_worker=cfg.max_per_worker,
+            max_retries=cfg.max_retries,
+        )  # fmt: skip
     app = create_app(cfg, workers, orch, prep)
     sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -66,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if server.should_exit:
                 return
             await asyncio.sleep(0.1)
-        write_ready_file(cfg.ready_file, {"http": url, "inbox": orch.reply_to})
-        log.info("router ready on %s (inbox %s)", url, orch.reply_to)
+        inbox = {"inbox": orch.reply_to} if orch.reply_to else {}  # colocated: no inbox
+        write_ready_file(cfg.ready_file, {"http": url, **inbox})
+        log.info("router ready on %s (%s)", url, f"inbox {orch.reply_to}" if inbox else "colocated")
 
     async def run() -> None:
         task = asyncio.create_task(announce())

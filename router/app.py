@@ -3,7 +3,8 @@
 Owns: routes (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``,
 ``/metrics``, ``/debug/requests``), authentication (optional Bearer keys), request ids (the
 client's ``X-Request-Id`` or a new one, echoed in every response and set on every log line), and
-the OpenAI error JSON for every failure. It owns no socket: the ``Orchestrator`` thread does.
+the OpenAI error JSON for every failure. It owns no socket and no model: the backend's thread
+does (``Orchestrator``, or ``ColocatedBackend`` with ``--colocated``; see ``backend.py``).
 
 Request life cycle: validate (pydantic, 400) -> prepare (model, images, template, context; 400)
 -> ``Generation.start`` (submit; waits for the first token, so overload and stage failures before
@@ -29,9 +30,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from router.backend import Backend, Readiness
 from router.config import RouterConfig
 from router.generate import Generation, new_id
-from router.orchestrator import Orchestrator
 from router.prepare import Preparer
 from router.protocol import (
     APIError,
@@ -59,19 +60,21 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def create_app(cfg: RouterConfig, workers: Workers, orch: Orchestrator, prep: Preparer) -> FastAPI:
+def create_app(cfg: RouterConfig, workers: Readiness, orch: Backend, prep: Preparer) -> FastAPI:
     metrics = orch.metrics
-    poller = HealthPoller(workers)
+    poller = HealthPoller(workers) if isinstance(workers, Workers) else None  # colocated: no workers
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        poller.start()
+        if poller is not None:
+            poller.start()
         orch.start()
         app.state.http = httpx.AsyncClient(timeout=cfg.fetch_timeout_s, follow_redirects=False)
         try:
             yield
         finally:
-            poller.stop.set()
+            if poller is not None:
+                poller.stop.set()
             orch.stop()
             await app.state.http.aclose()
 

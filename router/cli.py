@@ -1,12 +1,16 @@
 """``epd``: the project's command line. ``epd up`` runs a whole local cluster on one machine.
 
     epd up [--model DIR] [--encoders N] [--prefills N] [--decodes N] [--port 8000] [--log-dir DIR]
+    epd up --colocated [--model DIR] [--device cuda] [--router-arg=--num-blocks=4096 ...]
 
 It starts encoders, prefill and decode workers and the router as child processes
 (``shared/supervisor.py``), waits until each is ready (the router: until it sees a ready worker
 of every stage), prints the API URL, restarts any service that crashes, and stops them all on
 Ctrl-C. Restarted services keep their ports only with a fixed ``--base-port`` (the default). The default
 model is the bundled demo checkpoint in ``models/demo``.
+
+With ``--colocated`` it starts only the router, which runs the whole model and one engine in its
+own process (the baseline users would otherwise run); engine flags go in ``--router-arg``.
 """
 
 from __future__ import annotations
@@ -75,9 +79,8 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
             ServiceSpec(f"decode-{i}", "services.decode", (*engine, *flags, *report, *args.decode_arg))
         )
     ready = [str(log_dir / f"{s.name}.ready.json") for s in specs]
-    http_port = args.port if args.port is not None else (0 if b == 0 else 8000)
     router = (
-        "--model", str(args.model), "--host", args.http_host, "--port", str(http_port),
+        "--model", str(args.model), "--host", args.http_host, "--port", str(_http_port(args)),
         "--inbox-host", args.host, "--inbox-port", str(inbox),
         "--encoders", ",".join(r for r in ready if "encoder-" in r),
         "--prefills", ",".join(r for r in ready if "prefill-" in r),
@@ -85,6 +88,20 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
     )  # fmt: skip
     specs.append(ServiceSpec("router", "router", router))
     return specs
+
+
+def colocated_specs(args: argparse.Namespace) -> list[ServiceSpec]:
+    """Only the router, running the whole model and one engine itself."""
+    router = (
+        "--model", str(args.model), "--host", args.http_host, "--port", str(_http_port(args)), "--colocated",
+        "--device", args.device, "--dtype", args.dtype, "--torch-threads", str(args.torch_threads),
+        *args.router_arg,
+    )  # fmt: skip
+    return [ServiceSpec("router", "router", router)]
+
+
+def _http_port(args: argparse.Namespace) -> int:
+    return args.port if args.port is not None else (0 if args.base_port == 0 else 8000)
 
 
 def up(args: argparse.Namespace) -> int:
@@ -96,7 +113,8 @@ def up(args: argparse.Namespace) -> int:
         )
         return 2
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="epd-"))
-    supervisor = Supervisor(cluster_specs(args, log_dir), log_dir)
+    specs = colocated_specs(args) if args.colocated else cluster_specs(args, log_dir)
+    supervisor = Supervisor(specs, log_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -121,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", help="start a local cluster and keep it running until Ctrl-C")
     p.add_argument("--model", type=Path, default=DEMO_MODEL, help="checkpoint directory (default: demo)")
+    p.add_argument(
+        "--colocated",
+        action="store_true",
+        help="one process: the router runs the whole model (no encoders, prefill or decode workers)",
+    )
     p.add_argument("--encoders", type=int, default=1)
     p.add_argument("--prefills", type=int, default=1)
     p.add_argument("--decodes", type=int, default=1)

@@ -10,6 +10,10 @@ addresses joined by ``@`` in the ready file's order:
 
 Decode workers need no list: each reports its load (and addresses) to the router's inbox
 (``--report-to`` on the decode side), which is how the router finds them.
+
+``--colocated`` runs the whole model and one engine in the router's process instead
+(``router/colocated.py``): no worker lists; the engine flags (``EngineFlags``), ``--device``,
+``--dtype``, ``--torch-threads`` and the vision flags apply to it and are ignored otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.engine_setup import ENGINE_HELP, EngineFlags, check_device
 from services.common.flags import parse_flags
 
 ENCODER_KEYS = ("zmq", "http")
@@ -27,7 +32,7 @@ PREFILL_KEYS = ("zmq", "inbox", "http")
 
 
 @dataclass(frozen=True, kw_only=True)
-class RouterConfig:
+class RouterConfig(EngineFlags):
     model: Path
     served_model_name: str = ""  # default: the model directory's name
     host: str = "127.0.0.1"
@@ -38,7 +43,6 @@ class RouterConfig:
     encoders: str = ""
     prefills: str = ""
     api_keys: str = ""  # comma-separated; empty: no authentication
-    max_model_len: int = 0  # 0: the model's max_position_embeddings
     max_images: int = 8  # per request
     max_image_bytes: int = 20 << 20
     fetch_timeout_s: float = 10.0
@@ -52,16 +56,33 @@ class RouterConfig:
     start_timeout_s: float = 300.0  # wait this long for the workers' ready files
     ready_file: Path | None = None
     log_level: str = "INFO"
+    # colocated mode (max_model_len, from EngineFlags, is the context length in both modes)
+    colocated: bool = False
+    device: str = "cpu"
+    dtype: str = "auto"
+    torch_threads: int = 0  # 0: torch's default
+    patch_budget: int = 0  # vision patches per forward; 0: per device, as the encoder service
+    image_cache_bytes: int = 1 << 30  # embedding cache; 0 disables it
 
     def __post_init__(self) -> None:
         if min(self.max_images, self.max_image_bytes, self.max_inflight, self.max_per_worker) < 1:
             raise ValueError("max_images, max_image_bytes, max_inflight, max_per_worker must be >= 1")
         if min(self.fetch_timeout_s, self.request_timeout_s, self.heartbeat_timeout_s) <= 0:
             raise ValueError("timeouts must be positive")
+        if self.colocated:
+            check_device(self.device, self.dtype)
+            self.engine_config()  # raises ValueError on inconsistent engine flags
+        if min(self.patch_budget, self.image_cache_bytes, self.torch_threads) < 0:
+            raise ValueError("patch_budget, image_cache_bytes and torch_threads must be >= 0")
 
     @property
     def model_name(self) -> str:
         return self.served_model_name or self.model.name
+
+    @property
+    def batch_patches(self) -> int:
+        """The patch budget in force: the encoder service's defaults (``EncoderConfig``)."""
+        return self.patch_budget or (4096 if self.device == "cpu" else 16384)
 
     @property
     def keys(self) -> frozenset[str]:
@@ -69,6 +90,7 @@ class RouterConfig:
 
 
 HELP = {
+    **{k: f"colocated: {v}" for k, v in ENGINE_HELP.items()},
     "model": "checkpoint directory (tokenizer, chat template, configs)",
     "served_model_name": "the model id clients use (default: the directory's name)",
     "host": "HTTP interface",
@@ -80,6 +102,12 @@ HELP = {
     "prefills": "comma-separated prefill workers: ready-file paths or ZMQ@INBOX@HTTP",
     "api_keys": "comma-separated accepted Bearer keys (empty: no authentication)",
     "max_model_len": "context length (0: the model's)",
+    "colocated": "run the whole model and one engine in this process (no encoders, prefill, decode)",
+    "device": "colocated: cpu, cuda or cuda:N",
+    "dtype": "colocated: auto (the checkpoint's), bfloat16 or float32",
+    "torch_threads": "colocated: torch intra-op threads (0: torch's default)",
+    "patch_budget": "colocated: vision patches per forward (0: 4096 on cpu, 16384 on cuda)",
+    "image_cache_bytes": "colocated: bytes of the image embedding cache (0: off)",
     "max_images": "most images per request",
     "max_image_bytes": "largest image in bytes (data URL or download)",
     "fetch_timeout_s": "seconds to download one image URL",

@@ -15,14 +15,25 @@ import torch
 from services.encoder.batcher import PendingImage
 from services.encoder.cache import CachedEmbedding
 from shared.models.loader import load_model
+from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 from shared.multimodal.image import ImageError, decode_image
 from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image
 
 
 class VisionRunner:
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: str = "auto",
+        model: Qwen3VLMoeForConditionalGeneration | None = None,
+    ) -> None:
+        """``model``: a loaded model with its vision tower to share (colocated serving); default:
+        load the vision tower alone from ``model_dir``."""
         self.device = torch.device(device)
-        self.model = load_model(model_dir, parts={"vision"}, dtype=dtype, device=self.device)
+        if model is None:
+            model = load_model(model_dir, parts={"vision"}, dtype=dtype, device=self.device)
+        self.model = model
         self.processor = ImageProcessorConfig.from_checkpoint(model_dir)
         self.fingerprint = self.processor.fingerprint()
         self.forwards = 0
