@@ -6,6 +6,7 @@ Precedence: command-line flag, then environment variable (``DECODE_<FLAG>``), th
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ class DecodeConfig(EngineFlags):
     device: str = "cpu"
     dtype: str = "auto"
     host: str = "127.0.0.1"
+    advertise_host: str = ""  # the host others reach this worker by (default: --host, or the host name)
     port: int = 5800  # control (PULL): AbortRequest from routers; 0 picks a free port
     kv_port: int = 5801  # KV transfers (ROUTER) from prefill workers; 0 picks a free port
     http_port: int = 8800
@@ -51,6 +53,11 @@ class DecodeConfig(EngineFlags):
     def address(self, port: int) -> str:
         return f"tcp://{self.host}:{port}"
 
+    def advertised(self, endpoint: str) -> str:
+        """A bound endpoint as others reach it: a wildcard host becomes the advertised host."""
+        host = self.advertise_host or (socket.gethostname() if self.host in ("0.0.0.0", "::", "*") else "")
+        return f"tcp://{host}:{endpoint.rsplit(':', 1)[1]}" if host else endpoint
+
 
 HELP = {
     **ENGINE_HELP,
@@ -58,6 +65,8 @@ HELP = {
     "device": "cpu, cuda or cuda:N",
     "dtype": "auto (the checkpoint's), bfloat16 or float32",
     "host": "interface to bind the sockets and the HTTP server to",
+    "advertise_host": "host name routers and prefill workers reach this worker by, sent in load reports "
+    "(default: --host; the machine's host name when --host is a wildcard such as 0.0.0.0)",
     "port": "control (PULL) port for aborts; 0 picks a free one",
     "kv_port": "KV transfer (ROUTER) port for prefill workers; 0 picks a free one",
     "http_port": "health and metrics HTTP port; 0 picks a free one",

@@ -143,7 +143,8 @@ class DecodeServer:
         running = len(s.running)
         queued = len(s.waiting) + len(self.importer.importing) + len(self.importer.pending)
         return LoadReport(
-            self.name, self.receiver.address, self.endpoint, running, queued, self.engine.num_free_blocks,
+            self.name, self.cfg.advertised(self.receiver.address), self.cfg.advertised(self.endpoint),
+            running, queued, self.engine.num_free_blocks,
             self.engine.blocks.num_blocks, time.time(),
         )  # fmt: skip
 

@@ -1,0 +1,22 @@
+"""Pictures the bundled demo model (models/demo) knows how to talk about, as PNG bytes."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from tools.demo_scenes import COLOURS, REGIONS, Scene, Shape, render
+
+
+def shape_png(kind: str = "circle", colour: str = "red", region: str = "top left", size=(320, 240)) -> bytes:
+    w, h = size
+    fx, fy = REGIONS[region]
+    shape = Shape(kind, colour, region, fx * w, fy * h, 0.16 * min(w, h), 0.0, COLOURS[colour])
+    scene = Scene(w, h, ((238, 238, 232), (250, 248, 240), "x", 0.0), (shape,))
+    buf = io.BytesIO()
+    render(scene).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
