@@ -1,0 +1,33 @@
+"""Load generator for any OpenAI-compatible chat endpoint (epd, vLLM, SGLang) with synthetic images.
+
+It streams chat completions (``stream_options.include_usage``) over async httpx, times every request
+chunk by chunk, and reports throughput, TTFT, TPOT, ITL, E2E latency and goodput per run.
+
+    python -m bench.loadgen --base-url http://127.0.0.1:8000/v1 --concurrency 1,4,16 \\
+        --num-requests 200 --warmup 8 --images 1 --image-size 448x448 --max-tokens 64 --ignore-eos \\
+        --slo ttft:500 tpot:50 --out report.json --plots plots/
+
+    python -m bench.loadgen --request-rate 1,2,4,inf --max-concurrency 64 --images 0:0.2,1:0.6,3:0.2 \\
+        --image-size 224x224:3,896x896:1 --prompt-words 10-40 --max-tokens 16-128
+
+Load: ``--concurrency`` runs a closed loop (N requests always in flight); ``--request-rate`` sends
+Poisson arrivals (``inf``: all at once), optionally capped by ``--max-concurrency``. Several
+comma-separated values make a sweep, one run of ``--num-requests`` each; ``--warmup`` requests go
+first and are not measured. Workload: every image is generated (shapes and noise on a random
+background) and distinct, so no cache helps, unless ``--image-repeat K`` uses each K times.
+Distributions: ``V``, ``A-B`` (uniform integers), ``V1,V2`` or weighted ``V1:w1,V2:w2``.
+
+Output: a summary table on stdout; ``--out`` the JSON report (``config``, ``environment``,
+``model``, ``warmup``, ``runs``: per run its figures and, unless ``--no-records``, every
+request's record); ``--plots DIR`` latency CDFs and, for a sweep, throughput and p50/p99 latency
+against the swept value. Metric definitions: ``bench/loadgen/metrics.py`` and ``client.py``.
+The exit status is 1 when some run completed no request, 2 when the model list is unreachable.
+
+From Python: ``run(LoadConfig(base_url=..., concurrency=4, num_requests=50))`` returns the report.
+``bench/locustfile.py`` drives the same workload from Locust.
+"""
+
+from bench.loadgen.config import LoadConfig
+from bench.loadgen.runner import run
+
+__all__ = ["LoadConfig", "run"]
