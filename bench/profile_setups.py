@@ -83,7 +83,14 @@ def _function(frame: str) -> str:
 CATEGORIES = (
     (
         "waiting",
-        ("selectors.py", "zmq/sugar/poll.py", "threading.py", "queue.py", "concurrent/futures/thread.py"),
+        (
+            "selectors.py",
+            "zmq/sugar/poll.py",
+            "zmq/utils/garbage.py",
+            "threading.py",
+            "queue.py",
+            "concurrent/futures/thread.py",
+        ),
     ),
     ("model and engine", ("shared/models/", "shared/engine/", "torch/")),
     ("images: decode, preprocess", ("shared/multimodal/", "PIL/", "numpy/")),
