@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
+
 from bench.compare import CompareConfig, machine, parse_args
 from bench.loadgen import run
 from bench.servers import serve
@@ -55,6 +57,49 @@ def server_processes(marker: str) -> dict[int, str]:
             name = Path(ready).name.split(".")[0]
             found[int(entry.name)] = name or ("supervisor" if "up" in words else module)
     return found
+
+
+def engine_counters(log_dir: Path, roles: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Engine steps, their seconds and the tokens they sampled so far: decode workers' metrics, or
+    the colocated engine's ``/debug/requests``."""
+    out = {}
+    for role in roles:
+        ready = log_dir / f"{role}.ready.json"
+        if not (role.startswith("decode") or role == "router") or not ready.exists():
+            continue
+        http = json.loads(ready.read_text())["http"]
+        if role == "router":
+            engine = httpx.get(http + "/debug/requests", timeout=10).json().get("engine", {})
+            if "steps" in engine:
+                out[role] = {
+                    k: engine[f"step_{k}" if k != "steps" else k] for k in ("steps", "seconds", "tokens")
+                }
+            continue
+        values = {}
+        for line in httpx.get(http + "/metrics", timeout=10).text.splitlines():
+            if line.startswith("#"):
+                continue
+            name, _, value = line.partition(" ")
+            values[name] = float(value) if value else 0.0
+        out[role] = {
+            "steps": values.get("decode_step_seconds_count", 0.0),
+            "seconds": values.get("decode_step_seconds_sum", 0.0),
+            "tokens": values.get("decode_tokens_total", 0.0),
+        }
+    return out
+
+
+def step_figures(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    figures = {}
+    for role, end in after.items():
+        d = {k: end[k] - before.get(role, {}).get(k, 0.0) for k in end}
+        if d["steps"]:
+            figures[role] = {
+                "steps": int(d["steps"]),
+                "tokens_per_step": round(d["tokens"] / d["steps"], 2),
+                "ms_per_step": round(1000 * d["seconds"] / d["steps"], 3),
+            }
+    return figures
 
 
 def cpu_seconds(pid: int) -> float:
@@ -178,11 +223,13 @@ def profile(cfg: CompareConfig, name: str, out_dir: Path, py_spy: str | None, ra
             if py_spy and role != "supervisor"
         }
         time.sleep(1.0 if spies else 0.0)  # py-spy attaches
+        steps_before = engine_counters(log_dir, list(procs.values()))
         before = {pid: cpu_seconds(pid) for pid in procs}
         mine, wall = self_cpu(), time.monotonic()
         report = run(cfg.load(url, concurrency=cfg.concurrency, warmup=0))
         wall, mine = time.monotonic() - wall, self_cpu() - mine
         after = {pid: cpu_seconds(pid) for pid in procs}
+        steps = step_figures(steps_before, engine_counters(log_dir, list(procs.values())))
         for spy in spies.values():
             spy.send_signal(signal.SIGINT)
         for spy in spies.values():
@@ -201,6 +248,7 @@ def profile(cfg: CompareConfig, name: str, out_dir: Path, py_spy: str | None, ra
             by_category[kind] += share * cpu[role]
     figures = report["runs"][0]
     return {
+        "engine_steps": steps,
         "cpu_ms_per_request_by_category": {k: round(v, 2) for k, v in by_category.most_common()},
         "wall_s": round(wall, 2),
         "completed": figures["completed"],
@@ -221,6 +269,11 @@ def render(results: dict) -> str:
         )
         for role, ms in sorted(r["cpu_ms_per_request"].items(), key=lambda kv: -kv[1]):
             lines.append(f"  {role:16s} {ms:8.2f} ms CPU / request")
+        for role, st in r["engine_steps"].items():
+            lines.append(
+                f"  {role} engine: {st['steps']} steps, {st['tokens_per_step']} tokens per step, "
+                f"{st['ms_per_step']} ms per step"
+            )
         if r["cpu_ms_per_request_by_category"]:
             lines.append("  server CPU by kind of work (py-spy samples scaled to each process's CPU time):")
         for kind, ms in r["cpu_ms_per_request_by_category"].items():

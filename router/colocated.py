@@ -80,6 +80,7 @@ class ColocatedBackend:
         self.reply_to = ""  # no inbox: nothing outside this process talks to the engine
         self.thread = threading.Thread(target=self._run, name="colocated-engine", daemon=True)
         self._next_gauges = 0.0
+        self.steps, self.step_seconds, self.step_tokens = 0, 0.0, 0  # engine steps that ran, for /debug
 
     # ----- called from the HTTP side ----------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -210,6 +211,7 @@ class ColocatedBackend:
 
     # ----- 3. step, send ----------------------------------------------------------------------
     def _step(self) -> None:
+        start = time.perf_counter()
         try:
             outputs = self.engine.step()
         except Exception as e:
@@ -218,6 +220,8 @@ class ColocatedBackend:
             for live in [v for v in self.live.values() if v.state == RUNNING]:
                 self._end(live, abort="failed", event=Event(error=ErrorKind.INTERNAL, message=message))
             return
+        self.steps, self.step_tokens = self.steps + 1, self.step_tokens + len(outputs)
+        self.step_seconds += time.perf_counter() - start
         self._send(outputs)
 
     def _send(self, outputs: list[TokenOutput]) -> None:
@@ -274,6 +278,9 @@ class ColocatedBackend:
                 "waiting": len(sched.waiting),
                 "free_blocks": self.engine.num_free_blocks,
                 "total_blocks": blocks.num_blocks,
+                "steps": self.steps,
+                "step_seconds": self.step_seconds,
+                "step_tokens": self.step_tokens,
             },
             "vision": {
                 "queued_images": len(self.vision),

@@ -45,5 +45,7 @@ def test_profile_a_colocated_server(ckpt: Path, tmp_path: Path, capsys: pytest.C
     result = json.loads((tmp_path / "profile.json").read_text())["setups"]["colocated"]
     assert result["completed"] == 6 and result["cpu_ms_per_request"]["router"] > 0
     assert result["cpu_ms_per_request"]["load generator"] > 0
+    steps = result["engine_steps"]["router"]
+    assert steps["steps"] > 0 and 1 <= steps["tokens_per_step"] <= 2 and steps["ms_per_step"] > 0
     if spy:
         assert result["stacks"]["router"]["samples"] > 0
