@@ -6,35 +6,68 @@ Two implementations: the disaggregated ``Orchestrator`` (with ``Workers`` for re
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 from concurrent.futures import Future
-from typing import Protocol
+from typing import Any, Protocol
 
 from router.jobs import Job
 from router.metrics import RouterMetrics
 
 
-class Backend(Protocol):
-    """Owns a background thread; every method but ``start``/``stop`` is called from the event loop
-    and must not block for long. Events reach the HTTP side only through each job's ``sink``."""
+class Overloaded(Exception):
+    """No admission slot or the command queue is full."""
 
-    metrics: RouterMetrics
-    thread: threading.Thread
-    reply_to: str  # the ZMQ inbox workers answer to; empty when there is none
 
-    def start(self) -> None: ...
+class Backend:
+    """What the HTTP side calls, the same for both implementations: admission slots
+    (``max_inflight``), a bounded command queue (``submit``, ``abort``, ``snapshot``) and the one
+    background thread (``_run``) that owns everything else. Every method but ``start``/``stop`` is
+    called from the event loop and does not block for long; events reach the HTTP side only
+    through each job's ``sink``. A subclass's thread drains ``commands`` and releases a job's
+    slot when the job ends."""
+
+    reply_to = ""  # the ZMQ inbox workers answer to; empty when there is none
+
+    def __init__(self, metrics: RouterMetrics, max_inflight: int, thread_name: str) -> None:
+        self.metrics = metrics
+        self.slots = threading.BoundedSemaphore(max_inflight)
+        self.commands: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2 * max_inflight)
+        self.stopping, self.started = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        if not self.started.wait(timeout):
+            raise RuntimeError(f"the {self.thread.name} thread did not start")
 
     def submit(self, job: Job) -> None:
         """Queue a job or raise ``Overloaded``; its first event (token or error) comes later."""
-        ...
+        if not self.slots.acquire(blocking=False):
+            raise Overloaded("too many requests in flight")
+        try:
+            self.commands.put_nowait(("submit", job))
+        except queue.Full:
+            self.slots.release()
+            raise Overloaded("the router's queue is full") from None
 
-    def abort(self, rid: str, reason: str) -> None: ...
+    def abort(self, rid: str, reason: str) -> None:
+        with contextlib.suppress(queue.Full):  # the deadline frees it if the queue is jammed
+            self.commands.put(("abort", (rid, reason)), timeout=1.0)
 
     def snapshot(self) -> Future:
         """A future of the ``/debug/requests`` dict, answered by the backend's thread."""
-        ...
+        fut: Future = Future()
+        self.commands.put(("snapshot", fut), timeout=1.0)
+        return fut
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5.0)
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
 
 class Readiness(Protocol):

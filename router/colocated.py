@@ -25,22 +25,19 @@ Request life cycle (one loop turn: receive, expire, encode, admit, step, send):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from router.backend import Backend
 from router.colocated_vision import VisionStage
 from router.config import RouterConfig
 from router.jobs import Event, Job
 from router.metrics import RouterMetrics
-from router.orchestrator import Overloaded
 from services.encoder.cache import CachedEmbedding
 from services.encoder.runner import VisionRunner
 from shared.engine import Engine, ImageInput, Request, TokenOutput
@@ -66,53 +63,21 @@ class Live:
     tokens: int = 0
 
 
-class ColocatedBackend:
+class ColocatedBackend(Backend):
     def __init__(
         self, engine: Engine, vision: VisionStage, metrics: RouterMetrics, *, image_token_id: int,
         merge_size: int, max_inflight: int, torch_threads: int = 0,
     ) -> None:  # fmt: skip
-        self.engine, self.vision, self.metrics = engine, vision, metrics
+        super().__init__(metrics, max_inflight, "colocated-engine")
+        self.engine, self.vision = engine, vision
         self.image_token_id, self.merge_size, self.torch_threads = image_token_id, merge_size, torch_threads
-        self.slots = threading.BoundedSemaphore(max_inflight)
-        self.commands: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2 * max_inflight)
         self.live: dict[str, Live] = {}  # by request id
-        self.stopping, self.started = threading.Event(), threading.Event()
-        self.reply_to = ""  # no inbox: nothing outside this process talks to the engine
-        self.thread = threading.Thread(target=self._run, name="colocated-engine", daemon=True)
         self._next_gauges = 0.0
         self.steps, self.step_seconds, self.step_tokens = 0, 0.0, 0  # engine steps that ran, for /debug
-
-    # ----- called from the HTTP side ----------------------------------------------------------
-    def start(self, timeout: float = 10.0) -> None:
-        self.thread.start()
-        if not self.started.wait(timeout):
-            raise RuntimeError("the colocated engine thread did not start")
 
     def ready(self, now: float) -> dict[str, bool]:
         """Readiness by stage, as ``Workers.ready`` reports it: here one stage, the engine thread."""
         return {"engine": self.started.is_set() and self.thread.is_alive()}
-
-    def submit(self, job: Job) -> None:
-        if not self.slots.acquire(blocking=False):
-            raise Overloaded("too many requests in flight")
-        try:
-            self.commands.put_nowait(("submit", job))
-        except queue.Full:
-            self.slots.release()
-            raise Overloaded("the router's queue is full") from None
-
-    def abort(self, rid: str, reason: str) -> None:
-        with contextlib.suppress(queue.Full):  # the deadline frees it if the queue is jammed
-            self.commands.put(("abort", (rid, reason)), timeout=1.0)
-
-    def snapshot(self) -> Future:
-        fut: Future = Future()
-        self.commands.put(("snapshot", fut), timeout=1.0)
-        return fut
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(5.0)
 
     # ----- the thread -------------------------------------------------------------------------
     def _run(self) -> None:

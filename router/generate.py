@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.backend import Backend, Overloaded
 from router.detokenize import Detokenizer, StopStrings
 from router.jobs import Event, Job
-from router.orchestrator import Orchestrator, Overloaded
 from router.prepare import Prepared
 from router.protocol import APIError, overloaded
 from shared.wire.messages import ErrorKind
@@ -59,9 +59,7 @@ class Piece:
 
 
 class Generation:
-    def __init__(
-        self, orch: Orchestrator, tokenizer: Any, prep: Prepared, rid: str, timeout_s: float
-    ) -> None:
+    def __init__(self, orch: Backend, tokenizer: Any, prep: Prepared, rid: str, timeout_s: float) -> None:
         self.orch, self.tokenizer, self.prep, self.rid = orch, tokenizer, prep, rid
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.detok = Detokenizer(tokenizer)

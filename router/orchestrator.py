@@ -27,14 +27,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
+from router.backend import Backend
 from router.jobs import Event, Job, encode_request, prefill_request
 from router.metrics import RouterMetrics
 from router.workers import Decode, Prefill, Workers
@@ -43,10 +42,6 @@ from shared.wire.messages import AbortRequest, ErrorKind, LoadReport, TokenBatch
 
 log = logging.getLogger("router.orchestrator")
 RETRYABLE = {ErrorKind.UNAVAILABLE, ErrorKind.OVERLOADED, ErrorKind.INTERNAL}
-
-
-class Overloaded(Exception):
-    """No admission slot or the command queue is full."""
 
 
 @dataclass
@@ -65,51 +60,23 @@ class Live:
     prefill_done: bool = False
 
 
-class Orchestrator:
+class Orchestrator(Backend):
     def __init__(
         self, workers: Workers, metrics: RouterMetrics, *, inbox: str, advertise_host: str,
         image_token_id: int, merge_size: int, max_inflight: int, max_per_worker: int, max_retries: int,
     ) -> None:  # fmt: skip
-        self.workers, self.metrics = workers, metrics
+        super().__init__(metrics, max_inflight, "orchestrator")
+        self.workers = workers
         self.inbox_address, self.advertise_host = inbox, advertise_host
         self.image_token_id, self.merge_size = image_token_id, merge_size
         self.max_per_worker, self.max_retries = max_per_worker, max_retries
-        self.slots = threading.BoundedSemaphore(max_inflight)
-        self.commands: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2 * max_inflight)
         self.live: dict[str, Live] = {}  # by wire id
         self.by_rid: dict[str, Live] = {}
-        self.stopping = threading.Event()
-        self.started = threading.Event()
-        self.reply_to = ""
-        self.thread = threading.Thread(target=self._run, name="orchestrator", daemon=True)
 
-    # ----- called from the HTTP side ----------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
-        self.thread.start()
-        if not self.started.wait(timeout) or not self.reply_to:
+        super().start(timeout)
+        if not self.reply_to:
             raise RuntimeError(f"the orchestrator could not bind its inbox {self.inbox_address}")
-
-    def submit(self, job: Job) -> None:
-        if not self.slots.acquire(blocking=False):
-            raise Overloaded("too many requests in flight")
-        try:
-            self.commands.put_nowait(("submit", job))
-        except queue.Full:
-            self.slots.release()
-            raise Overloaded("the router's queue is full") from None
-
-    def abort(self, rid: str, reason: str) -> None:
-        with contextlib.suppress(queue.Full):  # the deadline frees it if the queue is jammed
-            self.commands.put(("abort", (rid, reason)), timeout=1.0)
-
-    def snapshot(self) -> Future:
-        fut: Future = Future()
-        self.commands.put(("snapshot", fut), timeout=1.0)
-        return fut
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(5.0)
 
     # ----- the thread -------------------------------------------------------------------------
     def _run(self) -> None:

@@ -2,60 +2,29 @@
 
 from __future__ import annotations
 
-import logging
-import signal
-import sys
-import threading
 from collections.abc import Sequence
 
-import torch
-import zmq
-
 from services.common.engine_setup import build_engine
-from services.common.launch import write_ready_file
+from services.common.main import run_service
 from services.decode.config import parse_config
 from services.decode.metrics import DecodeMetrics
 from services.decode.server import DecodeServer
-from services.encoder.metrics import Health, start_http
+from services.encoder.metrics import Health
 from shared.transfer import ZmqKVReceiver
-
-log = logging.getLogger("decode")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(argv)
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if cfg.torch_threads > 0:
-        torch.set_num_threads(cfg.torch_threads)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    metrics, health = DecodeMetrics(), Health()
-    http = start_http(cfg.host, cfg.http_port, metrics, health)  # type: ignore[arg-type]
-    log.info("loading the language model from %s (%s, %s)", cfg.model, cfg.device, cfg.dtype)
-    engine = build_engine(cfg.model, cfg.device, cfg.dtype, cfg)
-    receiver = ZmqKVReceiver(cfg.address(cfg.kv_port), name=cfg.name or "decode")
-    server = DecodeServer(cfg, engine, receiver, metrics, health)
-    receiver.name = server.name
-    health.info = {"name": server.name, "kv": receiver.address, "control": server.endpoint}
-    write_ready_file(
-        cfg.ready_file,
-        {"kv": receiver.address, "control": server.endpoint, "http": f"http://{cfg.host}:{http.server_port}"},
-    )
-    try:
-        with torch.inference_mode():
-            server.serve(stop)
-    finally:
-        health.ready = False
-        server.close()
-        zmq.Context.instance().term()
-        http.shutdown()
-        log.info("%s stopped", server.name)
-    return 0
+    metrics = DecodeMetrics()
+
+    def build(health: Health) -> tuple[DecodeServer, dict[str, str]]:
+        engine = build_engine(cfg.model, cfg.device, cfg.dtype, cfg)
+        receiver = ZmqKVReceiver(cfg.address(cfg.kv_port), name=cfg.name or "decode")
+        server = DecodeServer(cfg, engine, receiver, metrics, health)
+        receiver.name = server.name
+        return server, {"kv": receiver.address, "control": server.endpoint}
+
+    return run_service(cfg, "decode", metrics, build)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,11 @@ from router.jobs import Event, Job, LoadedImage
 from router.metrics import RouterMetrics
 from shared.engine import SamplingParams
 from shared.models.config import load_config
-from shared.multimodal.image import decode_image, image_hash
-from shared.multimodal.prompt import PromptBuilder
-from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image
+from shared.multimodal.image import image_hash
 from shared.wire.messages import ErrorKind
 from tests.cluster import EpdCluster, start_cluster
-from tests.disagg.conftest import Prompt, hf_generate
 from tests.encoder.conftest import png
+from tests.router.parity import assert_greedy_matches_transformers
 
 
 def data_url(data: bytes) -> str:
@@ -57,25 +55,8 @@ def hf(ckpt):
 
 @pytest.mark.parametrize("n_images", [0, 1, 2])
 def test_greedy_matches_transformers(server, client, ckpt, hf, n_images):
-    images = [png(96 + 64 * i, 64 + 32 * i, seed=i) for i in range(n_images)]
-    parts = [{"type": "text", "text": "Describe these."}]
-    parts += [{"type": "image_url", "image_url": {"url": data_url(d)}} for d in images]
-    out = client.chat.completions.create(
-        model=server.model, messages=[{"role": "user", "content": parts}], max_tokens=8, temperature=0
-    )
-    builder = PromptBuilder.from_checkpoint(ckpt)
-    processor = ImageProcessorConfig.from_checkpoint(ckpt)
-    pix = [preprocess_image(decode_image(d), processor) for d in images]
-    hf_parts = [{"type": "text", "text": "Describe these."}] + [{"type": "image"}] * n_images
-    chat = builder.build([{"role": "user", "content": hf_parts}], [g for _, g in pix])
-    prompt = Prompt(
-        chat.input_ids, [(d, g) for d, (_, g) in zip(images, pix, strict=True)], [p for p, _ in pix]
-    )
-    ref = hf_generate(hf, prompt, load_config(ckpt), 8)
-    assert out.usage.prompt_tokens == len(chat.input_ids)
-    assert out.usage.completion_tokens == len(ref)
-    assert out.choices[0].message.content == builder.tokenizer.decode(ref, skip_special_tokens=True)
-    print(f"\ncolocated, {n_images} images: {out.choices[0].message.content!r} == transformers")
+    text = assert_greedy_matches_transformers(client, server.model, ckpt, hf, n_images)
+    print(f"\ncolocated, {n_images} images: {text!r} == transformers")
 
 
 def test_health_and_streaming_equals_non_streaming(server, client):

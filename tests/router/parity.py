@@ -1,0 +1,42 @@
+"""Greedy answers over HTTP against transformers' ``generate`` on the same checkpoint: one check
+that every serving setup's tests share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+
+from shared.models.config import load_config
+from shared.multimodal.image import decode_image
+from shared.multimodal.prompt import PromptBuilder
+from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image
+from tests.demo_pictures import data_url
+from tests.disagg.conftest import Prompt, hf_generate
+from tests.encoder.conftest import png
+
+
+def assert_greedy_matches_transformers(
+    client: openai.OpenAI, model: str, ckpt: Path, hf, n_images: int, max_tokens: int = 8
+) -> str:
+    """Ask with ``n_images`` distinct PNGs; the answer and usage equal transformers'. Returns the text."""
+    images = [png(96 + 64 * i, 64 + 32 * i, seed=i) for i in range(n_images)]
+    parts = [{"type": "text", "text": "Describe these."}]
+    parts += [{"type": "image_url", "image_url": {"url": data_url(d)}} for d in images]
+    out = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": parts}], max_tokens=max_tokens, temperature=0
+    )
+    builder = PromptBuilder.from_checkpoint(ckpt)
+    processor = ImageProcessorConfig.from_checkpoint(ckpt)
+    pix = [preprocess_image(decode_image(d), processor) for d in images]
+    hf_parts = [{"type": "text", "text": "Describe these."}] + [{"type": "image"}] * n_images
+    chat = builder.build([{"role": "user", "content": hf_parts}], [g for _, g in pix])
+    prompt = Prompt(
+        chat.input_ids, [(d, g) for d, (_, g) in zip(images, pix, strict=True)], [p for p, _ in pix]
+    )
+    ref = hf_generate(hf, prompt, load_config(ckpt), max_tokens)
+    assert out.usage.prompt_tokens == len(chat.input_ids)
+    assert out.usage.completion_tokens == len(ref)
+    text = out.choices[0].message.content
+    assert text == builder.tokenizer.decode(ref, skip_special_tokens=True)
+    return text
