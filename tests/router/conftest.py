@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.cluster import EpdCluster, start_cluster
 from tests.engine.conftest import SPEC
@@ -29,3 +30,11 @@ def cluster(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ep
         "--router-arg=--heartbeat-timeout-s=15",
     ) as c:  # fmt: skip
         yield c
+
+
+@pytest.fixture(scope="package")
+def hf(ckpt: Path):
+    """transformers' model on the package's checkpoint, the reference for greedy answers."""
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    return Qwen3VLMoeForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()

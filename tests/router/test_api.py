@@ -53,13 +53,6 @@ def test_streaming_equals_non_streaming(cluster, client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
 
-@pytest.fixture(scope="module")
-def hf(ckpt):
-    from transformers import Qwen3VLMoeForConditionalGeneration
-
-    return Qwen3VLMoeForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
-
-
 @pytest.mark.parametrize("n_images", [0, 1, 2])
 def test_greedy_matches_transformers(cluster, client, ckpt, hf, n_images):
     text = assert_greedy_matches_transformers(client, cluster.model, ckpt, hf, n_images)

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import torch
 
 from router.colocated import ColocatedBackend, load_colocated
 from router.config import parse_config
@@ -44,13 +43,6 @@ def server(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Epd
 @pytest.fixture(scope="module")
 def client(server: EpdCluster) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def hf(ckpt):
-    from transformers import Qwen3VLMoeForConditionalGeneration
-
-    return Qwen3VLMoeForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
 
 
 @pytest.mark.parametrize("n_images", [0, 1, 2])
