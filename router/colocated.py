@@ -195,19 +195,11 @@ class ColocatedBackend(Backend):
             live = self.live.get(out.request_id)
             if live is None:
                 continue
-            if live.tokens == 0:
-                live.first = now
-                self.metrics.ttft.observe(now - live.submitted)
-                self.metrics.stage_latency.labels("prefill").observe(now - live.submitted)
-            else:
-                self.metrics.itl.observe(now - live.last)
-            live.tokens, live.last = live.tokens + 1, now
-            self.metrics.tokens.inc()
             finish = out.finish_reason.value if out.finish_reason is not None else ""
+            self.metrics.token(live, now, bool(finish))
             top = [list(out.top_logprobs)] if out.top_logprobs is not None else []
             live.job.sink(Event([(out.token_id, out.logprob)], top=top, finish=finish))
             if finish:  # the engine has freed the request already
-                self.metrics.stage_latency.labels("decode").observe(now - live.first)
                 self._end(live)
 
     def _end(self, live: Live, abort: str = "", event: Event | None = None) -> None:

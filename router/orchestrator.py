@@ -207,18 +207,11 @@ class Orchestrator(Backend):
             if live is None:
                 continue
             if live.tokens == 0:
-                live.first = now
                 self._release_prefill(live)
-                self.metrics.ttft.observe(now - live.submitted)
-                self.metrics.stage_latency.labels("prefill").observe(now - live.submitted)
-            else:
-                self.metrics.itl.observe(now - live.last)
-            live.tokens, live.last = live.tokens + 1, now
-            self.metrics.tokens.inc()
+            self.metrics.token(live, now, bool(reason))
             top = [tops[i]] if tops and tops[i] else []
             live.job.sink(Event([(tok, lp)], top, finish=reason))
             if reason:
-                self.metrics.stage_latency.labels("decode").observe(now - live.first)
                 self._end(live)
 
     def _failed(self, live: Live, kind: ErrorKind, message: str, culprit: str) -> None:

@@ -1,5 +1,5 @@
-"""Greedy answers over HTTP against transformers' ``generate`` on the same checkpoint: one check
-that every serving setup's tests share."""
+"""Checks every serving setup's tests share: greedy answers over HTTP against transformers'
+``generate`` on the same checkpoint, and streaming against non-streaming."""
 
 from __future__ import annotations
 
@@ -40,3 +40,17 @@ def assert_greedy_matches_transformers(
     text = out.choices[0].message.content
     assert text == builder.tokenizer.decode(ref, skip_special_tokens=True)
     return text
+
+
+def assert_streaming_equals_non_streaming(client: openai.OpenAI, model: str) -> None:
+    """The same greedy request streamed (with usage) and not: same text, 10 tokens, ``length``."""
+    kw = dict(model=model, messages=[{"role": "user", "content": "Count"}], max_tokens=10, temperature=0)
+    whole = client.chat.completions.create(**kw, extra_body={"ignore_eos": True})
+    stream = client.chat.completions.create(
+        **kw, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == 10 == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"

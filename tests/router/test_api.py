@@ -13,7 +13,7 @@ import torch
 from shared.models.config import load_config
 from shared.multimodal.prompt import PromptBuilder
 from tests.disagg.conftest import Prompt, hf_generate
-from tests.router.parity import assert_greedy_matches_transformers
+from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
 
 
 def data_url(data: bytes) -> str:
@@ -39,18 +39,7 @@ def test_health_models_and_text_chat(cluster, client):
 
 
 def test_streaming_equals_non_streaming(cluster, client):
-    kw = dict(
-        model=cluster.model, messages=[{"role": "user", "content": "Count"}], max_tokens=10, temperature=0
-    )
-    whole = client.chat.completions.create(**kw, extra_body={"ignore_eos": True})
-    stream = client.chat.completions.create(
-        **kw, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}
-    )
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == whole.choices[0].message.content
-    assert chunks[-1].usage.completion_tokens == 10 == whole.usage.completion_tokens
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert_streaming_equals_non_streaming(client, cluster.model)
 
 
 @pytest.mark.parametrize("n_images", [0, 1, 2])

@@ -24,7 +24,7 @@ from shared.multimodal.image import image_hash
 from shared.wire.messages import ErrorKind
 from tests.cluster import EpdCluster, start_cluster
 from tests.encoder.conftest import png
-from tests.router.parity import assert_greedy_matches_transformers
+from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
 
 
 def data_url(data: bytes) -> str:
@@ -54,18 +54,7 @@ def test_greedy_matches_transformers(server, client, ckpt, hf, n_images):
 def test_health_and_streaming_equals_non_streaming(server, client):
     health = httpx.get(server.url + "/health").json()
     assert health == {"ready": True, "stages": {"engine": True}}
-    kw = dict(
-        model=server.model, messages=[{"role": "user", "content": "Count"}], max_tokens=10, temperature=0
-    )
-    whole = client.chat.completions.create(**kw, extra_body={"ignore_eos": True})
-    stream = client.chat.completions.create(
-        **kw, stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}
-    )
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == whole.choices[0].message.content
-    assert chunks[-1].usage.completion_tokens == 10 == whole.usage.completion_tokens
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert_streaming_equals_non_streaming(client, server.model)
     metrics = httpx.get(server.url + "/metrics").text
     for name in (
         "router_ttft_seconds_bucket",
