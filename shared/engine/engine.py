@@ -92,11 +92,16 @@ class Engine:
 
     def abort(self, request_id: str) -> bool:
         """End the request wherever it is and free all it holds; False if the engine has no such request."""
-        seq = self.seqs.pop(request_id, None) or self._importing.pop(request_id, None)
+        importing = self._importing.pop(request_id, None)  # holds blocks, in no scheduler queue yet
+        seq = self.seqs.pop(request_id, None) or importing
         if seq is None:
             return False
         self._imported_layers.pop(request_id, None)
-        self.scheduler.abort(seq)
+        if seq is importing:
+            seq.status = Status.FINISHED
+            self.blocks.free(seq)
+        else:
+            self.scheduler.abort(seq)
         seq.finish_reason = seq.finish_reason or FinishReason.ABORT
         return True
 

@@ -122,3 +122,23 @@ def test_begin_import_refuses_when_full(lm, vision):
 def iter_outputs(engine: Engine):
     while engine.has_unfinished():
         yield from engine.step()
+
+
+@pytest.mark.parametrize("layers_done", [0, 1, "all"])
+def test_abort_during_a_layerwise_import_frees_its_blocks(lm, vision, layers_done):
+    """The router gives up while prefill is still sending: the half-imported sequence goes away."""
+    src = Engine(lm, EngineConfig(num_blocks=64))
+    src.add_request(make_request(lm, vision, GREEDY, prefill_only=True))
+    list(iter_outputs(src))
+    dst = Engine(lm, EngineConfig(block_size=8, num_blocks=30))
+    assert dst.begin_import(src.export_state("moving"))
+    assert dst.num_free_blocks < 30
+    n = src.pool.num_layers if layers_done == "all" else layers_done
+    for layer in range(n):
+        dst.import_kv_layer("moving", layer, *src.export_kv_layer("moving", layer))
+    if layers_done == "all":
+        dst.finish_import("moving")
+    assert dst.abort("moving")
+    assert dst.num_free_blocks == 30 and not dst.has_unfinished() and not dst.abort("moving")
+    move(src, dst, "moving", layerwise=True)  # the same id can come again
+    assert len([o for o in iter_outputs(dst) if o.request_id == "moving"]) == GREEDY.max_tokens - 1
