@@ -1,28 +1,26 @@
 """A whole local cluster started by the console script's module (``epd up``) on loopback, for tests.
 
 ``start_cluster(model, log_dir, *extra_flags)`` is a context manager: it runs ``epd up`` with free
-ports, waits for "cluster ready", yields an ``EpdCluster`` and stops it with Ctrl-C (SIGINT).
+ports, waits for "cluster ready", yields an ``EpdCluster`` and stops it with Ctrl-C (SIGINT); a
+cluster that does not come up raises ``bench.servers.ServerError`` with its logs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.supervisor import REPO_ROOT
+from bench.servers import Server, serve
 
 
 @dataclass
 class EpdCluster:
-    proc: subprocess.Popen
     url: str  # the router's base URL
     log_dir: Path
     model: str
@@ -51,31 +49,22 @@ class EpdCluster:
 def start_cluster(
     model: Path, log_dir: Path, *flags: str, command: tuple[str, ...] = (), timeout: float = 150
 ) -> Iterator[EpdCluster]:
-    """``epd up --model MODEL --base-port 0 --log-dir LOG_DIR FLAGS...``; ``command`` replaces
-    ``python -m router.cli`` (e.g. the installed console script)."""
-    cmd = [
+    """``epd up --model MODEL --base-port 0 --log-dir LOG_DIR FLAGS...`` through the benchmarks'
+    launcher (``bench/servers.py``); ``command`` replaces ``python -m router.cli`` (e.g. the
+    installed console script)."""
+    cmd = (
         *(command or (sys.executable, "-m", "router.cli")), "up", "--model", str(model), "--base-port", "0",
         "--log-dir", str(log_dir), *flags,
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    url = ""
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("OpenAI API at "):
-                url = line.split()[-1].removesuffix("/v1")
-            if "cluster ready" in line or not line:
-                break
-        assert url and any("cluster ready" in ln for ln in lines), "".join(lines)
-        yield EpdCluster(proc, url, log_dir, model.name)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+    )  # fmt: skip
+    with serve(Server("epd", cmd, "cluster ready", timeout), log_dir) as url:
+        yield EpdCluster(url.removesuffix("/v1"), log_dir, model.name)
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 20.0, interval: float = 0.1) -> bool:
+    """Poll ``check`` until it holds or ``timeout`` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()

@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 
+from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
 from services.common.tokens import token_batch
 from services.decode.config import DecodeConfig
 from services.decode.imports import Import, Importer
@@ -40,8 +41,6 @@ from shared.wire.messages import AbortRequest, ErrorKind, KVReserve, LoadReport,
 from shared.wire.poll import wait_readable
 
 log = logging.getLogger("decode")
-IDLE_POLL_S = 0.05
-MAX_RECV_PER_STEP = 256
 
 
 class DecodeServer:
@@ -54,6 +53,11 @@ class DecodeServer:
         self.endpoint = self.control.endpoint
         self.outbox = PushPool()
         self.name = cfg.name or f"decode@{receiver.address}"
+        # what load reports tell routers and prefill workers: the addresses as others reach them
+        self.advertised_kv, self.advertised_control = (
+            cfg.advertised(receiver.address),
+            cfg.advertised(self.endpoint),
+        )
         self.importer = Importer(engine, receiver, self._error, cfg.max_pending, cfg.transfer_timeout_s)
         self.importer.on_imported = self._imported
         self.routes: dict[str, str] = {}  # running request -> its router's token inbox
@@ -67,12 +71,7 @@ class DecodeServer:
         log.info(
             "%s serving (control %s, %d KV blocks)", self.name, self.endpoint, self.engine.blocks.num_blocks
         )
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception:  # last resort: a bug in one turn must not take the service down
-                self.metrics.errors.labels(ErrorKind.INTERNAL.value).inc()
-                log.exception("unexpected error in the serving loop; continuing")
+        serve_steps(self.step, stop, self.metrics.errors, log)
 
     def step(self) -> None:
         self.health.tick()
@@ -143,8 +142,7 @@ class DecodeServer:
         running = len(s.running)
         queued = len(s.waiting) + len(self.importer.importing) + len(self.importer.pending)
         return LoadReport(
-            self.name, self.cfg.advertised(self.receiver.address), self.cfg.advertised(self.endpoint),
-            running, queued, self.engine.num_free_blocks,
+            self.name, self.advertised_kv, self.advertised_control, running, queued, self.engine.num_free_blocks,
             self.engine.blocks.num_blocks, time.time(),
         )  # fmt: skip
 

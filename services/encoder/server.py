@@ -31,6 +31,7 @@ import re
 import threading
 import time
 
+from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
 from services.encoder.batcher import PatchBatcher, PendingImage, Waiter
 from services.encoder.cache import CachedEmbedding, EmbeddingCache
 from services.encoder.config import EncoderConfig
@@ -51,8 +52,6 @@ from shared.wire import (
 from shared.wire.messages import MAX_IMAGE_BYTES, REQUEST_ID
 
 log = logging.getLogger("encoder")
-IDLE_POLL_S = 0.05  # how long the receive stage blocks when nothing is queued
-MAX_RECV_PER_STEP = 256  # messages admitted per loop turn before the queue gets a chance to run
 
 
 class EncoderServer:
@@ -81,12 +80,7 @@ class EncoderServer:
             self.batcher.patch_budget,
             self.cache.max_bytes,
         )
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception:  # last resort: a bug in one turn must not take the service down
-                self.metrics.errors.labels(ErrorKind.INTERNAL.value).inc()
-                log.exception("unexpected error in the serving loop; continuing")
+        serve_steps(self.step, stop, self.metrics.errors, log)
 
     def step(self) -> None:
         self.health.tick()

@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 
+from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
 from services.common.tokens import token_batch
 from services.encoder.metrics import Health
 from services.prefill.config import PrefillConfig
@@ -44,8 +45,6 @@ from shared.wire.messages import AbortRequest, ErrorKind, PrefillRequest, TokenB
 from shared.wire.poll import wait_readable
 
 log = logging.getLogger("prefill")
-IDLE_POLL_S = 0.05
-MAX_RECV_PER_STEP = 256
 
 
 class PrefillServer:
@@ -86,12 +85,7 @@ class PrefillServer:
             self.inbox_endpoint,
             self.engine.blocks.num_blocks,
         )
-        while not stop.is_set():
-            try:
-                self.step()
-            except Exception:  # last resort: a bug in one turn must not take the service down
-                self.metrics.errors.labels(ErrorKind.INTERNAL.value).inc()
-                log.exception("unexpected error in the serving loop; continuing")
+        serve_steps(self.step, stop, self.metrics.errors, log)
 
     def step(self) -> None:
         self.health.tick()

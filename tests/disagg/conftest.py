@@ -22,6 +22,7 @@ from shared.multimodal.image import decode_image
 from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image
 from tests.encoder.conftest import png
 from tests.engine.conftest import SPEC
+from tests.engine.prompts import hf_greedy
 
 COMMON = ("--torch-threads", "1", "--dtype", "float32", "--http-port", "0")
 
@@ -122,18 +123,7 @@ def make_prompt(cfg: ModelConfig, processor: ImageProcessorConfig, seed: int, pi
 
 
 def hf_generate(hf, prompt: Prompt, cfg: ModelConfig, max_new_tokens: int) -> list[int]:
-    ids = torch.tensor(prompt.ids)[None]
-    kwargs = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "mm_token_type_ids": (ids == cfg.image_token_id).int(),
-    }
-    if prompt.images:
-        kwargs["pixel_values"] = torch.cat(prompt.pixels)
-        kwargs["image_grid_thw"] = torch.tensor([g for _, g in prompt.images])
-    with torch.inference_mode():
-        out = hf.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False)
-    return out[0, ids.shape[1] :].tolist()
+    return hf_greedy(hf, prompt.ids, prompt.pixels, [g for _, g in prompt.images], cfg, max_new_tokens)
 
 
 def stop_ids(hf, cfg: ModelConfig) -> tuple[int, ...]:

@@ -13,19 +13,11 @@ from shared.engine import SamplingParams
 from shared.multimodal.vision_inputs import ImageProcessorConfig
 from shared.wire import DealerSocket, StageError
 from shared.wire.messages import ErrorKind
+from tests.cluster import wait_for
 from tests.disagg.conftest import make_prompt, target
 
 SHORT = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
 LONG = SamplingParams(temperature=0, max_tokens=10_000, ignore_eos=True)  # still running when killed
-
-
-def wait_for(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def test_killed_decode_worker(cluster):
@@ -46,7 +38,9 @@ def test_killed_decode_worker(cluster):
         victim_rids = [r for r, d in rids.items() if d is victim]
         # Kill once the victim has streamed tokens (mid-generation), while others may still transfer.
         assert wait_for(
-            lambda: (client.poll(0.02), any(len(client.outcomes[r].tokens) > 3 for r in victim_rids))[1], 30
+            lambda: (client.poll(0.02), any(len(client.outcomes[r].tokens) > 3 for r in victim_rids))[1],
+            30,
+            0.05,
         )
         victim.kill()
         killed_at = time.monotonic()
@@ -71,6 +65,7 @@ def test_killed_decode_worker(cluster):
                 and prefill.metric("prefill_transfers") == 0
             ),
             15,
+            0.05,
         ), cluster.logs()
     finally:
         client.close()
@@ -87,7 +82,7 @@ def test_unreachable_decode_worker_is_reported(cluster):
         assert len(o.tokens) == 1 and o.error is not None and o.error.kind is ErrorKind.UNAVAILABLE, o
         prefill = cluster.prefill
         assert wait_for(
-            lambda: prefill.metric("prefill_free_blocks") == prefill.metric("prefill_total_blocks"), 5
+            lambda: prefill.metric("prefill_free_blocks") == prefill.metric("prefill_total_blocks"), 5, 0.05
         )
     finally:
         client.close()

@@ -81,15 +81,23 @@ def request(
 
 
 def hf_generate(hf, prompt: Prompt, cfg: ModelConfig, max_new_tokens: int) -> list[int]:
-    ids = torch.tensor(prompt.ids)[None]
+    pixels = [pic.pixels for pic in prompt.pictures]
+    return hf_greedy(hf, prompt.ids, pixels, [pic.grid for pic in prompt.pictures], cfg, max_new_tokens)
+
+
+def hf_greedy(
+    hf, ids: list[int], pixels: list[torch.Tensor], grids: list, cfg: ModelConfig, max_new_tokens: int
+) -> list[int]:
+    """transformers' greedy ``generate`` for one prompt (token ids, per-image pixels and grids)."""
+    input_ids = torch.tensor(ids)[None]
     kwargs = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "mm_token_type_ids": (ids == cfg.image_token_id).int(),
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "mm_token_type_ids": (input_ids == cfg.image_token_id).int(),
     }
-    if prompt.pictures:
-        kwargs["pixel_values"] = torch.cat([pic.pixels for pic in prompt.pictures])
-        kwargs["image_grid_thw"] = torch.tensor([pic.grid for pic in prompt.pictures])
+    if pixels:
+        kwargs["pixel_values"] = torch.cat(pixels)
+        kwargs["image_grid_thw"] = torch.tensor(grids)
     with torch.inference_mode():
         out = hf.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False)
-    return out[0, ids.shape[1] :].tolist()
+    return out[0, input_ids.shape[1] :].tolist()

@@ -3,8 +3,6 @@ text and base64 images), greedy parity with transformers, stop strings, completi
 
 from __future__ import annotations
 
-import base64
-
 import httpx
 import openai
 import pytest
@@ -14,10 +12,6 @@ from shared.models.config import load_config
 from shared.multimodal.prompt import PromptBuilder
 from tests.disagg.conftest import Prompt, hf_generate
 from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
-
-
-def data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ bad images; and, in-process, the backend's own failure paths (bad image bytes, a
 
 from __future__ import annotations
 
-import base64
 import queue
 import time
 from collections.abc import Iterator
@@ -22,13 +21,10 @@ from shared.engine import SamplingParams
 from shared.models.config import load_config
 from shared.multimodal.image import image_hash
 from shared.wire.messages import ErrorKind
-from tests.cluster import EpdCluster, start_cluster
+from tests.cluster import EpdCluster, start_cluster, wait_for
+from tests.demo_pictures import data_url
 from tests.encoder.conftest import png
 from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
-
-
-def data_url(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +58,6 @@ def test_health_and_streaming_equals_non_streaming(server, client):
         "router_e2e_seconds_bucket",
     ):
         assert name in metrics, name
-
-
-def wait_for(check, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def test_disconnect_mid_stream_frees_everything(server):

@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from tests.cluster import wait_for
 from tests.encoder.conftest import png
 
 GOOD_PNG = "data:image/png;base64," + base64.b64encode(png(32, 32)).decode()
@@ -116,15 +117,6 @@ def test_bad_requests_get_openai_4xx_errors(cluster):
         ok = http.post("/v1/chat/completions", json=chat(cluster.model))
         assert ok.status_code == 200, ok.text
     assert cluster.metric("router", "router_requests_total", 'route="/v1/chat/completions",status="500"') == 0
-
-
-def wait_for(check, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 @pytest.mark.parametrize("image", [False, True])

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cluster import EpdCluster, start_cluster
+from tests.cluster import EpdCluster, start_cluster, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +45,7 @@ def freed(c: EpdCluster, deadline_s: float = 10) -> bool:
             and c.metric("decode-0", "decode_free_blocks") == c.metric("decode-0", "decode_total_blocks")
         )
 
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.2)
-    return check()
+    return wait_for(check, deadline_s, interval=0.2)
 
 
 def test_a_full_router_answers_503_with_retry_after(small):
