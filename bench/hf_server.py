@@ -29,6 +29,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -72,6 +73,7 @@ class ServerConfig:
     dtype: str = "bfloat16"
     torch_threads: int = 0  # 0: torch's default
     max_queue: int = 64  # requests waiting behind the running one; more get a 503
+    request_timeout_s: float = 600.0  # from submission (the wait for its turn included) to the last token
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     max_images: int = 8
     served_model_name: str = ""  # default: the model directory's name
@@ -86,6 +88,7 @@ _HELP = {
     "dtype": "torch dtype of the weights (bfloat16, float32, ...)",
     "torch_threads": "torch intra-op threads (0: torch's default)",
     "max_queue": "requests that may wait behind the running one; more get a 503",
+    "request_timeout_s": "seconds from submission to the last token (waiting included); then 504",
     "max_model_len": "context length (0: the model's)",
     "ready_file": "write {http, pid} here once serving",
 }
@@ -132,14 +135,23 @@ class _Cancelled(StoppingCriteria):
 
 
 class Run:
-    """One request's turn: its token ids as they come (async iteration), and ``cancel``."""
+    """One request's turn: its token ids as they come (async iteration) until its deadline, and
+    ``cancel``. Past the deadline (waiting for its turn included) it is cancelled and ends in a 504."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
         self.queue: asyncio.Queue[int | BaseException | None] = asyncio.Queue()
         self.cancelled = threading.Event()
+        self.deadline = time.monotonic() + timeout_s
+
+    async def _next(self) -> int | BaseException | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), max(0.0, self.deadline - time.monotonic()))
+        except TimeoutError:
+            self.cancel()
+            raise APIError(504, "request timed out", type="timeout_error", code="deadline_exceeded") from None
 
     async def tokens(self) -> AsyncIterator[int]:
-        while (item := await self.queue.get()) is not None:
+        while (item := await self._next()) is not None:
             if isinstance(item, BaseException):
                 raise APIError(500, f"generate failed: {type(item).__name__}: {item}", type="internal_error")
             yield item
@@ -165,7 +177,7 @@ class HFGenerator:
     def submit(self, prepared: Prepared) -> Run:
         if self.pending > self.cfg.max_queue:
             raise overloaded(f"{self.pending} requests are queued or running; retry later")
-        run, loop = Run(), asyncio.get_running_loop()
+        run, loop = Run(self.cfg.request_timeout_s), asyncio.get_running_loop()
         self.pending += 1
         fut = self.pool.submit(self._generate, prepared, run, _TokenQueue(loop, run.queue))
         fut.add_done_callback(lambda _: loop.call_soon_threadsafe(self._done))
@@ -268,9 +280,12 @@ def create_app(cfg: ServerConfig, prep: Preparer, gen: HFGenerator) -> FastAPI:
             raise
         if not req.stream:
             text, finish, n = [first[0]], first[1], first[2]
-            async for out, finish_, n_ in it:
-                text.append(out)
-                finish, n = finish_, n_
+            try:
+                async for out, finish_, n_ in it:
+                    text.append(out)
+                    finish, n = finish_, n_
+            finally:
+                run.cancel()  # a no-op once generate is done; stops it when the deadline struck
             return JSONResponse(chat_response(rid, name, "".join(text), finish or "stop", n_prompt, n, None))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 

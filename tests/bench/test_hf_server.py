@@ -195,3 +195,28 @@ def test_bad_json_is_a_400(server: ServiceProcess) -> None:
         "param",
         "code",
     }
+
+
+def test_a_request_past_its_deadline_gets_504_and_the_server_goes_on(ckpt: Path, tmp_path: Path) -> None:
+    proc = start_service(
+        "bench.hf_server", ckpt, "--port", "0", "--host", "127.0.0.1", "--dtype", "float32",
+        "--torch-threads", "1", "--request-timeout-s", "1", log_dir=tmp_path,
+    )  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=proc.http + "/v1", api_key="none", max_retries=0, timeout=30)
+        model = client.models.list().data[0].id
+        start = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "go"}],
+                max_tokens=20000,
+                extra_body={"ignore_eos": True},
+            )
+        assert err.value.status_code == 504 and time.monotonic() - start < 10
+        out = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "go"}], max_tokens=3
+        )
+        assert out.usage.completion_tokens <= 3
+    finally:
+        proc.stop()
