@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import queue
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,6 +45,7 @@ from router.protocol import (
     completion_body,
     completion_choice,
     legacy_logprobs,
+    overloaded,
     usage,
 )  # fmt: skip
 from router.responses import collect, sse
@@ -52,6 +54,9 @@ from router.workers import HealthPoller, Workers, monotonic
 log = logging.getLogger("router")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+
+
+DEBUG_TIMEOUT_S = 5.0  # /debug/requests waits this long for the backend thread
 
 
 class RequestIdFilter(logging.Filter):
@@ -232,6 +237,9 @@ def create_app(cfg: RouterConfig, workers: Readiness, orch: Backend, prep: Prepa
 
     @app.get("/debug/requests")
     async def debug() -> dict:
-        return await asyncio.wrap_future(orch.snapshot())
+        try:  # the backend thread answers between two turns; a wedged one must not hang the probe
+            return await asyncio.wait_for(asyncio.wrap_future(orch.snapshot()), DEBUG_TIMEOUT_S)
+        except (TimeoutError, queue.Full):
+            raise overloaded("the serving loop did not answer in time") from None
 
     return app
