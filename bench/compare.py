@@ -1,6 +1,6 @@
 """``python -m bench.compare``: the same load against three serving setups, one after another, with ratios.
 
-    python -m bench.compare --model models/demo --num-requests 64 --concurrency 8 --images 1 \\
+    python -m bench.compare --model shared/assets/demo --num-requests 64 --concurrency 8 --images 1 \\
         --image-size 224x224 --max-tokens 32 --warmup 4 --request-rates 1,2,4,8 \\
         --out compare.json --plots plots/
 
@@ -10,7 +10,7 @@ Setups (``--setups``, in this order):
   transformers  ``bench.hf_server``: transformers' ``generate``, one request at a time
 
 Life cycle, per setup: start its server (``bench/servers.py``; never two at once, so that they do
-not share the cores) -> the closed-loop run at ``--concurrency`` (``bench.loadgen``, ``--warmup``
+not share the cores) -> the closed-loop run at ``--concurrency`` (``shared.loadgen``, ``--warmup``
 requests first) -> for the setups in ``--sweep-setups``, a Poisson sweep over ``--request-rates`` on
 the same server -> stop it. Every setup gets the identical ``LoadConfig`` (same seed: the same
 prompts and the same distinct images), and every server process the same ``--dtype`` and
@@ -37,10 +37,10 @@ from pathlib import Path
 import httpx
 
 from bench.compare_report import render
-from bench.loadgen import LoadConfig, run
-from bench.loadgen.runner import environment, jsonable
 from bench.servers import Server, ServerError, serve
-from router.cli import DEMO_MODEL
+from shared.assets import DEMO_MODEL_DIR as DEMO_MODEL
+from shared.loadgen import LoadConfig, run
+from shared.loadgen.runner import environment, jsonable
 
 SETUPS = ("cluster", "colocated", "transformers")
 PAIRS = (("cluster", "colocated"), ("cluster", "transformers"), ("colocated", "transformers"))

@@ -2,7 +2,7 @@
 
 Tables: one row per setup (closed loop), the ratios between setups, one row per setup and rate
 (sweep). Plots (``write_plots``): latency_cdf.png (TTFT, TPOT, E2E CDFs, one curve per setup),
-sweep_<setup>.png (``bench.loadgen.plots.sweep`` per swept setup) and, for two swept setups or
+sweep_<setup>.png (``shared.loadgen.plots.sweep`` per swept setup) and, for two swept setups or
 more, sweep_compare.png (throughput and p50/p99 latencies against the request rate, per setup).
 """
 
@@ -95,7 +95,7 @@ def _rate(run: dict) -> str:
 def _sweep_compare(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from bench.loadgen.plots import _x_positions  # an infinite rate drawn past the largest finite one
+    from shared.loadgen.plots import _x_positions  # an infinite rate drawn past the largest finite one
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for i, (name, report) in enumerate(result["sweep"].items()):
@@ -119,7 +119,7 @@ def _sweep_compare(result: dict, path: Path) -> None:
 
 def write_plots(result: dict, directory: str | Path) -> list[str]:
     """Write the plots into ``directory`` (created if missing); returns their paths."""
-    from bench.loadgen import plots  # matplotlib (Agg) only when plots are asked for
+    from shared.loadgen import plots  # matplotlib (Agg) only when plots are asked for
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

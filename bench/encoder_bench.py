@@ -34,11 +34,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.encoder.client import EncoderClient, build_request  # noqa: E402
-from services.encoder.launch import start_encoder  # noqa: E402
+from bench.clients.encoder import EncoderClient, build_request  # noqa: E402
+from bench.clients.encoder_launch import start_encoder  # noqa: E402
+from shared.checkpoint.tiny import cached_tiny_checkpoint  # noqa: E402
 from shared.multimodal.image import image_hash  # noqa: E402
 from shared.wire import ImageEmbeddingResult, PullSocket, PushSocket  # noqa: E402
-from tools.make_tiny_checkpoint import cached_tiny_checkpoint  # noqa: E402
 
 # Vision tower small enough for a shared 2-core CPU; output width 2048 as in Qwen3-VL-30B-A3B, so
 # that one 1024x1024 image ships 1024 tokens x 3 x 2048 bf16 = 12 MiB, as it would in production.

@@ -3,7 +3,7 @@
     python bench/engine_bench.py [--demo CKPT] [--threads 1] [--batches 1 8 32] [--prompt-len 128]
 
 Checkpoints: the demo checkpoint (``--demo``; by default the default tiny checkpoint of
-``tools.make_tiny_checkpoint``) and a larger random one (hidden 512, 8 layers, 32 experts).
+``shared.checkpoint.tiny``) and a larger random one (hidden 512, 8 layers, 32 experts).
 
 Equal batches: for each batch size B both systems get the same B random text prompts of the same
 length (so transformers wastes nothing on padding) and are timed generating 1 token (prefill) and
@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shared.checkpoint.tiny import make_tiny_checkpoint  # noqa: E402
 from shared.engine import Engine, EngineConfig, Request, SamplingParams  # noqa: E402
 from shared.models.loader import load_model  # noqa: E402
-from tools.make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
 LARGE = dict(
     hidden_size=512,

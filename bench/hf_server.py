@@ -60,9 +60,9 @@ from router.protocol import (
     overloaded,
     usage,
 )
-from services.common.launch import write_ready_file
 from shared.multimodal.image import decode_image
 from shared.multimodal.vision_inputs import preprocess_image
+from shared.ready import write_ready_file
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,12 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.common.launch import start_service  # noqa: E402
-from services.prefill.client import DecodeTarget, DisaggClient  # noqa: E402
+from bench.clients.prefill import DecodeTarget, DisaggClient  # noqa: E402
+from bench.launch import start_service  # noqa: E402
+from shared.checkpoint.tiny import cached_tiny_checkpoint  # noqa: E402
 from shared.engine import SamplingParams  # noqa: E402
 from shared.transfer import ZmqKVReceiver, ZmqKVSender  # noqa: E402
 from shared.wire.messages import KVDone, KVLayer, KVReserve, Sampling  # noqa: E402
-from tools.make_tiny_checkpoint import cached_tiny_checkpoint  # noqa: E402
 
 LAYERS, KV_HEADS, HEAD_DIM = 48, 4, 128
 

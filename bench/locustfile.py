@@ -1,4 +1,4 @@
-"""Locust users that stream multimodal chat completions, built by ``bench.loadgen``'s workload.
+"""Locust users that stream multimodal chat completions, built by ``shared.loadgen``'s workload.
 
     .venv/bin/python -m locust -f bench/locustfile.py --host http://127.0.0.1:8000 \\
         --headless -u 16 -r 4 -t 2m --only-summary
@@ -6,7 +6,7 @@
 Each request appears twice in Locust's statistics: ``chat e2e`` (type POST; response time = the
 whole streamed answer, failures = HTTP errors, error events, empty answers) and ``chat ttft``
 (type SSE; time to the first content chunk, successful requests only). The metrics of the
-closed-loop ``python -m bench.loadgen`` (TPOT, ITL, goodput) are not reproduced here.
+closed-loop ``python -m shared.loadgen`` (TPOT, ITL, goodput) are not reproduced here.
 
 Options, from environment variables (the workload knobs take the same specs as the CLI):
 
@@ -35,9 +35,9 @@ import time
 
 from locust import FastHttpUser, constant, task
 
-from bench.loadgen.config import LoadConfig
-from bench.loadgen.sse import parse_line
-from bench.loadgen.workload import Workload
+from shared.loadgen.config import LoadConfig
+from shared.loadgen.sse import parse_line
+from shared.loadgen.workload import Workload
 
 
 def _env(name: str, default: str) -> str:

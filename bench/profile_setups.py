@@ -1,6 +1,6 @@
 """``python -m bench.profile_setups``: where the CPU goes when a setup serves ``bench.compare``'s load.
 
-    python -m bench.profile_setups --model models/demo --num-requests 64 --concurrency 8 \\
+    python -m bench.profile_setups --model shared/assets/demo --num-requests 64 --concurrency 8 \\
         --out-dir /tmp/profile    # and any other bench.compare flag (--setups, --cluster-flags, ...)
 
 Per setup (one at a time, as ``bench.compare`` starts them): warm up, then during one closed-loop
@@ -34,8 +34,8 @@ from pathlib import Path
 import httpx
 
 from bench.compare import CompareConfig, machine, parse_args
-from bench.loadgen import run
 from bench.servers import serve
+from shared.loadgen import run
 
 TICK = os.sysconf("SC_CLK_TCK")
 

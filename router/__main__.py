@@ -26,7 +26,7 @@ from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.prepare import Preparer
 from router.workers import Encoder, Prefill, Workers
-from services.common.launch import write_ready_file
+from shared.ready import write_ready_file
 
 log = logging.getLogger("router")
 
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = FetchLimits(
         cfg.max_image_bytes, cfg.fetch_timeout_s, cfg.allow_private_urls, cfg.allow_file_urls
     )
-    prep = Preparer(cfg.model, cfg.model_name, cfg.max_model_len, cfg.max_images, limits)
+    prep = Preparer(cfg.model, cfg.model_name, cfg.engine.max_model_len, cfg.max_images, limits)
     image_token_id, merge_size = prep.builder.image_token_id, prep.processor.merge_size
     orch: Backend
     workers: Readiness

@@ -2,12 +2,14 @@
 
     epd up [--model DIR] [--encoders N] [--prefills N] [--decodes N] [--port 8000] [--log-dir DIR]
     epd up --colocated [--model DIR] [--device cuda] [--router-arg=--num-blocks=4096 ...]
+    epd loadgen --base-url http://127.0.0.1:8000/v1 ...   (the load generator: shared/loadgen)
+    epd make-tiny-checkpoint DIR ...                      (a tiny random checkpoint: shared/checkpoint)
 
 It starts encoders, prefill and decode workers and the router as child processes
 (``shared/supervisor.py``), waits until each is ready (the router: until it sees a ready worker
 of every stage), prints the API URL, restarts any service that crashes, and stops them all on
 Ctrl-C. Restarted services keep their ports only with a fixed ``--base-port`` (the default). The default
-model is the bundled demo checkpoint in ``models/demo``.
+model is the bundled demo checkpoint (``shared.assets.DEMO_MODEL_DIR``, installed with the package).
 
 With ``--colocated`` it starts only the router, which runs the whole model and one engine in its
 own process (the baseline users would otherwise run); engine flags go in ``--router-arg``.
@@ -22,11 +24,11 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from shared.supervisor import REPO_ROOT, ServiceSpec, Supervisor
-
-DEMO_MODEL = REPO_ROOT / "models" / "demo"
+from shared.assets import DEMO_MODEL_DIR
+from shared.supervisor import ServiceSpec, Supervisor
 
 
 def _free_port(host: str) -> int:
@@ -108,7 +110,7 @@ def up(args: argparse.Namespace) -> int:
     if not (args.model / "config.json").exists():
         print(
             f"epd up: {args.model} is not a checkpoint directory (no config.json). "
-            "Give --model, or build a test checkpoint: python -m tools.make_tiny_checkpoint DIR",
+            "Give --model, or build a tiny random one: epd make-tiny-checkpoint DIR",
             file=sys.stderr,
         )
         return 2
@@ -134,11 +136,40 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadgen(argv: list[str]) -> int:
+    from shared.loadgen.cli import main as loadgen_main  # needs the loadgen extra: imported on use
+
+    return loadgen_main(argv)
+
+
+def _tiny(argv: list[str]) -> int:
+    from shared.checkpoint.tiny import main as tiny_main
+
+    return tiny_main(argv)
+
+
+# Subcommands that own their whole command line (``epd loadgen --help`` is the load generator's).
+DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "loadgen": (
+        _loadgen,
+        "load-test an OpenAI-compatible endpoint (needs: pip install 'epd-serve[loadgen]')",
+    ),
+    "make-tiny-checkpoint": (_tiny, "write a tiny random Qwen3-VL-MoE checkpoint in the published layout"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]][0](argv[1:])
     parser = argparse.ArgumentParser(prog="epd", description="disaggregated Qwen3-VL-MoE serving")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", help="start a local cluster and keep it running until Ctrl-C")
-    p.add_argument("--model", type=Path, default=DEMO_MODEL, help="checkpoint directory (default: demo)")
+    for name, (_, text) in DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)
+    p.add_argument(
+        "--model", type=Path, default=DEMO_MODEL_DIR, help="checkpoint directory (default: the bundled demo)"
+    )
     p.add_argument(
         "--colocated",
         action="store_true",

@@ -38,12 +38,12 @@ from router.colocated_vision import VisionStage
 from router.config import RouterConfig
 from router.jobs import Event, Job
 from router.metrics import RouterMetrics
-from services.encoder.cache import CachedEmbedding
-from services.encoder.runner import VisionRunner
 from shared.engine import Engine, ImageInput, Request, TokenOutput
 from shared.models.loader import load_model
 from shared.multimodal.image import ImageError
 from shared.multimodal.mrope import mrope_layout
+from shared.vision.cache import CachedEmbedding
+from shared.vision.runner import VisionRunner
 from shared.wire.messages import ErrorKind
 
 log = logging.getLogger("router.colocated")
@@ -275,7 +275,7 @@ def load_colocated(
         torch.set_num_threads(cfg.torch_threads)
     log.info("loading the whole model from %s (%s, %s)", cfg.model, cfg.device, cfg.dtype)
     model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    engine = Engine(model, cfg.engine_config())
+    engine = Engine(model, cfg.engine)
     runner = VisionRunner(cfg.model, cfg.device, cfg.dtype, model=model)
     vision = VisionStage(runner, cfg.batch_patches, cfg.image_cache_bytes)
     return ColocatedBackend(

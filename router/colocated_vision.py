@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 
 from router.jobs import LoadedImage
-from services.encoder.batcher import PatchBatcher, PendingImage, Waiter
-from services.encoder.cache import CachedEmbedding, EmbeddingCache
-from services.encoder.runner import VisionRunner
 from shared.multimodal.image import DEFAULT_MAX_IMAGE_PIXELS, ImageError
+from shared.vision.batcher import PatchBatcher, PendingImage, Waiter
+from shared.vision.cache import CachedEmbedding, EmbeddingCache
+from shared.vision.runner import VisionRunner
 
 log = logging.getLogger("router.colocated")
 

@@ -12,7 +12,7 @@ Decode workers need no list: each reports its load (and addresses) to the router
 (``--report-to`` on the decode side), which is how the router finds them.
 
 ``--colocated`` runs the whole model and one engine in the router's process instead
-(``router/colocated.py``): no worker lists; the engine flags (``EngineFlags``), ``--device``,
+(``router/colocated.py``): no worker lists; the engine flags (``EngineConfig``), ``--device``,
 ``--dtype``, ``--torch-threads`` and the vision flags apply to it and are ignored otherwise.
 """
 
@@ -24,45 +24,56 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.engine_setup import ENGINE_HELP, EngineFlags, check_device
-from services.common.flags import parse_flags
+from shared.assets import DEMO_MODEL_DIR
+from shared.engine import EngineConfig
+from shared.flags import check_device, flag, parse_flags
+from shared.vision.batcher import default_patch_budget
 
 ENCODER_KEYS = ("zmq", "http")
 PREFILL_KEYS = ("zmq", "inbox", "http")
 
 
 @dataclass(frozen=True, kw_only=True)
-class RouterConfig(EngineFlags):
-    model: Path
-    served_model_name: str = ""  # default: the model directory's name
-    host: str = "127.0.0.1"
-    port: int = 8000  # 0 picks a free port
-    inbox_host: str = "127.0.0.1"  # where the token / load-report inbox binds
-    inbox_port: int = 5900  # 0 picks a free port
-    advertise_host: str = ""  # host the workers reach the inbox by (default: inbox_host)
-    encoders: str = ""
-    prefills: str = ""
-    api_keys: str = ""  # comma-separated; empty: no authentication
-    max_images: int = 8  # per request
-    max_image_bytes: int = 20 << 20
-    fetch_timeout_s: float = 10.0
-    allow_private_urls: bool = False  # let http(s) image URLs reach loopback / private addresses
-    allow_file_urls: bool = False
-    max_inflight: int = 256  # requests admitted to the cluster; beyond it: 503
-    max_per_worker: int = 64  # prefill requests waiting for a first token, per worker
-    request_timeout_s: float = 300.0
-    heartbeat_timeout_s: float = 3.0
-    max_retries: int = 2  # resubmissions of a request that failed before its first token
-    start_timeout_s: float = 300.0  # wait this long for the workers' ready files
-    ready_file: Path | None = None
-    log_level: str = "INFO"
-    # colocated mode (max_model_len, from EngineFlags, is the context length in both modes)
-    colocated: bool = False
-    device: str = "cpu"
-    dtype: str = "auto"
-    torch_threads: int = 0  # 0: torch's default
-    patch_budget: int = 0  # vision patches per forward; 0: per device, as the encoder service
-    image_cache_bytes: int = 1 << 30  # embedding cache; 0 disables it
+class RouterConfig:
+    model: Path = flag(
+        DEMO_MODEL_DIR, help="checkpoint directory: tokenizer, chat template, configs (default: the demo)"
+    )
+    served_model_name: str = flag("", help="the model id clients use (default: the directory's name)")
+    host: str = flag("127.0.0.1", help="HTTP interface")
+    port: int = flag(8000, help="HTTP port (0: a free one)")
+    inbox_host: str = flag("127.0.0.1", help="interface of the ZMQ inbox for tokens and load reports")
+    inbox_port: int = flag(5900, help="ZMQ inbox port (0: a free one); decode workers --report-to it")
+    advertise_host: str = flag("", help="host name workers reach the inbox by (default: --inbox-host)")
+    encoders: str = flag("", help="comma-separated encoders: ready-file paths or ZMQ@HTTP")
+    prefills: str = flag("", help="comma-separated prefill workers: ready-file paths or ZMQ@INBOX@HTTP")
+    api_keys: str = flag("", help="comma-separated accepted Bearer keys (empty: no authentication)")
+    max_images: int = flag(8, help="most images per request")
+    max_image_bytes: int = flag(20 << 20, help="largest image in bytes (data URL or download)")
+    fetch_timeout_s: float = flag(10.0, help="seconds to download one image URL")
+    allow_private_urls: bool = flag(
+        False, help="allow image URLs on loopback, private and link-local addresses"
+    )
+    allow_file_urls: bool = flag(False, help="allow file:// image URLs (reads the router's disk)")
+    max_inflight: int = flag(256, help="most requests in the cluster at once (then 503)")
+    max_per_worker: int = flag(64, help="most requests waiting for prefill per worker (then 503)")
+    request_timeout_s: float = flag(300.0, help="seconds a request may take end to end")
+    heartbeat_timeout_s: float = flag(3.0, help="a decode worker silent this long is taken as gone")
+    max_retries: int = flag(
+        2, help="resubmissions of a request that failed before any token reached the client"
+    )
+    start_timeout_s: float = flag(300.0, help="seconds to wait for the workers' ready files")
+    ready_file: Path | None = flag(None, help="write a JSON file with the HTTP URL once the cluster is ready")
+    log_level: str = flag("INFO", help="DEBUG, INFO, WARNING or ERROR")
+    colocated: bool = flag(
+        False, help="run the whole model and one engine in this process (no encoders, prefill, decode)"
+    )
+    device: str = flag("cpu", help="colocated: cpu, cuda or cuda:N")
+    dtype: str = flag("auto", help="colocated: auto (the checkpoint's), bfloat16 or float32")
+    torch_threads: int = flag(0, help="colocated: torch intra-op threads (0: torch's default)")
+    patch_budget: int = flag(0, help="colocated: vision patches per forward (0: 4096 on cpu, 16384 on cuda)")
+    image_cache_bytes: int = flag(1 << 30, help="colocated: bytes of the image embedding cache (0: off)")
+    # --max-model-len is the context length in both modes; the other engine flags apply to colocated
+    engine: EngineConfig = flag(default_factory=EngineConfig, help="engine flags")
 
     def __post_init__(self) -> None:
         if min(self.max_images, self.max_image_bytes, self.max_inflight, self.max_per_worker) < 1:
@@ -71,7 +82,6 @@ class RouterConfig(EngineFlags):
             raise ValueError("timeouts must be positive")
         if self.colocated:
             check_device(self.device, self.dtype)
-            self.engine_config()  # raises ValueError on inconsistent engine flags
         if min(self.patch_budget, self.image_cache_bytes, self.torch_threads) < 0:
             raise ValueError("patch_budget, image_cache_bytes and torch_threads must be >= 0")
 
@@ -81,51 +91,16 @@ class RouterConfig(EngineFlags):
 
     @property
     def batch_patches(self) -> int:
-        """The patch budget in force: the encoder service's defaults (``EncoderConfig``)."""
-        return self.patch_budget or (4096 if self.device == "cpu" else 16384)
+        """The patch budget in force: the encoder service's defaults."""
+        return self.patch_budget or default_patch_budget(self.device)
 
     @property
     def keys(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 
 
-HELP = {
-    **{k: f"colocated: {v}" for k, v in ENGINE_HELP.items()},
-    "model": "checkpoint directory (tokenizer, chat template, configs)",
-    "served_model_name": "the model id clients use (default: the directory's name)",
-    "host": "HTTP interface",
-    "port": "HTTP port (0: a free one)",
-    "inbox_host": "interface of the ZMQ inbox for tokens and load reports",
-    "inbox_port": "ZMQ inbox port (0: a free one); decode workers --report-to it",
-    "advertise_host": "host name workers reach the inbox by (default: --inbox-host)",
-    "encoders": "comma-separated encoders: ready-file paths or ZMQ@HTTP",
-    "prefills": "comma-separated prefill workers: ready-file paths or ZMQ@INBOX@HTTP",
-    "api_keys": "comma-separated accepted Bearer keys (empty: no authentication)",
-    "max_model_len": "context length (0: the model's)",
-    "colocated": "run the whole model and one engine in this process (no encoders, prefill, decode)",
-    "device": "colocated: cpu, cuda or cuda:N",
-    "dtype": "colocated: auto (the checkpoint's), bfloat16 or float32",
-    "torch_threads": "colocated: torch intra-op threads (0: torch's default)",
-    "patch_budget": "colocated: vision patches per forward (0: 4096 on cpu, 16384 on cuda)",
-    "image_cache_bytes": "colocated: bytes of the image embedding cache (0: off)",
-    "max_images": "most images per request",
-    "max_image_bytes": "largest image in bytes (data URL or download)",
-    "fetch_timeout_s": "seconds to download one image URL",
-    "allow_private_urls": "allow image URLs on loopback, private and link-local addresses",
-    "allow_file_urls": "allow file:// image URLs (reads the router's disk)",
-    "max_inflight": "most requests in the cluster at once (then 503)",
-    "max_per_worker": "most requests waiting for prefill per worker (then 503)",
-    "request_timeout_s": "seconds a request may take end to end",
-    "heartbeat_timeout_s": "a decode worker silent this long is taken as gone",
-    "max_retries": "resubmissions of a request that failed before any token reached the client",
-    "start_timeout_s": "seconds to wait for the workers' ready files",
-    "ready_file": "write a JSON file with the HTTP URL once the cluster is ready",
-    "log_level": "DEBUG, INFO, WARNING or ERROR",
-}
-
-
 def parse_config(argv: Sequence[str] | None = None) -> RouterConfig:
-    return parse_flags(RouterConfig, "python -m router", "OpenAI-compatible router", "ROUTER_", HELP, argv)
+    return parse_flags(RouterConfig, "python -m router", "OpenAI-compatible router", "ROUTER_", argv)
 
 
 def parse_workers(spec: str, keys: tuple[str, ...], timeout_s: float) -> list[dict[str, str]]:

@@ -7,11 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.encoder.client import build_request
 from shared.engine import SamplingParams
 from shared.multimodal.mrope import GridTHW, mrope_layout
 from shared.transfer import sampling_to_wire
-from shared.wire import EncodeRequest
+from shared.wire import EncodeRequest, ImageInput
 from shared.wire.messages import ErrorKind, ImagePlacement, MRopeSegment, PrefillRequest
 
 
@@ -69,11 +68,8 @@ def prefill_request(
 
 
 def encode_request(job: Job, wire_id: str, indexes: list[int], inbox: str, with_bytes: bool) -> EncodeRequest:
-    return build_request(
-        wire_id,
-        {i: job.images[i].data for i in indexes},
-        inbox,
-        timeout_s=max(0.1, job.deadline - time.monotonic()),
-        with_bytes=with_bytes,
-        hashes={i: job.images[i].hash for i in indexes},
+    """Images ``indexes`` of ``job`` for one encoder; without their bytes when it caches them."""
+    images = [ImageInput(i, job.images[i].hash, job.images[i].data if with_bytes else None) for i in indexes]
+    return EncodeRequest(
+        wire_id, images, inbox, deadline=time.time() + max(0.1, job.deadline - time.monotonic())
     )

@@ -12,7 +12,6 @@ endpoints) once it serves, which is how the supervisor knows it is ready. Life c
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -22,8 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.ready import read_ready_file
+
 log = logging.getLogger("supervisor")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,13 @@ class Supervisor:
         ready = self.log_dir / f"{spec.name}.ready.json"
         ready.unlink(missing_ok=True)
         log_file = self.log_dir / f"{spec.name}.log"
-        cmd = [sys.executable, "-m", spec.module, *spec.args, "--ready-file", str(ready)]
+        # The children run the same interpreter in the same mode: an isolated parent (python -I)
+        # gets isolated children, so nothing in the working directory shadows the installed code.
+        isolated = ["-I"] if sys.flags.isolated else []
+        cmd = [sys.executable, *isolated, "-m", spec.module, *spec.args, "--ready-file", str(ready)]
         env = {**os.environ, **spec.env}
         with open(log_file, "ab") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         log.info("started %s (pid %d): %s", spec.name, proc.pid, " ".join(cmd[1:]))
         return _Child(spec, proc, ready, log_file)
 
@@ -81,7 +84,7 @@ class Supervisor:
                         else "timed out"
                     )
                     raise RuntimeError(f"{child.spec.name} {why}; log tail:\n{_tail(child.log_file)}")
-                child.info = _read_ready(child.ready_file)
+                child.info = read_ready_file(child.ready_file)
                 time.sleep(0.05)
         return {name: c.info for name, c in self.children.items() if c.info is not None}
 
@@ -90,7 +93,7 @@ class Supervisor:
         while not stop.wait(poll_s):
             for name, child in list(self.children.items()):
                 if child.proc.poll() is None:
-                    if child.info is None and (info := _read_ready(child.ready_file)) is not None:
+                    if child.info is None and (info := read_ready_file(child.ready_file)) is not None:
                         child.info, child.restarts = info, 0
                         log.info("%s is ready again", name)
                     continue
@@ -117,13 +120,6 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.proc.kill()
                 child.proc.wait()
-
-
-def _read_ready(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _tail(path: Path, n: int = 4000) -> str:

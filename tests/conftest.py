@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.make_tiny_checkpoint import cached_tiny_checkpoint
+from shared.checkpoint.tiny import cached_tiny_checkpoint
 
 # Several services share two cores in the tests; every process sizes its own thread pool.
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Pictures the bundled demo model (models/demo) knows how to talk about, as PNG bytes."""
+"""Pictures the bundled demo model (shared/assets/demo) knows how to talk about, as PNG bytes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The demo model's sizes, its tokenizer, and writing it as a published Hugging Face checkpoint.
 
-``DEMO_SPEC`` is the architecture of ``models/demo`` (a ``TinySpec``, so config.json comes out
+``DEMO_SPEC`` is the architecture of ``shared/assets/demo`` (a ``TinySpec``, so config.json comes out
 exactly as the tiny test checkpoints' do). The tokenizer is a Qwen-style byte-level BPE trained on
 the demo's own synthetic chats (``tools.demo_data.corpus``) followed by Qwen's special tokens. The
 preprocessor keeps the published processor settings (patch 16, merge 2, temporal patch 2, mean and
@@ -22,20 +22,20 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from tools.demo_data import corpus
-from tools.make_tiny_checkpoint import DEFAULT_CHAT_TEMPLATE, resolve_spec
-from tools.published_layout import write_published
-from tools.tiny_spec import (
+from shared.assets import DEMO_MODEL_DIR
+from shared.checkpoint.layout import write_published
+from shared.checkpoint.tiny import DEFAULT_CHAT_TEMPLATE, resolve_spec
+from shared.checkpoint.tiny_spec import (
     TinySpec,
     generation_config,
     hf_config,
     preprocessor_config,
     video_preprocessor_config,
 )
-from tools.tiny_tokenizer import special_token_ids, train_bpe, write_tokenizer
+from shared.checkpoint.tiny_tokenizer import special_token_ids, train_bpe, write_tokenizer
+from tools.demo_data import corpus
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_DIR = REPO_ROOT / "models" / "demo"
+DEMO_DIR = DEMO_MODEL_DIR
 BPE_VOCAB_SIZE = 512
 MIN_PIXELS = 128 * 128  # >= 16 image tokens: a 64 px picture is upscaled to 128 px
 MAX_PIXELS = 224 * 224  # <= 49 image tokens: a 512 px picture is downscaled to 224 px

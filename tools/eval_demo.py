@@ -1,6 +1,6 @@
 """Evaluate the demo model on freshly generated pictures, and check transformers agrees with it.
 
-    python -m tools.eval_demo [--model models/demo] [--images 250] [--hf-sample 30] [--json out.json]
+    python -m tools.eval_demo [--model shared/assets/demo] [--images 250] [--hf-sample 30] [--json out.json]
 
 Every picture comes from a seed at or above ``EVAL_SEED_BASE`` (training never goes there). Each
 picture is asked one question of every single-picture kind (describe, colour, shape, position,

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         return _child(str(args.checkpoint), args.parts)
     checkpoint = args.checkpoint
     if args.make_ratio:
-        from tools.make_tiny_checkpoint import make_tiny_checkpoint
+        from shared.checkpoint.tiny import make_tiny_checkpoint
 
         checkpoint = Path(tempfile.mkdtemp(prefix="mem-ckpt-"))
         make_tiny_checkpoint(checkpoint, **ratio_spec(args.make_ratio))

@@ -1,6 +1,6 @@
-"""Train the bundled demo model (``models/demo``) from scratch on synthetic pictures of shapes.
+"""Train the bundled demo model (``shared/assets/demo``) from scratch on synthetic pictures of shapes.
 
-    python -m tools.train_demo [--out models/demo] [--seed 0] [--steps 3600] [--threads 2]
+    python -m tools.train_demo [--out shared/assets/demo] [--seed 0] [--steps 3600] [--threads 2]
 
 CPU only, deterministic for a given seed, thread count and machine; about 13 minutes on 2 idle
 cores. Steps:
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from shared.checkpoint.tiny_weights import random_state
 from shared.models.loader import load_model
 from shared.multimodal.prompt import PromptBuilder
 from shared.multimodal.vision_inputs import ImageProcessorConfig
@@ -43,7 +44,6 @@ from tools.demo_checkpoint import (
 )
 from tools.demo_data import EVAL_SEED_BASE, training_group
 from tools.demo_probe import VisionProbe, tower_loss, warmup_pictures
-from tools.tiny_weights import random_state
 
 SEEDS_PER_RUN = 10_000_000
 BALANCE_WEIGHT = 0.01

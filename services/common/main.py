@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import torch
 import zmq
 
-from services.common.launch import write_ready_file
-from services.encoder.metrics import Health, start_http
+from services.common.http import Health, HealthServer
+from shared.ready import write_ready_file
 
 
 class ServingLoop(Protocol):
@@ -48,11 +48,11 @@ def run_service(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     health = Health()
-    http = start_http(cfg.host, cfg.http_port, metrics, health)  # live (not ready) while loading
+    http = HealthServer(cfg.host, cfg.http_port, metrics.registry, health)  # live (not ready) while loading
     log.info("loading %s from %s (%s, %s)", name, cfg.model, cfg.device, cfg.dtype)
     server, endpoints = build(health)
     health.info = {"name": server.name, **endpoints, **health.info}
-    write_ready_file(cfg.ready_file, {**endpoints, "http": f"http://{cfg.host}:{http.server_port}"})
+    write_ready_file(cfg.ready_file, {**endpoints, "http": f"http://{cfg.host}:{http.port}"})
     try:
         with torch.inference_mode():
             server.serve(stop)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from services.common.engine_setup import build_engine
+from services.common.http import Health
 from services.common.main import run_service
 from services.decode.config import parse_config
 from services.decode.metrics import DecodeMetrics
 from services.decode.server import DecodeServer
-from services.encoder.metrics import Health
 from shared.transfer import ZmqKVReceiver
 
 
@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = DecodeMetrics()
 
     def build(health: Health) -> tuple[DecodeServer, dict[str, str]]:
-        engine = build_engine(cfg.model, cfg.device, cfg.dtype, cfg)
+        engine = build_engine(cfg.model, cfg.device, cfg.dtype, cfg.engine)
         receiver = ZmqKVReceiver(cfg.address(cfg.kv_port), name=cfg.name or "decode")
         server = DecodeServer(cfg, engine, receiver, metrics, health)
         receiver.name = server.name

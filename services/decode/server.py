@@ -28,12 +28,12 @@ import logging
 import threading
 import time
 
+from services.common.http import Health
 from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
 from services.common.tokens import token_batch
 from services.decode.config import DecodeConfig
 from services.decode.imports import Import, Importer
 from services.decode.metrics import DecodeMetrics
-from services.encoder.metrics import Health
 from shared.engine import Engine, TokenOutput
 from shared.transfer import KVReceiver
 from shared.wire import PullSocket, PushPool, StageError, WireError

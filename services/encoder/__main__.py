@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from services.common.http import Health
 from services.common.main import run_service
 from services.encoder.config import parse_config
-from services.encoder.metrics import EncoderMetrics, Health
-from services.encoder.runner import VisionRunner
+from services.encoder.metrics import EncoderMetrics
 from services.encoder.server import EncoderServer
+from shared.vision.runner import VisionRunner
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,13 +31,14 @@ import re
 import threading
 import time
 
+from services.common.http import Health
 from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
-from services.encoder.batcher import PatchBatcher, PendingImage, Waiter
-from services.encoder.cache import CachedEmbedding, EmbeddingCache
 from services.encoder.config import EncoderConfig
-from services.encoder.metrics import EncoderMetrics, Health
-from services.encoder.runner import VisionRunner
+from services.encoder.metrics import EncoderMetrics
 from shared.multimodal.image import ImageError, image_hash
+from shared.vision.batcher import PatchBatcher, PendingImage, Waiter
+from shared.vision.cache import CachedEmbedding, EmbeddingCache
+from shared.vision.runner import VisionRunner
 from shared.wire import (
     CacheMiss,
     EncodeRequest,

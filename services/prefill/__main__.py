@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from services.common.engine_setup import build_engine
+from services.common.http import Health
 from services.common.main import run_service
-from services.encoder.metrics import Health
 from services.prefill.config import parse_config
 from services.prefill.metrics import PrefillMetrics
 from services.prefill.server import PrefillServer
@@ -18,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = PrefillMetrics()
 
     def build(health: Health) -> tuple[PrefillServer, dict[str, str]]:
-        engine = build_engine(cfg.model, cfg.device, cfg.dtype, cfg)
+        engine = build_engine(cfg.model, cfg.device, cfg.dtype, cfg.engine)
         server = PrefillServer(cfg, engine, ZmqKVSender(), metrics, health)
         return server, {"zmq": server.endpoint, "inbox": server.inbox_endpoint}
 

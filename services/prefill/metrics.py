@@ -1,4 +1,4 @@
-"""The prefill worker's Prometheus metrics (served with the encoder's /health, /ready, /metrics)."""
+"""The prefill worker's Prometheus metrics (served by ``services.common.http`` on /metrics)."""
 
 from __future__ import annotations
 

@@ -30,9 +30,9 @@ import logging
 import threading
 import time
 
+from services.common.http import Health
 from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
 from services.common.tokens import token_batch
-from services.encoder.metrics import Health
 from services.prefill.config import PrefillConfig
 from services.prefill.metrics import PrefillMetrics
 from services.prefill.requests import build_request

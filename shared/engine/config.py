@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.flags import flag
 from shared.models.config import TextConfig
 
 MOE_KERNELS = ("auto", "loop", "grouped_mm")
@@ -18,16 +19,24 @@ MOE_KERNELS = ("auto", "loop", "grouped_mm")
 
 @dataclass(frozen=True)
 class EngineConfig:
-    block_size: int = 16  # tokens per KV block
-    kv_cache_memory: int = 1 << 30  # bytes for the K and V pool of all layers
-    num_blocks: int | None = None  # overrides kv_cache_memory when set
-    max_num_seqs: int = 64  # sequences running at once
-    max_num_batched_tokens: int = 2048  # token budget of one step (decodes + prefill chunks)
-    prefill_chunk_size: int = 512  # most prompt tokens of one sequence in one step
-    enable_prefix_cache: bool = True
-    max_model_len: int | None = None  # None: the model's max_position_embeddings
-    seed: int = 0  # sampling of requests that carry no seed of their own
-    moe_kernel: str = "auto"  # auto: torch grouped GEMM where available, else the per-expert loop
+    """The engine's settings; every field is also a flag of the services that run an engine."""
+
+    block_size: int = flag(16, help="tokens per KV block")
+    kv_cache_memory: int = flag(
+        1 << 30, help="bytes for the K and V pool of all layers (unless --num-blocks)"
+    )
+    num_blocks: int | None = flag(None, help="KV pool size in blocks; overrides --kv-cache-memory")
+    max_num_seqs: int = flag(64, help="sequences in the running batch")
+    max_num_batched_tokens: int = flag(
+        2048, help="token budget of one engine step (decodes + prefill chunks)"
+    )
+    prefill_chunk_size: int = flag(512, help="most prompt tokens of one sequence per step")
+    enable_prefix_cache: bool = flag(True, help="reuse the KV of identical prompt prefixes")
+    max_model_len: int | None = flag(None, help="longest sequence (default: the model's)")
+    seed: int = flag(0, help="sampling seed of requests that carry none")
+    moe_kernel: str = flag(
+        "auto", help="MoE expert kernel: auto (torch grouped GEMM where available), loop or grouped_mm"
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.prefill_chunk_size < 1:

@@ -126,10 +126,6 @@ class DealerSocket(WireSocket):
         self._send_frames(frames, timeout)
         return sum(len(f) for f in frames)
 
-    def send_raw(self, frames: list[bytes], timeout: float = 5.0) -> None:
-        """Send frames as they are: for tests that feed a service malformed messages."""
-        self._send_frames(list(frames), timeout)
-
     def recv(self, timeout: float) -> Any | None:
         frames = self._recv_frames(timeout)
         return None if frames is None else self._decode(frames)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import LoadConfig, run
-from bench.loadgen.cli import main
-from bench.loadgen.table import summary_table
-from shared.supervisor import REPO_ROOT
+from shared.loadgen import LoadConfig, run
+from shared.loadgen.cli import main
+from shared.loadgen.table import summary_table
 from tests.cluster import EpdCluster
+from tests.repo import REPO_ROOT
 
 STATS = ("mean", "median", "p50", "p90", "p99", "std", "min", "max")
 RUN_KEYS = (

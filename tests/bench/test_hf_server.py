@@ -22,7 +22,7 @@ import openai
 import pytest
 import torch
 
-from services.common.launch import ServiceProcess, start_service
+from bench.launch import ServiceProcess, start_service
 from shared.models.config import load_config
 from shared.multimodal.image import decode_image
 from shared.multimodal.prompt import PromptBuilder

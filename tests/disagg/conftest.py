@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.common.launch import ServiceProcess, start_service
-from services.encoder.launch import EncoderProcess, start_encoder
-from services.prefill.client import DecodeTarget, DisaggClient
+from bench.clients.encoder_launch import EncoderProcess, start_encoder
+from bench.clients.prefill import DecodeTarget, DisaggClient
+from bench.launch import ServiceProcess, start_service
 from shared.models.config import ModelConfig, load_config
 from shared.multimodal.image import decode_image
 from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image

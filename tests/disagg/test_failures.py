@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from services.prefill.client import DecodeTarget
+from bench.clients.prefill import DecodeTarget
 from shared.engine import SamplingParams
 from shared.multimodal.vision_inputs import ImageProcessorConfig
 from shared.wire import DealerSocket, StageError
@@ -91,7 +91,7 @@ def test_unreachable_decode_worker_is_reported(cluster):
 def test_malformed_request_gets_an_error_and_prefill_keeps_serving(cluster):
     sock = DealerSocket(cluster.prefill.info["zmq"], bind=False, accept=[StageError])
     try:
-        sock.send_raw([b"\x81\xa1v\x01", b"junk"])
+        sock.zmq_socket.send_multipart([b"\x81\xa1v\x01", b"junk"])
         reply = sock.recv(10)
         assert isinstance(reply, StageError) and reply.kind is ErrorKind.BAD_REQUEST
     finally:

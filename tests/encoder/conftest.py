@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from services.encoder.launch import EncoderProcess, start_encoder
+from bench.clients.encoder_launch import EncoderProcess, start_encoder
+from shared.checkpoint.tiny import cached_tiny_checkpoint
 from shared.models.loader import load_model
 from shared.models.qwen3_vl_moe import ImageFeature, Qwen3VLMoeForConditionalGeneration
 from shared.multimodal.image import decode_image
 from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image
 from shared.wire import ImageEmbeddingResult, PullSocket, StageError
-from tools.make_tiny_checkpoint import cached_tiny_checkpoint
 
 torch.set_num_threads(1)
 

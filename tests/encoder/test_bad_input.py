@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 import time
 import zlib
@@ -10,8 +11,8 @@ import zlib
 import msgpack
 from PIL import Image
 
-from services.encoder.client import EncoderClient
-from services.encoder.launch import EncoderProcess
+from bench.clients.encoder import EncoderClient
+from bench.clients.encoder_launch import EncoderProcess
 from shared.multimodal.image import image_hash
 from shared.wire import (
     EncodeRequest,
@@ -121,7 +122,7 @@ def test_malformed_messages_are_answered_to_the_sender(encoder: EncoderProcess, 
     }
     try:
         for frames in cases.values():
-            client.sock.send_raw(frames)
+            client.sock.zmq_socket.send_multipart(frames)  # malformed on purpose
         replies = [client.recv(timeout=10) for _ in cases]
         client.submit("after", {0: png(64, 64, seed=31)}, inbox.endpoint)
         (after,) = collect(inbox, 1)
@@ -136,9 +137,9 @@ def test_malformed_messages_are_answered_to_the_sender(encoder: EncoderProcess, 
 
 def test_health_ready_and_metrics(encoder: EncoderProcess) -> None:
     status, body = encoder.get("/health")
-    assert status == 200 and b'"live": true' in body
+    assert status == 200 and json.loads(body)["live"] is True
     status, body = encoder.get("/ready")
-    assert status == 200 and b'"ready": true' in body
+    assert status == 200 and json.loads(body)["ready"] is True
     assert encoder.get("/nope")[0] == 404
     status, body = encoder.get("/metrics")
     text = body.decode()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.encoder.batcher import PatchBatcher, PendingImage, Waiter
+from shared.vision.batcher import PatchBatcher, PendingImage, Waiter
 
 
 def image(key: str, patches: int, request: str = "r", deadline: float = 1e12) -> PendingImage:

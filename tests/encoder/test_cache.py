@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from services.encoder.cache import CachedEmbedding, EmbeddingCache
+from shared.vision.cache import CachedEmbedding, EmbeddingCache
 
 
 def entry(rows: int) -> CachedEmbedding:  # rows * 4 floats * 4 bytes * (1 + 1 deepstack level)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.encoder.config import parse_config
+from shared.assets import DEMO_MODEL_DIR as MODEL_DIR
 
 
 def test_defaults_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,8 +27,20 @@ def test_defaults_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_config(["--port", "0", "--host", "0.0.0.0"]).bind_address == "tcp://0.0.0.0:0"
 
 
-@pytest.mark.parametrize("argv", [["--dtype", "int8"], ["--device", "tpu"], ["--patch-budget", "-1"], []])
-def test_bad_values_exit(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ENCODER_MODEL", raising=False)
+@pytest.mark.parametrize(
+    "argv", [["--dtype", "int8"], ["--device", "tpu"], ["--patch-budget", "-1"], ["--port", "x"]]
+)
+def test_bad_values_exit(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
-        parse_config(["--model", "/m", *argv] if argv else argv)
+        parse_config(["--model", "/m", *argv])
+
+
+def test_model_defaults_to_the_bundled_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ENCODER_MODEL", raising=False)
+    assert parse_config([]).model == MODEL_DIR and (MODEL_DIR / "config.json").is_file()
+
+
+def test_a_bad_environment_value_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENCODER_PATCH_BUDGET", "lots")
+    with pytest.raises(SystemExit):
+        parse_config(["--model", "/m"])

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.encoder.client import EncoderClient
+from bench.clients.encoder import EncoderClient
+from services.common.http import Health
 from services.encoder.config import EncoderConfig
-from services.encoder.metrics import EncoderMetrics, Health
-from services.encoder.runner import VisionRunner
+from services.encoder.metrics import EncoderMetrics
 from services.encoder.server import EncoderServer
+from shared.vision.runner import VisionRunner
 from shared.wire import ErrorKind, ImageEmbeddingResult, PullSocket, StageError
 from tests.encoder.conftest import collect, png
 

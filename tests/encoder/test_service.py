@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from services.encoder.client import EncoderClient
-from services.encoder.launch import EncoderProcess, start_encoder
+from bench.clients.encoder import EncoderClient
+from bench.clients.encoder_launch import EncoderProcess, start_encoder
 from shared.wire import CacheMiss, ErrorKind, ImageEmbeddingResult, PullSocket, StageError
 from shared.wire.assembly import ImageSet
 from tests.encoder.conftest import collect, png

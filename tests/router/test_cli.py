@@ -11,7 +11,8 @@ import threading
 import time
 import urllib.request
 
-from shared.supervisor import REPO_ROOT, ServiceSpec, Supervisor
+from shared.supervisor import ServiceSpec, Supervisor
+from tests.repo import REPO_ROOT
 
 
 def encoder_spec(model, name="encoder-0") -> ServiceSpec:

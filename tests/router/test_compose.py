@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.supervisor import REPO_ROOT
+from tests.repo import REPO_ROOT
 
 
 def compose_binary() -> Path:

@@ -24,8 +24,9 @@ import httpx
 import openai
 import pytest
 
-from shared.supervisor import REPO_ROOT
+from shared.assets import DEMO_MODEL_DIR
 from tests.demo_pictures import data_url, shape_png
+from tests.repo import REPO_ROOT
 from tests.router.test_compose import compose_binary
 
 
@@ -36,7 +37,7 @@ def free_port() -> int:
 
 
 def resolved_services(binary: Path) -> dict[str, dict]:
-    env = {**os.environ, "EPD_TORCH_THREADS": "1", "EPD_MODEL_DIR": str(REPO_ROOT / "models" / "demo")}
+    env = {**os.environ, "EPD_TORCH_THREADS": "1", "EPD_MODEL_DIR": str(DEMO_MODEL_DIR)}
     out = subprocess.run(
         [str(binary), "-f", "docker-compose.yml", "config", "--format", "json"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from router.cli import DEMO_MODEL
+from shared.assets import DEMO_MODEL_DIR as DEMO_MODEL
 from tests.cluster import start_cluster
 from tests.demo_pictures import data_url, shape_png
 

@@ -1,21 +1,21 @@
-"""The bundled demo model (models/demo) sees: it answers questions about pictures it was never
+"""The bundled demo model (shared/assets/demo) sees: it answers questions about pictures it was never
 trained on, transformers loads the same files and gives the same greedy tokens, and the files are
 the published layout of the real architecture."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from shared.assets import DEMO_MODEL_DIR
+from shared.checkpoint.layout import read_published
 from tools.demo_data import EVAL_SEED_BASE, make_chat
 from tools.demo_infer import DemoChat, hf_greedy, load_hf
 from tools.eval_demo import normalise
-from tools.published_layout import read_published
 
-DEMO = Path(__file__).resolve().parents[2] / "models" / "demo"
+DEMO = DEMO_MODEL_DIR
 SEEDS = range(EVAL_SEED_BASE + 7_000_000, EVAL_SEED_BASE + 7_000_005)  # never used by training
 KINDS = ("colour", "shape", "position")
 

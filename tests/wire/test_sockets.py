@@ -99,7 +99,7 @@ def test_router_dealer_round_trip_and_bad_message_peer() -> None:
         assert got.request_id == "r9"
         router.send(peer, CacheMiss("r9", [0], [H]))
         assert dealer.recv(timeout=5).image_indexes == [0]
-        dealer.send_raw([b"not msgpack at all"])
+        dealer.zmq_socket.send_multipart([b"not msgpack at all"])
         with pytest.raises(WireError) as info:
             router.recv(timeout=5)
         assert info.value.peer == peer  # so the service can answer the sender

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from services.encoder.batcher import PendingImage
-from services.encoder.cache import CachedEmbedding
 from shared.models.loader import load_model
 from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 from shared.multimodal.image import ImageError, decode_image
 from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image
+from shared.vision.batcher import PendingImage
+from shared.vision.cache import CachedEmbedding
 
 
 class VisionRunner:

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.loadgen.dists import Dist, parse_dist, parse_size
+from shared.loadgen.dists import Dist, parse_dist, parse_size
 
 SLO_METRICS = ("ttft", "tpot", "e2e")
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.loadgen import LoadConfig
-from bench.loadgen.cli import config_from_args, parse_slo
-from bench.loadgen.dists import parse_dist, parse_size
-from bench.loadgen.workload import Workload
+from shared.loadgen import LoadConfig
+from shared.loadgen.cli import config_from_args, parse_slo
+from shared.loadgen.dists import parse_dist, parse_size
+from shared.loadgen.workload import Workload
 
 
 def test_parse_dist_forms() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.common.launch import ServiceProcess, start_service
+from bench.launch import ServiceProcess, start_service
 
 
 class EncoderProcess(ServiceProcess):

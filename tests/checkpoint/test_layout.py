@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tools.published_layout import (
+from shared.checkpoint.layout import (
     _split_into_shards,
     fuse_experts,
     read_published,

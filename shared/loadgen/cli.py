@@ -1,4 +1,4 @@
-"""``python -m bench.loadgen``: argparse -> ``LoadConfig`` -> ``run`` -> summary table on stdout."""
+"""``epd loadgen`` (or ``python -m shared.loadgen``): argparse -> ``LoadConfig`` -> ``run`` -> summary table on stdout."""
 
 from __future__ import annotations
 
@@ -8,22 +8,22 @@ from collections.abc import Sequence
 
 import httpx
 
-from bench.loadgen.config import SLO_METRICS, LoadConfig
-from bench.loadgen.runner import run
-from bench.loadgen.table import summary_table
+from shared.loadgen.config import SLO_METRICS, LoadConfig
+from shared.loadgen.runner import run
+from shared.loadgen.table import summary_table
 
 EXAMPLES = """\
 examples:
   closed-loop sweep, unique 448x448 images, fixed output length, goodput under SLOs:
-    python -m bench.loadgen --concurrency 1,4,16 --num-requests 200 --warmup 8 --image-size 448x448 \\
+    epd loadgen --concurrency 1,4,16 --num-requests 200 --warmup 8 --image-size 448x448 \\
         --max-tokens 64 --ignore-eos --slo ttft:500 tpot:50 --out report.json --plots plots/
   Poisson sweep with mixed image counts and sizes:
-    python -m bench.loadgen --request-rate 1,2,4,inf --max-concurrency 64 --images 0:0.2,1:0.6,3:0.2 \\
+    epd loadgen --request-rate 1,2,4,inf --max-concurrency 64 --images 0:0.2,1:0.6,3:0.2 \\
         --image-size 224x224:3,896x896:1 --prompt-words 10-40 --max-tokens 16-128
 
 metrics: TTFT to the first content chunk; ITL between content chunks; TPOT per request
 (E2E - TTFT) / (output tokens - 1); percentiles over completed requests; goodput counts the
-requests meeting every SLO. Details: bench/loadgen/metrics.py.
+requests meeting every SLO. Details: shared/loadgen/metrics.py.
 """
 
 
@@ -41,7 +41,7 @@ def parse_slo(items: Sequence[str]) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     d = LoadConfig()
     p = argparse.ArgumentParser(
-        prog="python -m bench.loadgen",
+        prog="epd loadgen",
         description="Load generator for OpenAI-compatible multimodal chat endpoints (streaming).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.encoder.client import EncoderClient
+from bench.clients.encoder import EncoderClient
 from shared.engine import SamplingParams
 from shared.multimodal.image import image_hash
 from shared.multimodal.mrope import GridTHW, mrope_layout

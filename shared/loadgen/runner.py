@@ -23,11 +23,11 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from bench.loadgen.client import RequestRecord, send
-from bench.loadgen.config import LoadConfig, level_label
-from bench.loadgen.metrics import summarize
-from bench.loadgen.schedule import closed_loop, open_loop
-from bench.loadgen.workload import RequestSpec, Workload
+from shared.loadgen.client import RequestRecord, send
+from shared.loadgen.config import LoadConfig, level_label
+from shared.loadgen.metrics import summarize
+from shared.loadgen.schedule import closed_loop, open_loop
+from shared.loadgen.workload import RequestSpec, Workload
 
 
 def jsonable(obj: object) -> object:
@@ -142,7 +142,7 @@ def run(cfg: LoadConfig) -> dict:
     """Run the whole benchmark (blocking) and return the report; also writes ``cfg.out`` / ``cfg.plots``."""
     report = asyncio.run(run_async(cfg))
     if cfg.plots:
-        from bench.loadgen.plots import write_plots  # matplotlib only when plots are asked for
+        from shared.loadgen.plots import write_plots  # matplotlib only when plots are asked for
 
         report["plots"] = write_plots(report, cfg.plots)
     if not cfg.keep_records:

@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.loadgen.client import RequestRecord, send
-from bench.loadgen.schedule import arrival_times, closed_loop, open_loop
-from bench.loadgen.sse import parse_line
+from shared.loadgen.client import RequestRecord, send
+from shared.loadgen.schedule import arrival_times, closed_loop, open_loop
+from shared.loadgen.sse import parse_line
 
 
 def sse(*events: dict | str) -> bytes:

@@ -16,7 +16,7 @@ import zlib
 
 import torch
 
-from tools.tiny_spec import TinySpec
+from shared.checkpoint.tiny_spec import TinySpec
 
 V = "model.visual"
 L = "model.language_model"

@@ -15,7 +15,8 @@ from transformers import (
     Qwen3VLMoeForConditionalGeneration,
 )
 
-from tools.make_tiny_checkpoint import (
+from shared.checkpoint.layout import INDEX_NAME, read_published, transpose_fused_experts, write_published
+from shared.checkpoint.tiny import (
     TinySpec,
     cached_tiny_checkpoint,
     main,
@@ -23,8 +24,7 @@ from tools.make_tiny_checkpoint import (
     relayout_checkpoint,
     tiny_state,
 )
-from tools.published_layout import INDEX_NAME, read_published, transpose_fused_experts, write_published
-from tools.tiny_weights import num_params, text_shapes, vision_shapes
+from shared.checkpoint.tiny_weights import num_params, text_shapes, vision_shapes
 
 L0 = "model.language_model.layers.0"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.loadgen.client import RequestRecord
-from bench.loadgen.metrics import goodput, latency_stats, summarize
+from shared.loadgen.client import RequestRecord
+from shared.loadgen.metrics import goodput, latency_stats, summarize
 
 
 def rec(

@@ -5,8 +5,8 @@ import json
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-from tools.make_tiny_checkpoint import DEFAULT_CHAT_TEMPLATE
-from tools.tiny_tokenizer import QWEN_ADDED_TOKENS, build_tokenizer, special_token_ids
+from shared.checkpoint.tiny import DEFAULT_CHAT_TEMPLATE
+from shared.checkpoint.tiny_tokenizer import QWEN_ADDED_TOKENS, build_tokenizer, special_token_ids
 
 TEXT = "Hello world! <|im_start|>user\nDescribe <|vision_start|><|image_pad|><|vision_end|> it.<|im_end|>\n"
 

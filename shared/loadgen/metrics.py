@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench.loadgen.client import RequestRecord
+from shared.loadgen.client import RequestRecord
 
 PERCENTILES = (50, 90, 99)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bench.loadgen.config import LoadConfig
+from shared.loadgen.config import LoadConfig
 
 # A fixed vocabulary: prompts are random words from it, so prompt length is the only text knob.
 _WORDS = (

@@ -1,4 +1,5 @@
-"""Start a service (``python -m services.<name>``) as a child process and wait until it serves.
+"""Start one service (``python -m services.<name>``) as a child process and wait until it serves
+(tests and benchmarks; ``epd up`` uses ``shared.supervisor``).
 
 The service writes a JSON ready file (its bound endpoints and pid) once it serves; tests,
 launchers and benchmarks read it here. The child's output goes to a log file next to it.
@@ -17,16 +18,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_ready_file(path: Path | None, info: dict[str, Any]) -> None:
-    if path is None:
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**info, "pid": os.getpid()}))
-    tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 class ServiceProcess:
@@ -87,7 +78,7 @@ def start_service(
     ready.unlink()
     cmd = [sys.executable, "-m", module, "--model", str(model), "--ready-file", str(ready), *args]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

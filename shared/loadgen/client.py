@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from bench.loadgen.sse import parse_line
+from shared.loadgen.sse import parse_line
 
 
 @dataclass

@@ -19,6 +19,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+# Patches per forward when none is configured. CPU (measured in docs/BENCHMARKS.md): past ~4096
+# patches a forward loses cache locality; a GPU wants large batches to fill its SMs.
+CPU_PATCH_BUDGET, GPU_PATCH_BUDGET = 4096, 16384
+
+
+def default_patch_budget(device: str) -> int:
+    return CPU_PATCH_BUDGET if device == "cpu" else GPU_PATCH_BUDGET
+
 
 @dataclass
 class Waiter:

@@ -1,6 +1,6 @@
 """Write a tiny random Qwen3-VL-MoE (or dense Qwen3-VL) checkpoint in the published HF layout.
 
-    python -m tools.make_tiny_checkpoint OUT_DIR [--dense] [--shards 3] [--dtype bfloat16] ...
+    epd make-tiny-checkpoint OUT_DIR [--dense] [--shards 3] [--dtype bfloat16] ...
 
 The folder holds what a published Qwen3-VL repository holds: config.json, generation_config.json,
 preprocessor_config.json, video_preprocessor_config.json, model.safetensors (or shards + index),
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from tools.published_layout import read_published, relayout_checkpoint, write_published
-from tools.tiny_spec import (
+from shared.checkpoint.layout import read_published, relayout_checkpoint, write_published
+from shared.checkpoint.tiny_spec import (
     DTYPES,
     EXPERT_LAYOUTS,
     TinySpec,
@@ -39,8 +39,9 @@ from tools.tiny_spec import (
     preprocessor_config,
     video_preprocessor_config,
 )
-from tools.tiny_tokenizer import build_tokenizer, special_token_ids, write_tokenizer
-from tools.tiny_weights import num_params, random_state, text_shapes, vision_shapes
+from shared.checkpoint.tiny_tokenizer import build_tokenizer, special_token_ids, write_tokenizer
+from shared.checkpoint.tiny_weights import num_params, random_state, text_shapes, vision_shapes
+from shared.multimodal.chat_template import BUNDLED_TEMPLATE_PATH
 
 __all__ = [
     "TinySpec",
@@ -53,8 +54,7 @@ __all__ = [
     "write_published",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHAT_TEMPLATE = REPO_ROOT / "shared" / "multimodal" / "chat_template.jinja"
+DEFAULT_CHAT_TEMPLATE = BUNDLED_TEMPLATE_PATH
 VOCAB_MULTIPLE = 64
 
 
@@ -132,7 +132,7 @@ def cached_tiny_checkpoint(root: str | Path, *, spec: TinySpec | None = None, **
     spec = spec or TinySpec(**fields)
     key = hashlib.sha256(repr(spec).encode())
     key.update(read_chat_template(spec).encode())
-    for module in ("tiny_spec", "tiny_weights", "tiny_tokenizer", "published_layout", "make_tiny_checkpoint"):
+    for module in ("tiny_spec", "tiny_weights", "tiny_tokenizer", "layout", "tiny"):
         key.update((Path(__file__).parent / f"{module}.py").read_bytes())
     root = Path(root)
     final = root / f"tiny-qwen3vl-{'dense' if spec.dense else 'moe'}-{key.hexdigest()[:12]}"
@@ -153,9 +153,7 @@ def cached_tiny_checkpoint(root: str | Path, *, spec: TinySpec | None = None, **
 
 def _parse_args(argv: list[str] | None) -> tuple[Path, dict[str, Any]]:
     d = TinySpec()
-    p = argparse.ArgumentParser(
-        prog="python -m tools.make_tiny_checkpoint", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="epd make-tiny-checkpoint", description=__doc__.split("\n")[0])
     p.add_argument("out_dir", type=Path)
     p.add_argument("--dense", action="store_true", help="dense Qwen3-VL (plain MLP) instead of MoE")
     p.add_argument("--seed", type=int, default=d.seed)
