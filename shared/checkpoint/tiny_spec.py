@@ -103,7 +103,7 @@ class TinySpec:
     @property
     def mrope(self) -> tuple[int, int, int]:
         if self.mrope_section is not None:
-            return self.mrope_section  # type: ignore[return-value]
+            return self.mrope_section
         half = self.head_dim // 2
         hw = round(half * 20 / 64)  # published [24, 20, 20] for head_dim 128
         return (half - 2 * hw, hw, hw)

@@ -108,7 +108,7 @@ def train_bpe(lines: Iterable[str], bpe_vocab_size: int) -> Tokenizer:
         ]
     )
     tok.post_processor = None
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()  # takes no options (it ignores any given)
     trainer = trainers.BpeTrainer(
         vocab_size=bpe_vocab_size,
         min_frequency=1,
@@ -132,7 +132,11 @@ def build_tokenizer(bpe_vocab_size: int = DEFAULT_BPE_VOCAB_SIZE) -> Tokenizer:
 
 
 def special_token_ids(tok: Tokenizer) -> dict[str, int]:
-    return {content: tok.token_to_id(content) for content, _ in QWEN_ADDED_TOKENS}
+    ids = {content: tok.token_to_id(content) for content, _ in QWEN_ADDED_TOKENS}
+    missing = [content for content, i in ids.items() if i is None]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the special tokens {missing}")
+    return {content: i for content, i in ids.items() if i is not None}
 
 
 def tokenizer_config(tok: Tokenizer, chat_template: str | None) -> dict:

@@ -46,6 +46,8 @@ class _Group:
         nbmax = max(num_blocks)
         lpad = nbmax * block_size
         self.num_seqs, self.tpad = len(seqs), tpad
+        self.valid: torch.Tensor | None  # query rows that are not padding (None: all are)
+        self.mask: torch.Tensor | None  # additive attention mask (None: plain causal)
         flat: list[int] = []  # block tables padded with block 0 (masked out), one flat list: fast to convert
         for (_, _, _, table), nb in zip(seqs, num_blocks, strict=True):
             flat += table[:nb]
@@ -109,7 +111,8 @@ class PagedAttention(AttentionBackend):
         self.pool = pool
         self.scale = scale
         self.slot_mapping = slot_mapping
-        singles, chunks = [], []
+        singles: list[tuple[int, int, int, list[int]]] = []  # (offset, q_len, length, blocks)
+        chunks: list[tuple[int, int, int, list[int]]] = []
         offset = 0
         for q_len, length, table in zip(query_lens, seq_lens, block_tables, strict=True):
             (singles if q_len == 1 else chunks).append((offset, q_len, length, table))

@@ -57,11 +57,11 @@ class Sampler:
             lp = torch.log_softmax(logits[rows], dim=-1)  # [r, V]
             chosen_lp = lp.gather(1, tokens[rows][:, None])[:, 0].tolist()
             n_max = max(params[i].logprobs or 0 for i in want)
-            top_v, top_i = lp.topk(min(n_max, lp.shape[1]), dim=-1) if n_max else (None, None)
+            top_v, top_i = lp.topk(min(n_max, lp.shape[1]), dim=-1)  # n_max may be 0: empty
             for j, i in enumerate(want):
                 logprobs[i] = chosen_lp[j]
                 n = params[i].logprobs or 0
-                tops[i] = list(zip(top_i[j, :n].tolist(), top_v[j, :n].tolist(), strict=True)) if n else []
+                tops[i] = list(zip(top_i[j, :n].tolist(), top_v[j, :n].tolist(), strict=True))
         return SamplerOutput(token_list, logprobs, tops)
 
     def _sample(

@@ -42,7 +42,7 @@ def meets_slo(rec: RequestRecord, slo_ms: dict[str, float]) -> bool:
     if not rec.success:
         return False
     values_s = {"ttft": rec.ttft_s, "tpot": rec.tpot_s or 0.0, "e2e": rec.e2e_s}
-    return all(values_s[k] is not None and values_s[k] * 1000 <= limit for k, limit in slo_ms.items())
+    return all((v := values_s[k]) is not None and v * 1000 <= limit for k, limit in slo_ms.items())
 
 
 def goodput(records: Sequence[RequestRecord], duration_s: float, slo_ms: dict[str, float]) -> dict | None:

@@ -134,7 +134,7 @@ def _rope(text: dict[str, Any]) -> tuple[float, tuple[int, int, int]]:
     section = tuple(params.get("mrope_section", (24, 20, 20)))
     if len(section) != 3:
         raise ConfigError(f"mrope_section must have 3 entries, got {list(section)}")
-    return float(theta), section  # type: ignore[return-value]
+    return float(theta), (int(section[0]), int(section[1]), int(section[2]))
 
 
 def parse_config(raw: dict[str, Any]) -> ModelConfig:

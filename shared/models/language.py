@@ -109,9 +109,8 @@ class Qwen3MoeModel(nn.Module):
     ) -> torch.Tensor:
         cos, sin = self.rope(positions, inputs_embeds.dtype)
         h = inputs_embeds
-        levels = 0 if deepstack is None else deepstack.embeds.shape[0]
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, attn)
-            if i < levels:
+            if deepstack is not None and i < deepstack.embeds.shape[0]:
                 h = h.index_add(0, deepstack.index, deepstack.embeds[i].to(h.dtype))
         return self.norm(h)  # [T, H]

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -29,6 +30,8 @@ from shared.models.qwen3_vl_moe import (
     Qwen3VLForConditionalGeneration,
     Qwen3VLMoeForConditionalGeneration,
 )
+
+T = TypeVar("T")
 
 # checkpoint prefix -> (part, our module prefix)
 PREFIXES = (
@@ -72,7 +75,7 @@ def index_checkpoint(checkpoint_dir: Path) -> dict[str, Path]:
     return key_to_file
 
 
-def _open(path: Path, use):
+def _open(path: Path, use: Callable[[Any], T]) -> T:
     try:
         with safe_open(path, framework="pt") as f:
             return use(f)
@@ -87,7 +90,7 @@ def read_tensors(
 ) -> dict[str, torch.Tensor]:
     """Read just ``keys`` from one file (by offset: the rest of the file is never paged in)."""
 
-    def use(f) -> dict[str, torch.Tensor]:
+    def use(f: Any) -> dict[str, torch.Tensor]:
         present = set(f.keys())
         out = {}
         for key in keys:
@@ -153,6 +156,7 @@ def load_model(
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     if tied:
+        assert model.lm_head is not None and model.model is not None
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
 

@@ -83,7 +83,7 @@ class Qwen3VLMoeForConditionalGeneration(nn.Module):
         given = 0 if image_embeds is None else image_embeds.shape[0]
         if count != given:
             raise ValueError(f"{count} image tokens in the prompt but {given} image embeddings given")
-        if count:
+        if image_embeds is not None and count:
             embeds = embeds.clone()
             embeds[is_image] = image_embeds.to(embeds.dtype)
         return embeds

@@ -40,7 +40,9 @@ def _axis_taps(size: int, side: int) -> tuple[torch.Tensor, torch.Tensor]:
     return raw.clamp(0, side - 1), weights
 
 
-def position_taps(grid_thw: list[tuple[int, int, int]], side: int, merge: int):
+def position_taps(
+    grid_thw: list[tuple[int, int, int]], side: int, merge: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per patch: 4 indices into the flattened position table and their bilinear weights."""
     all_idx, all_w = [], []
     for t, h, w in grid_thw:

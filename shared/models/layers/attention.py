@@ -67,9 +67,10 @@ class SequenceKV:
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         old_k, old_v = self.keys[layer], self.values[layer]
-        self.keys[layer] = k if old_k is None else torch.cat((old_k, k), dim=0)
-        self.values[layer] = v if old_v is None else torch.cat((old_v, v), dim=0)
-        return self.keys[layer], self.values[layer]
+        keys = k if old_k is None else torch.cat((old_k, k), dim=0)
+        values = v if old_v is None else torch.cat((old_v, v), dim=0)
+        self.keys[layer], self.values[layer] = keys, values
+        return keys, values
 
 
 class ContiguousAttention(AttentionBackend):
