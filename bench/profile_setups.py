@@ -153,7 +153,7 @@ CATEGORIES = (
             "httpcore/",
             "json/",
             "pydantic",
-            "router/app.py",
+            "router/api/",
             "router/responses.py",
         ),
     ),

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from router.app import RequestIdFilter, create_app
+from router.api import RequestIdFilter, create_app
 from router.backend import Backend, Readiness
 from router.config import ENCODER_KEYS, PREFILL_KEYS, parse_config, parse_workers
 from router.images import FetchLimits

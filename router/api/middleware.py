@@ -1,0 +1,64 @@
+"""What happens to every request before its route: its id, the API key check, the access log line
+and the request counter.
+
+The id is the client's ``X-Request-Id`` when it is well formed, else a new one. It is echoed in
+the response, kept on ``request.state.rid`` (the routes build the OpenAI ids from it) and set in
+the ``request_id`` contextvar, which ``RequestIdFilter`` (installed by ``router/__main__.py``)
+puts on every log line written while the request runs. With ``--api-keys``, ``/v1/`` routes need
+``Authorization: Bearer <key>`` (else 401). Only ``/v1/`` routes are counted in
+``router_requests`` (by path and status) and logged; the probes are not.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+
+from fastapi import Request
+from fastapi.responses import Response
+from starlette.middleware.base import RequestResponseEndpoint
+
+from router.api.deps import metrics
+from router.api.errors import error_response
+from router.generate import new_id
+from router.protocol import APIError
+
+log = logging.getLogger("router")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+
+
+class RequestIdFilter(logging.Filter):
+    """Sets ``record.request_id``: the one a caller passed in ``extra``, else the current request's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = getattr(record, "request_id", None) or request_id.get()
+        return True
+
+
+async def ids_and_auth(request: Request, call_next: RequestResponseEndpoint) -> Response:
+    given = request.headers.get("x-request-id", "")
+    rid = given if _ID.fullmatch(given) else new_id()
+    request_id.set(rid)
+    request.state.rid = rid
+    route = request.url.path
+    keys = request.app.state.cfg.keys
+    if keys and route.startswith("/v1/") and not _authorized(request, keys):
+        resp: Response = error_response(
+            request, APIError(401, "invalid API key", type="authentication_error", code="invalid_api_key")
+        )
+        resp.headers["X-Request-Id"] = rid
+        metrics(request).requests.labels(route, "401").inc()
+        return resp
+    resp = await call_next(request)
+    resp.headers["X-Request-Id"] = rid
+    if route.startswith("/v1/"):
+        metrics(request).requests.labels(route, str(resp.status_code)).inc()
+        log.info("%s %s -> %d", request.method, route, resp.status_code)
+    return resp
+
+
+def _authorized(request: Request, keys: frozenset[str]) -> bool:
+    auth = request.headers.get("authorization", "")
+    return auth.startswith("Bearer ") and auth[7:].strip() in keys
