@@ -34,7 +34,7 @@ from bench.clients.prefill import DecodeTarget, DisaggClient  # noqa: E402
 from bench.launch import start_service  # noqa: E402
 from shared.checkpoint.tiny import cached_tiny_checkpoint  # noqa: E402
 from shared.engine import SamplingParams  # noqa: E402
-from shared.transfer import ZmqKVReceiver, ZmqKVSender  # noqa: E402
+from shared.transfer import ReplyEvent, ZmqKVReceiver, ZmqKVSender  # noqa: E402
 from shared.wire.messages import KVDone, KVLayer, KVReserve, Sampling  # noqa: E402
 
 LAYERS, KV_HEADS, HEAD_DIM = 48, 4, 128
@@ -104,7 +104,7 @@ def kv_protocol(layers: list[tuple[torch.Tensor, torch.Tensor]], tokens: int) ->
     replies = []
     while not replies:
         replies = sender.poll(1.0)
-    assert replies[0].event == "granted"
+    assert replies[0].event is ReplyEvent.GRANTED
     for i, (k, v) in enumerate(layers):
         sender.send_layer(receiver.address, "bench", i, k, v, 5)
     sender.finish(receiver.address, "bench", LAYERS, 5)
@@ -112,7 +112,7 @@ def kv_protocol(layers: list[tuple[torch.Tensor, torch.Tensor]], tokens: int) ->
     while not replies:
         replies = sender.poll(1.0)
     took = time.perf_counter() - start
-    assert replies[0].event == "acked"
+    assert replies[0].event is ReplyEvent.ACKED
     t.join()
     sender.close()
     receiver.close()

@@ -10,7 +10,8 @@ import contextlib
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from router.jobs import Job
 from router.metrics import RouterMetrics
@@ -20,20 +21,46 @@ class Overloaded(Exception):
     """No admission slot or the command queue is full."""
 
 
+# ----- commands: the HTTP side -> the backend's thread ---------------------------------------------
+@dataclass(frozen=True)
+class Submit:
+    """Run ``job``; it holds an admission slot, which the thread releases when the job ends."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Stop request ``rid`` wherever it is (client gone, stop string); unknown ids are ignored."""
+
+    rid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Answer ``future`` with the ``/debug/requests`` dict."""
+
+    future: Future
+
+
+Command = Submit | Abort | Snapshot
+
+
 class Backend:
     """What the HTTP side calls, the same for both implementations: admission slots
-    (``max_inflight``), a bounded command queue (``submit``, ``abort``, ``snapshot``) and the one
-    background thread (``_run``) that owns everything else. Every method but ``start``/``stop`` is
-    called from the event loop and does not block for long; events reach the HTTP side only
-    through each job's ``sink``. A subclass's thread drains ``commands`` and releases a job's
-    slot when the job ends."""
+    (``max_inflight``), a bounded queue of ``Command``s (``Submit``, ``Abort``, ``Snapshot``) and the
+    one background thread (``_run``) that owns everything else. Every method but ``start``/``stop``
+    is called from the event loop and does not block for long; events reach the HTTP side only
+    through each job's ``sink``. A subclass's thread drains ``commands`` (a ``match`` on the
+    command) and releases a job's slot when the job ends."""
 
     reply_to = ""  # the ZMQ inbox workers answer to; empty when there is none
 
     def __init__(self, metrics: RouterMetrics, max_inflight: int, thread_name: str) -> None:
         self.metrics = metrics
         self.slots = threading.BoundedSemaphore(max_inflight)
-        self.commands: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2 * max_inflight)
+        self.commands: queue.Queue[Command] = queue.Queue(maxsize=2 * max_inflight)
         self.stopping, self.started = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
 
@@ -47,19 +74,19 @@ class Backend:
         if not self.slots.acquire(blocking=False):
             raise Overloaded("too many requests in flight")
         try:
-            self.commands.put_nowait(("submit", job))
+            self.commands.put_nowait(Submit(job))
         except queue.Full:
             self.slots.release()
             raise Overloaded("the router's queue is full") from None
 
     def abort(self, rid: str, reason: str) -> None:
         with contextlib.suppress(queue.Full):  # the deadline frees it if the queue is jammed
-            self.commands.put(("abort", (rid, reason)), timeout=1.0)
+            self.commands.put(Abort(rid, reason), timeout=1.0)
 
     def snapshot(self) -> Future:
         """A future of the ``/debug/requests`` dict, answered by the backend's thread."""
         fut: Future = Future()
-        self.commands.put(("snapshot", fut), timeout=1.0)
+        self.commands.put(Snapshot(fut), timeout=1.0)
         return fut
 
     def stop(self) -> None:

@@ -6,8 +6,9 @@ model and the KV cache, like ``vllm serve``). It is a real serving path so that 
 compare the disaggregated cluster with it behind the same HTTP API, tokenizer and engine.
 
 Owns one background thread, the only one that touches the model, the engine (``shared.engine``)
-and the vision stage (``colocated_vision.py``). The HTTP side talks to it through a bounded command
-queue and gets ``Event``s back through each job's thread-safe ``sink``.
+and the vision stage (``colocated_vision.py``). The HTTP side talks to it through a bounded queue
+of commands (``Submit``, ``Abort``, ``Snapshot``) and gets ``Event``s back through each job's
+thread-safe ``sink``.
 
 Request life cycle (one loop turn: receive, expire, encode, admit, step, send):
 
@@ -25,6 +26,7 @@ Request life cycle (one loop turn: receive, expire, encode, admit, step, send):
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import time
@@ -33,7 +35,7 @@ from typing import Any
 
 import torch
 
-from router.backend import Backend
+from router.backend import Abort, Backend, Snapshot, Submit
 from router.colocated_vision import VisionStage
 from router.config import RouterConfig
 from router.jobs import Event, Job
@@ -44,18 +46,23 @@ from shared.multimodal.image import ImageError
 from shared.multimodal.mrope import mrope_layout
 from shared.vision.cache import CachedEmbedding
 from shared.vision.runner import VisionRunner
-from shared.wire.messages import ErrorKind
+from shared.wire.messages import ErrorKind, FinishReason
 
 log = logging.getLogger("router.colocated")
 IDLE_WAIT_S = 0.05  # how long an idle loop blocks on the command queue
 MAX_COMMANDS_PER_TURN = 256
-ENCODING, READY, RUNNING = "encoding", "ready", "running"
+
+
+class JobState(enum.StrEnum):
+    ENCODING = "encoding"  # images queued for the vision stage
+    READY = "ready"  # every image encoded; waiting for the engine to admit it
+    RUNNING = "running"  # in the engine
 
 
 @dataclass(eq=False)
 class Live:
     job: Job
-    state: str = ENCODING
+    state: JobState = JobState.ENCODING
     features: list[CachedEmbedding] = field(default_factory=list)  # set when READY, dropped when RUNNING
     submitted: float = field(default_factory=time.monotonic)
     first: float = 0.0
@@ -109,17 +116,19 @@ class ColocatedBackend(Backend):
     def _receive(self, timeout: float) -> None:
         for i in range(MAX_COMMANDS_PER_TURN):
             try:
-                kind, arg = (
+                command = (
                     self.commands.get(timeout=timeout) if i == 0 and timeout else self.commands.get_nowait()
                 )
             except queue.Empty:
                 return
-            if kind == "submit":
-                self._new(arg)
-            elif kind == "abort" and (live := self.live.get(arg[0])) is not None:
-                self._end(live, abort=arg[1])
-            elif kind == "snapshot":
-                arg.set_result(self._snapshot())
+            match command:
+                case Submit(job):
+                    self._new(job)
+                case Abort(rid, reason):
+                    if (live := self.live.get(rid)) is not None:
+                        self._end(live, abort=reason)
+                case Snapshot(future):
+                    future.set_result(self._snapshot())
 
     def _new(self, job: Job) -> None:
         if job.rid in self.live:
@@ -153,12 +162,12 @@ class ColocatedBackend(Backend):
                 self._ready(live, [f for f in job.features if f is not None])
 
     def _ready(self, live: Live, features: list[CachedEmbedding]) -> None:
-        live.state, live.features = READY, features
+        live.state, live.features = JobState.READY, features
         if features:
             self.metrics.stage_latency.labels("encoder").observe(time.monotonic() - live.submitted)
 
     def _admit(self) -> None:
-        for live in [v for v in self.live.values() if v.state == READY]:
+        for live in [v for v in self.live.values() if v.state is JobState.READY]:
             try:
                 request = engine_request(
                     live.job, live.features, self.image_token_id, self.merge_size, self.engine.pool.dtype
@@ -172,7 +181,7 @@ class ColocatedBackend(Backend):
                 message = f"admission failed: {type(e).__name__}: {e}"
                 self._end(live, event=Event(error=ErrorKind.INTERNAL, message=message))
                 continue
-            live.state, live.features = RUNNING, []
+            live.state, live.features = JobState.RUNNING, []
 
     # ----- 3. step, send ----------------------------------------------------------------------
     def _step(self) -> None:
@@ -182,7 +191,7 @@ class ColocatedBackend(Backend):
         except Exception as e:
             log.exception("engine step failed; failing the requests in the engine")
             message = f"engine step failed: {type(e).__name__}: {e}"
-            for live in [v for v in self.live.values() if v.state == RUNNING]:
+            for live in [v for v in self.live.values() if v.state is JobState.RUNNING]:
                 self._end(live, abort="failed", event=Event(error=ErrorKind.INTERNAL, message=message))
             return
         self.steps, self.step_tokens = self.steps + 1, self.step_tokens + len(outputs)
@@ -195,11 +204,12 @@ class ColocatedBackend(Backend):
             live = self.live.get(out.request_id)
             if live is None:
                 continue
-            finish = out.finish_reason.value if out.finish_reason is not None else ""
-            self.metrics.token(live, now, bool(finish))
+            # No request here is prefill_only, so the engine's reason is one the wire knows.
+            finish = None if out.finish_reason is None else FinishReason(out.finish_reason.value)
+            self.metrics.token(live, now, finish is not None)
             top = [list(out.top_logprobs)] if out.top_logprobs is not None else []
             live.job.sink(Event([(out.token_id, out.logprob)], top=top, finish=finish))
-            if finish:  # the engine has freed the request already
+            if finish is not None:  # the engine has freed the request already
                 self._end(live)
 
     def _end(self, live: Live, abort: str = "", event: Event | None = None) -> None:
@@ -218,10 +228,10 @@ class ColocatedBackend(Backend):
     # ----- observability ----------------------------------------------------------------------
     def _gauges(self) -> None:
         states = [v.state for v in self.live.values()]
-        waiting = sum(v.state != RUNNING or v.tokens == 0 for v in self.live.values())
+        waiting = sum(v.state is not JobState.RUNNING or v.tokens == 0 for v in self.live.values())
         self.metrics.queue.labels("admission").set(self.commands.qsize())
-        self.metrics.queue.labels("encoder").set(states.count(ENCODING))
-        self.metrics.queue.labels("prefill").set(waiting - states.count(ENCODING))
+        self.metrics.queue.labels("encoder").set(states.count(JobState.ENCODING))
+        self.metrics.queue.labels("prefill").set(waiting - states.count(JobState.ENCODING))
         self.metrics.queue.labels("decode").set(len(states) - waiting)
         self.metrics.inflight.set(len(states))
 
@@ -229,7 +239,9 @@ class ColocatedBackend(Backend):
         sched, blocks = self.engine.scheduler, self.engine.blocks
         return {
             "mode": "colocated",
-            "requests": [{"id": rid, "state": v.state, "tokens": v.tokens} for rid, v in self.live.items()],
+            "requests": [
+                {"id": rid, "state": v.state.value, "tokens": v.tokens} for rid, v in self.live.items()
+            ],
             "engine": {
                 "running": len(sched.running),
                 "waiting": len(sched.waiting),

@@ -21,7 +21,7 @@ from router.detokenize import Detokenizer, StopStrings
 from router.jobs import Event, Job
 from router.prepare import Prepared
 from router.protocol import APIError, overloaded
-from shared.wire.messages import ErrorKind
+from shared.wire.messages import ErrorKind, FinishReason
 
 _STATUS = {
     ErrorKind.BAD_REQUEST: (400, "invalid_request_error"),
@@ -55,7 +55,7 @@ class TokenLogprob:
 class Piece:
     text: str
     logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish: str | None = None
+    finish: str | None = None  # the OpenAI API's finish_reason ("stop", "length"); None: more follows
 
 
 class Generation:
@@ -113,15 +113,16 @@ class Generation:
                         )
                     )
                 text += delta
-            if ev.finish:
+            ended = ev.finish is not None
+            if ended:
                 text += self.detok.flush()
-            out, stopped = self.stops.push(text, final=bool(ev.finish))
+            out, stopped = self.stops.push(text, final=ended)
             if stopped:
                 yield Piece(out, lps, "stop")
                 return  # close() aborts the request in the workers
-            if ev.finish:
+            if ended:
                 self.finished = True
-                yield Piece(out, lps, "length" if ev.finish == "length" else "stop")
+                yield Piece(out, lps, "length" if ev.finish is FinishReason.LENGTH else "stop")
                 return
             if out or lps:
                 yield Piece(out, lps)

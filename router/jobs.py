@@ -11,7 +11,7 @@ from shared.engine import SamplingParams
 from shared.multimodal.mrope import GridTHW, mrope_layout
 from shared.transfer import sampling_to_wire
 from shared.wire import EncodeRequest, ImageInput
-from shared.wire.messages import ErrorKind, ImagePlacement, MRopeSegment, PrefillRequest
+from shared.wire.messages import ErrorKind, FinishReason, ImagePlacement, MRopeSegment, PrefillRequest
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,12 @@ class LoadedImage:
 class Event:
     """Tokens (with logprobs, None where not asked) and, at the end, a finish reason or an error.
 
-    ``top`` is empty, or one list of (token id, logprob), best first, per token in ``tokens``."""
+    ``top`` is empty, or one list of (token id, logprob), best first, per token in ``tokens``;
+    ``finish`` is None while the request goes on."""
 
     tokens: list[tuple[int, float | None]] = field(default_factory=list)
     top: list[list[tuple[int, float]]] = field(default_factory=list)
-    finish: str = ""
+    finish: FinishReason | None = None
     error: ErrorKind | None = None
     message: str = ""
 
@@ -54,7 +55,7 @@ def prefill_request(
     return PrefillRequest(
         request_id=wire_id,
         prompt_token_ids=list(job.prompt_ids),
-        layout=[MRopeSegment(s.start, s.length, s.position, s.grid or (0, 0, 0)) for s in segments],
+        layout=[MRopeSegment(s.start, s.length, s.position, s.grid) for s in segments],
         mrope_delta=layout.delta if layout else 0,
         images=[
             ImagePlacement(i, im.hash, s.start, s.length)

@@ -5,8 +5,8 @@ Owns: the inbox (PULL, bound; tokens and errors from prefill and decode, load re
 decode), one DEALER per prefill worker (requests, aborts; errors back), one DEALER per encoder
 (``EncodeRequest``; ``CacheMiss`` / errors back), a PUSH pool to decode control inboxes (aborts).
 ZMQ sockets are not thread-safe, so nothing else touches them: the HTTP side talks to this thread
-through a bounded command queue (``submit``, ``abort``, ``snapshot``) and gets ``Event``s back
-through each job's thread-safe ``sink`` (an asyncio queue per request).
+through a bounded queue of commands (``Submit``, ``Abort``, ``Snapshot``) and gets ``Event``s
+back through each job's thread-safe ``sink`` (an asyncio queue per request).
 
 Request life cycle (one loop turn: commands, receive, timeouts):
 
@@ -16,8 +16,9 @@ Request life cycle (one loop turn: commands, receive, timeouts):
    resends it with bytes); send ``PrefillRequest`` then the ``EncodeRequest``s.
 3. Tokens: the first from prefill, the rest from decode, forwarded as they come.
 4. A stage error, a silent decode worker, an unready prefill worker: if no token reached the
-   client yet and retries are left, the attempt is aborted and the job dispatched again on other
-   workers (wire id ``<rid>.r<n>``); otherwise the client gets the error.
+   client yet and retries are left, the attempt is aborted and the job dispatched again avoiding
+   the worker of the stage that failed (``StageError.stage``: the decode worker for ``decode``,
+   else the prefill worker) (wire id ``<rid>.r<n>``); otherwise the client gets the error.
 5. End: finish reason, error, deadline, or ``abort`` (client gone, stop string): the request is
    aborted in prefill and decode (best effort) and its slot and load counts are released.
 """
@@ -33,12 +34,12 @@ from typing import Any
 
 import zmq
 
-from router.backend import Backend
+from router.backend import Abort, Backend, Snapshot, Submit
 from router.jobs import Event, Job, encode_request, prefill_request
 from router.metrics import RouterMetrics
 from router.workers import Decode, Prefill, Workers
 from shared.wire import CacheMiss, DealerSocket, PullSocket, PushPool, StageError, WireError
-from shared.wire.messages import AbortRequest, ErrorKind, LoadReport, TokenBatch
+from shared.wire.messages import AbortRequest, ErrorKind, LoadReport, Stage, TokenBatch
 
 log = logging.getLogger("router.orchestrator")
 RETRYABLE = {ErrorKind.UNAVAILABLE, ErrorKind.OVERLOADED, ErrorKind.INTERNAL}
@@ -121,15 +122,17 @@ class Orchestrator(Backend):
     def _commands(self) -> None:
         for _ in range(256):
             try:
-                kind, arg = self.commands.get_nowait()
+                command = self.commands.get_nowait()
             except queue.Empty:
                 return
-            if kind == "submit":
-                self._dispatch(arg, 0, set())
-            elif kind == "abort" and (live := self.by_rid.get(arg[0])) is not None:
-                self._end(live, abort=arg[1])
-            elif kind == "snapshot":
-                arg.set_result(self._snapshot())
+            match command:
+                case Submit(job):
+                    self._dispatch(job, 0, set())
+                case Abort(rid, reason):
+                    if (live := self.by_rid.get(rid)) is not None:
+                        self._end(live, abort=reason)
+                case Snapshot(future):
+                    future.set_result(self._snapshot())
 
     def _drain(self, sock: PullSocket | DealerSocket) -> None:
         for _ in range(1024):
@@ -146,7 +149,7 @@ class Orchestrator(Backend):
                 self.workers.heard(msg, time.monotonic())
             elif isinstance(msg, StageError):
                 if (live := self.live.get(msg.request_id or "")) is not None:
-                    self._failed(live, msg.kind, f"{msg.source}: {msg.message}", msg.source)
+                    self._failed(live, msg.kind, f"{msg.source}: {msg.message}", msg.stage)
             elif isinstance(msg, CacheMiss) and (live := self.live.get(msg.request_id)) is not None:
                 address = next((a for a, idx in live.encoders.items() if msg.image_indexes[0] in idx), None)
                 if address is not None:
@@ -176,7 +179,7 @@ class Orchestrator(Backend):
         msg = prefill_request(job, wire_id, self.image_token_id, self.merge_size, decode.kv, self.reply_to)
         if not self._send(self.prefill_socks[prefill.zmq], msg):
             self._failed(
-                live, ErrorKind.UNAVAILABLE, f"prefill {prefill.zmq} does not take requests", prefill.zmq
+                live, ErrorKind.UNAVAILABLE, f"prefill {prefill.zmq} does not take requests", Stage.PREFILL
             )
             return
         for address, idx in plan.items():
@@ -195,26 +198,29 @@ class Orchestrator(Backend):
 
     def _tokens(self, batch: TokenBatch) -> None:
         now = time.monotonic()
-        lps = batch.logprobs or [None] * len(batch.token_ids)
-        tops = [
-            list(zip(ids, lp, strict=True))
-            for ids, lp in zip(batch.top_token_ids, batch.top_logprobs, strict=True)
-        ]
-        for i, (wid, tok, reason, lp) in enumerate(
-            zip(batch.request_ids, batch.token_ids, batch.finish_reasons, lps, strict=True)
-        ):
-            live = self.live.get(wid)
+        for rec in batch.records:
+            live = self.live.get(rec.request_id)
             if live is None:
                 continue
             if live.tokens == 0:
                 self._release_prefill(live)
-            self.metrics.token(live, now, bool(reason))
-            top = [tops[i]] if tops and tops[i] else []
-            live.job.sink(Event([(tok, lp)], top, finish=reason))
-            if reason:
+            n, ended = len(rec.token_ids), rec.finish_reason is not None
+            for i in range(n):
+                self.metrics.token(live, now, ended and i == n - 1)
+            lps: list[float | None] = list(rec.logprobs) if rec.logprobs is not None else [None] * n
+            top = [
+                list(zip(ids, lp, strict=True))
+                for ids, lp in zip(rec.top_token_ids, rec.top_logprobs, strict=True)
+            ]
+            live.job.sink(Event(list(zip(rec.token_ids, lps, strict=True)), top, finish=rec.finish_reason))
+            if ended:
                 self._end(live)
 
-    def _failed(self, live: Live, kind: ErrorKind, message: str, culprit: str) -> None:
+    def _failed(self, live: Live, kind: ErrorKind, message: str, stage: Stage) -> None:
+        """An attempt failed at ``stage``. Retryable, before the first token, with retries and time
+        left: run the job again avoiding that stage's worker (encoders are not avoided: images go
+        where they are cached, so an encoder's failure, like prefill's own, moves the job to
+        another prefill worker). Otherwise the client gets the error."""
         job = live.job
         if (
             kind in RETRYABLE
@@ -226,7 +232,7 @@ class Orchestrator(Backend):
                 "attempt %d failed (%s); retrying", live.attempt, message, extra={"request_id": job.rid}
             )
             self.metrics.retries.inc()
-            tried = live.tried | {culprit, live.decode.kv if "decode" in message else live.prefill.zmq}
+            tried = live.tried | {live.decode.kv if stage is Stage.DECODE else live.prefill.zmq}
             self._end(live, abort="retrying elsewhere", keep_slot=True)
             self._dispatch(job, live.attempt + 1, tried)
             return
@@ -247,14 +253,14 @@ class Orchestrator(Backend):
                     live,
                     ErrorKind.UNAVAILABLE,
                     f"decode worker {live.decode.kv} stopped reporting",
-                    live.decode.kv,
+                    Stage.DECODE,
                 )
             elif live.tokens == 0 and not live.prefill.ready:
                 self._failed(
                     live,
                     ErrorKind.UNAVAILABLE,
                     f"prefill worker {live.prefill.zmq} is not ready",
-                    live.prefill.zmq,
+                    Stage.PREFILL,
                 )
         waiting = [v for v in self.live.values() if v.tokens == 0]
         self.metrics.queue.labels("admission").set(self.commands.qsize())

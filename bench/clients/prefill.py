@@ -25,10 +25,12 @@ from shared.wire import DealerSocket, PullSocket, PushPool, StageError, WireErro
 from shared.wire.messages import (
     AbortRequest,
     ErrorKind,
+    FinishReason,
     ImagePlacement,
     LoadReport,
     MRopeSegment,
     PrefillRequest,
+    Stage,
     TokenBatch,
 )
 
@@ -37,14 +39,14 @@ from shared.wire.messages import (
 class Outcome:
     decode: str  # the decode worker's KV address
     tokens: list[int] = field(default_factory=list)
-    finish_reason: str = ""
+    finish_reason: FinishReason | None = None  # None: still going
     error: StageError | None = None
     submitted: float = field(default_factory=time.monotonic)
     token_times: list[float] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
-        return bool(self.finish_reason) or self.error is not None
+        return self.finish_reason is not None or self.error is not None
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class DisaggClient:
         msg = PrefillRequest(
             request_id=request_id,
             prompt_token_ids=list(prompt_ids),
-            layout=[MRopeSegment(s.start, s.length, s.position, s.grid or (0, 0, 0)) for s in layout.segments]
+            layout=[MRopeSegment(s.start, s.length, s.position, s.grid) for s in layout.segments]
             if layout
             else [],
             mrope_delta=layout.delta if layout else 0,
@@ -142,12 +144,12 @@ class DisaggClient:
             self.heard[msg.kv_address] = now
             self.loads[msg.kv_address] = msg
         elif isinstance(msg, TokenBatch):
-            for rid, tok, reason in zip(msg.request_ids, msg.token_ids, msg.finish_reasons, strict=True):
-                o = self.outcomes.get(rid)
+            for rec in msg.records:
+                o = self.outcomes.get(rec.request_id)
                 if o is not None and not o.done:
-                    o.tokens.append(tok)
-                    o.token_times.append(now)
-                    o.finish_reason = reason
+                    o.tokens += rec.token_ids
+                    o.token_times += [now] * len(rec.token_ids)
+                    o.finish_reason = rec.finish_reason
         elif isinstance(msg, StageError) and msg.request_id in self.outcomes:
             self.outcomes[msg.request_id].error = msg
 
@@ -155,9 +157,8 @@ class DisaggClient:
         gone = {kv for kv, t in self.heard.items() if now - t > self.heartbeat_timeout_s}
         for rid, o in self.outcomes.items():
             if o.decode in gone and not o.done:
-                o.error = StageError(
-                    rid, None, ErrorKind.UNAVAILABLE, f"decode worker {o.decode} stopped reporting", "router"
-                )
+                text = f"decode worker {o.decode} stopped reporting"
+                o.error = StageError(rid, None, ErrorKind.UNAVAILABLE, text, "router", Stage.DECODE)
                 self.abort(rid, "decode worker gone")
 
     def close(self) -> None:

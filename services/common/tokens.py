@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-from shared.engine import FinishReason, TokenOutput
-from shared.wire.messages import TokenBatch
+from shared.engine import FinishReason as EngineFinish
+from shared.engine import TokenOutput
+from shared.wire.messages import FinishReason, SequenceTokens, TokenBatch
+
+
+def finish_reason(reason: EngineFinish | None) -> FinishReason | None:
+    """The reason the router sees: ``prefilled`` is no end for it (decode goes on)."""
+    if reason is None or reason is EngineFinish.PREFILLED:
+        return None
+    return FinishReason(reason.value)
+
+
+def sequence_tokens(out: TokenOutput) -> SequenceTokens:
+    top = out.top_logprobs or []
+    return SequenceTokens(
+        out.request_id,
+        [out.token_id],
+        None if out.logprob is None else [out.logprob],
+        [[t for t, _ in top]] if top else [],
+        [[lp for _, lp in top]] if top else [],
+        finish_reason(out.finish_reason),
+    )
 
 
 def token_batch(source: str, outputs: list[TokenOutput]) -> TokenBatch:
-    reasons = [
-        "" if o.finish_reason in (None, FinishReason.PREFILLED) else o.finish_reason.value for o in outputs
-    ]
-    with_lp = any(o.logprob is not None for o in outputs)
-    logprobs = [o.logprob for o in outputs] if with_lp else []
-    with_top = any(o.top_logprobs for o in outputs)
-    tops = [o.top_logprobs or [] for o in outputs] if with_top else []
-    return TokenBatch(
-        source,
-        [o.request_id for o in outputs],
-        [o.token_id for o in outputs],
-        logprobs,
-        reasons,
-        [[t for t, _ in top] for top in tops],
-        [[lp for _, lp in top] for top in tops],
-    )
+    return TokenBatch(source, [sequence_tokens(o) for o in outputs])

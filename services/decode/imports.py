@@ -10,6 +10,7 @@ prefill worker is taken as gone, the blocks are freed and the router is told.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections import OrderedDict
@@ -23,8 +24,15 @@ from shared.wire.messages import ErrorKind, KVAbort, KVDone, KVLayer, KVReserve
 
 log = logging.getLogger("decode")
 
-GRANTED, FULL, REFUSED = "granted", "full", "refused"
 Fail = Callable[[str, str, ErrorKind, str], None]  # (request id, reply_to, kind, message)
+
+
+class Admission(enum.StrEnum):
+    """What ``begin_import`` made of a reservation."""
+
+    GRANTED = "granted"  # the blocks are reserved; prefill is told to send
+    FULL = "full"  # no room now; the reservation may wait
+    REFUSED = "refused"  # never acceptable; prefill is told why
 
 
 @dataclass
@@ -70,7 +78,7 @@ class Importer:
         if self.known(rid):
             self._refuse(rid, ErrorKind.BAD_REQUEST, "request id already in use here")
             return
-        if not self.pending and self._try_begin(msg) != FULL:
+        if not self.pending and self._try_begin(msg) is not Admission.FULL:
             return
         if len(self.pending) >= self.max_pending:
             self._refuse(rid, ErrorKind.OVERLOADED, f"no room and {len(self.pending)} reservations waiting")
@@ -79,18 +87,17 @@ class Importer:
         self.num_queued += 1
         self.receiver.queued(rid, len(self.pending) - 1)
 
-    def _try_begin(self, msg: KVReserve) -> str:
-        """GRANTED when the blocks are there, FULL when not now, REFUSED when never."""
+    def _try_begin(self, msg: KVReserve) -> Admission:
         try:
             ok = self.engine.begin_import(state_from_reservation(msg))
         except ValueError as e:
             self._refuse(msg.request_id, ErrorKind.BAD_REQUEST, str(e))
-            return REFUSED
+            return Admission.REFUSED
         if not ok:
-            return FULL
+            return Admission.FULL
         self.importing[msg.request_id] = Import(msg, time.monotonic() + self.transfer_timeout_s)
         self.receiver.grant(msg.request_id)
-        return GRANTED
+        return Admission.GRANTED
 
     def grant_waiting(self) -> None:
         """Grant queued reservations in arrival order while room lasts; refuse the expired ones."""
@@ -101,7 +108,7 @@ class Importer:
                 self._refuse(rid, ErrorKind.OVERLOADED, "no room before the reservation's deadline")
         while self.pending:
             rid, msg = next(iter(self.pending.items()))
-            if self._try_begin(msg) == FULL:
+            if self._try_begin(msg) is Admission.FULL:
                 return
             del self.pending[rid]
 

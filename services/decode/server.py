@@ -37,7 +37,7 @@ from services.decode.metrics import DecodeMetrics
 from shared.engine import Engine, TokenOutput
 from shared.transfer import KVReceiver
 from shared.wire import PullSocket, PushPool, StageError, WireError
-from shared.wire.messages import AbortRequest, ErrorKind, KVReserve, LoadReport, TokenBatch
+from shared.wire.messages import AbortRequest, ErrorKind, KVReserve, LoadReport, Stage, TokenBatch
 from shared.wire.poll import wait_readable
 
 log = logging.getLogger("decode")
@@ -166,7 +166,7 @@ class DecodeServer:
         self.metrics.errors.labels(kind.value).inc()
         self.routes.pop(request_id, None)
         log.info("[%s] %s: %s", request_id, kind.value, message)
-        self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name))
+        self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name, Stage.DECODE))
 
     def _push(
         self, address: str, msg: TokenBatch | StageError | LoadReport, timeout: float | None = None

@@ -47,6 +47,7 @@ from shared.wire import (
     ImageInput,
     PushPool,
     RouterSocket,
+    Stage,
     StageError,
     WireError,
 )
@@ -118,7 +119,8 @@ class EncoderServer:
         log.warning("rejected a malformed message (request %s): %s", rid, e)
         if e.peer is None:
             return
-        reply = StageError(rid, None, ErrorKind.BAD_REQUEST, f"malformed message: {e}"[:4096], self.name)
+        text = f"malformed message: {e}"[:4096]
+        reply = StageError(rid, None, ErrorKind.BAD_REQUEST, text, self.name, Stage.ENCODER)
         try:
             self.requests.send(e.peer, reply, self.cfg.send_timeout_s)
         except WireError as err:
@@ -244,7 +246,9 @@ class EncoderServer:
         """Tell the waiter's prefill inbox that this image failed."""
         self.metrics.errors.labels(kind.value).inc()
         log.info("[%s] image %d: %s: %s", waiter.request_id, waiter.image_index, kind.value, message)
-        error = StageError(waiter.request_id, waiter.image_index, kind, message[:4096], self.name)
+        error = StageError(
+            waiter.request_id, waiter.image_index, kind, message[:4096], self.name, Stage.ENCODER
+        )
         try:
             self.outbox.send(waiter.reply_to, error, self.cfg.send_timeout_s)
         except WireError as e:

@@ -14,10 +14,7 @@ from shared.wire.messages import PrefillRequest
 def layout_of(msg: PrefillRequest) -> MRopeLayout | None:
     if not msg.layout:
         return None
-    segments = tuple(
-        Segment(s.start, s.length, s.position, None if s.grid == (0, 0, 0) else tuple(s.grid))
-        for s in msg.layout
-    )
+    segments = tuple(Segment(s.start, s.length, s.position, s.grid) for s in msg.layout)
     return MRopeLayout(segments, len(msg.prompt_token_ids), msg.mrope_delta)
 
 

@@ -41,7 +41,7 @@ from services.prefill.waiting import Waiting, WaitingRoom
 from shared.engine import Engine, FinishReason, TokenOutput
 from shared.transfer import KVSender
 from shared.wire import ImageEmbeddingResult, PullSocket, PushPool, RouterSocket, StageError, WireError
-from shared.wire.messages import AbortRequest, ErrorKind, PrefillRequest, TokenBatch
+from shared.wire.messages import AbortRequest, ErrorKind, PrefillRequest, Stage, TokenBatch
 from shared.wire.poll import wait_readable
 
 log = logging.getLogger("prefill")
@@ -138,9 +138,8 @@ class PrefillServer:
                 self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
                 log.warning("rejected a malformed request: %s", e)
                 if e.peer is not None:
-                    err = StageError(
-                        None, None, ErrorKind.BAD_REQUEST, f"malformed message: {e}"[:4096], self.name
-                    )
+                    text = f"malformed message: {e}"[:4096]
+                    err = StageError(None, None, ErrorKind.BAD_REQUEST, text, self.name, Stage.PREFILL)
                     self._answer(e.peer, err)
 
     def _answer(self, peer: bytes, msg: StageError) -> None:
@@ -156,9 +155,8 @@ class PrefillServer:
         self.metrics.requests.inc()
         rid = msg.request_id
         if rid in self.active or rid in self.shipper.transfers:
-            self._answer(
-                peer, StageError(rid, None, ErrorKind.BAD_REQUEST, "request id already in use", self.name)
-            )
+            text = "request id already in use"
+            self._answer(peer, StageError(rid, None, ErrorKind.BAD_REQUEST, text, self.name, Stage.PREFILL))
             return
         try:
             self.waiting.add_request(msg)
@@ -189,7 +187,7 @@ class PrefillServer:
             e = w.images.errors[0] if w.images.errors else None
             kind = e.kind if e else ErrorKind.BAD_REQUEST
             text = f"image {e.image_index} failed at {e.source}: {e.message}" if e else w.problem
-            self._error(msg.request_id, msg.reply_to, kind, text)
+            self._error(msg.request_id, msg.reply_to, kind, text, e.stage if e else Stage.PREFILL)
             return
         if time.time() > msg.deadline:
             self._error(msg.request_id, msg.reply_to, ErrorKind.DEADLINE_EXCEEDED, "deadline passed")
@@ -228,10 +226,13 @@ class PrefillServer:
         self.metrics.transfers_done.inc()
         self.metrics.transfer_seconds.observe(time.monotonic() - t.started)
 
-    def _error(self, request_id: str, reply_to: str, kind: ErrorKind, message: str) -> None:
+    def _error(
+        self, request_id: str, reply_to: str, kind: ErrorKind, message: str, stage: Stage = Stage.PREFILL
+    ) -> None:
+        """Tell the router; ``stage`` is the one that failed (the shipper names decode)."""
         self.metrics.errors.labels(kind.value).inc()
         log.info("[%s] %s: %s", request_id, kind.value, message)
-        self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name))
+        self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name, stage))
 
     def _push(self, address: str, msg: TokenBatch | StageError) -> None:
         try:

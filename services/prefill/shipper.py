@@ -8,26 +8,36 @@ transfer ends. Phases of one transfer::
         \\--refused / no reply in kv_reply_timeout_s / no grant in grant_timeout_s--> failed
 
 A failed transfer releases the blocks, tells the decode worker to drop it, and reports
-``StageError(unavailable)`` to the router: no token from a decode worker reached the client, so
-the router may run the request elsewhere.
+``StageError(unavailable, stage=decode)`` to the router: no token from a decode worker reached
+the client, so the router may run the request elsewhere, on another decode worker.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.engine import Engine
-from shared.transfer import KVSender, TransferReply, reservation
+from shared.transfer import KVSender, ReplyEvent, TransferReply, reservation
 from shared.wire import WireError
-from shared.wire.messages import ErrorKind
+from shared.wire.messages import ErrorKind, Stage
 
 log = logging.getLogger("prefill")
 MIN_BANDWIDTH = 100e6  # bytes/s: an ack may take kv_reply_timeout_s plus the transfer at this rate
 
-Fail = Callable[[str, str, ErrorKind, str], None]  # (request id, reply_to, kind, message)
+Fail = Callable[[str, str, ErrorKind, str, Stage], None]  # (request id, reply_to, kind, message, stage)
+
+
+class Phase(enum.StrEnum):
+    RESERVING = "reserving"  # waiting for an answer to the reservation
+    QUEUED = "queued"  # the decode worker has no room yet; waiting for a grant
+    ACKING = "acking"  # layers and done sent; waiting for the ack
+
+
+WAITING_FOR = {Phase.RESERVING: "an answer to the reservation", Phase.QUEUED: "room", Phase.ACKING: "an ack"}
 
 
 @dataclass
@@ -35,7 +45,7 @@ class Transfer:
     request_id: str
     dest: str
     reply_to: str
-    phase: str  # reserving | queued | acking
+    phase: Phase
     reply_by: float  # monotonic: fail unless the decode worker answers by then
     started: float
     nbytes: int = 0
@@ -65,7 +75,7 @@ class Shipper:
     def start(self, request_id: str, dest: str, reply_to: str) -> None:
         """The prompt is computed: ask ``dest`` for room."""
         now = time.monotonic()
-        t = Transfer(request_id, dest, reply_to, "reserving", now + self.reply_timeout_s, now)
+        t = Transfer(request_id, dest, reply_to, Phase.RESERVING, now + self.reply_timeout_s, now)
         self.transfers[request_id] = t
         state = self.engine.export_state(request_id)
         msg = reservation(
@@ -81,17 +91,19 @@ class Shipper:
             t = self.transfers.get(r.request_id)
             if t is None:
                 continue  # a late answer for a transfer already ended
-            if r.event == "queued" and t.phase == "reserving":
-                t.phase, t.reply_by = "queued", time.monotonic() + self.grant_timeout_s
-            elif r.event == "granted" and t.phase in ("reserving", "queued"):
-                self._ship(t)
-            elif r.event == "acked" and t.phase == "acking":
-                self._release(t)
-                self.completed += 1
-                self.last_transfer_s = time.monotonic() - t.started
-                self.on_done(t)
-            elif r.event == "refused":
-                self._fail(t, f"decode worker {t.dest} refused the KV: {r.kind}: {r.message}", notify=False)
+            match r.event, t.phase:
+                case ReplyEvent.QUEUED, Phase.RESERVING:
+                    t.phase, t.reply_by = Phase.QUEUED, time.monotonic() + self.grant_timeout_s
+                case ReplyEvent.GRANTED, Phase.RESERVING | Phase.QUEUED:
+                    self._ship(t)
+                case ReplyEvent.ACKED, Phase.ACKING:
+                    self._release(t)
+                    self.completed += 1
+                    self.last_transfer_s = time.monotonic() - t.started
+                    self.on_done(t)
+                case ReplyEvent.REFUSED, _:
+                    message = f"decode worker {t.dest} refused the KV: {r.kind}: {r.message}"
+                    self._fail(t, message, notify=False)
 
     def _ship(self, t: Transfer) -> None:
         t.started = time.monotonic()
@@ -104,15 +116,16 @@ class Shipper:
             self._fail(t, f"KV transfer to {t.dest} failed: {e}")
             return
         self.bytes_sent += t.nbytes
-        t.phase = "acking"
+        t.phase = Phase.ACKING
         t.reply_by = time.monotonic() + self.reply_timeout_s + t.nbytes / MIN_BANDWIDTH
 
     def expire(self) -> None:
         now = time.monotonic()
         for t in [t for t in self.transfers.values() if now > t.reply_by]:
-            waited = {"reserving": "an answer to the reservation", "queued": "room", "acking": "an ack"}
             self._fail(
-                t, f"decode worker {t.dest} gone? no {waited[t.phase]} in time", gone=t.phase != "queued"
+                t,
+                f"decode worker {t.dest} gone? no {WAITING_FOR[t.phase]} in time",
+                gone=t.phase is not Phase.QUEUED,
             )
 
     def abort(self, request_id: str) -> bool:
@@ -130,7 +143,7 @@ class Shipper:
         if gone:
             self.sender.forget(t.dest)  # drop layers still queued for a dead peer
         self._release(t)
-        self.fail(t.request_id, t.reply_to, ErrorKind.UNAVAILABLE, message)
+        self.fail(t.request_id, t.reply_to, ErrorKind.UNAVAILABLE, message, Stage.DECODE)
 
     def _release(self, t: Transfer) -> None:
         del self.transfers[t.request_id]

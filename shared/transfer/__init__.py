@@ -6,7 +6,7 @@ engine objects and wire messages. An RDMA engine (Mooncake, NIXL) is a second im
 the same two classes: the control messages stay, the layer payloads become remote writes.
 """
 
-from shared.transfer.base import KVReceiver, KVSender, TransferReply
+from shared.transfer.base import KVReceiver, KVSender, ReplyEvent, TransferReply
 from shared.transfer.state import (
     reservation,
     sampling_from_wire,
@@ -18,6 +18,7 @@ from shared.transfer.zmq_transfer import ZmqKVReceiver, ZmqKVSender
 __all__ = [
     "KVReceiver",
     "KVSender",
+    "ReplyEvent",
     "TransferReply",
     "ZmqKVReceiver",
     "ZmqKVSender",

@@ -4,10 +4,10 @@ Protocol of one transfer (see ``shared.wire.messages.kv`` for the messages)::
 
     sender.reserve(dest, KVReserve)      receiver.poll() -> KVReserve
                                          receiver.grant / queued / refuse
-    sender.poll() -> GRANTED | QUEUED | REFUSED
+    sender.poll() -> TransferReply: ReplyEvent GRANTED | QUEUED (GRANTED later) | REFUSED
     sender.send_layer(...) x num_layers  receiver.poll() -> KVLayer (each)
     sender.finish(...)                   receiver.poll() -> KVDone; receiver.ack
-    sender.poll() -> ACKED               (the sender may now free its blocks)
+    sender.poll() -> ReplyEvent.ACKED    (the sender may now free its blocks)
 
 Either side may give up: ``sender.abort`` reaches the receiver as ``KVAbort``; a receiver that
 gives up answers ``refuse`` (before the layers) or simply never acks: the sender's deadline
@@ -17,6 +17,7 @@ alive: the service loops own the deadlines.
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -28,12 +29,21 @@ from shared.wire.messages import ErrorKind, KVAbort, KVDone, KVLayer, KVReserve
 KVInbound = KVReserve | KVLayer | KVDone | KVAbort
 
 
+class ReplyEvent(enum.StrEnum):
+    """What a receiver answered about one transfer."""
+
+    GRANTED = "granted"  # room reserved: send the layers
+    QUEUED = "queued"  # no room yet: a grant or a refusal follows
+    REFUSED = "refused"  # no room before the deadline, or the transfer is unacceptable
+    ACKED = "acked"  # every layer is stored: the sender may free its copy
+
+
 @dataclass(frozen=True)
 class TransferReply:
-    """What the sender learned about one transfer: ``event`` is granted, queued, refused or acked."""
+    """What the sender learned about one transfer."""
 
     request_id: str
-    event: str
+    event: ReplyEvent
     kind: ErrorKind | None = None  # refused: why
     message: str = ""
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import zmq
 
-from shared.transfer.base import KVInbound, KVReceiver, KVSender, TransferReply
-from shared.wire import DealerSocket, RouterSocket, StageError, WireError
+from shared.transfer.base import KVInbound, KVReceiver, KVSender, ReplyEvent, TransferReply
+from shared.wire import DealerSocket, RouterSocket, Stage, StageError, WireError
 from shared.wire.messages import (
     REQUEST_ID,
     ErrorKind,
@@ -36,7 +36,6 @@ log = logging.getLogger("kv_transfer")
 MAX_FRAME_BYTES = 4 << 30  # one layer of a long prompt of a large model
 HWM = 100_000  # layer frames of many queued transfers; bounded by the service's own limits
 _REPLIES = (KVGrant, KVQueued, KVRefuse, KVAck, StageError)
-_EVENTS: dict[type, str] = {KVGrant: "granted", KVQueued: "queued", KVRefuse: "refused", KVAck: "acked"}
 
 
 def _wait(socks: list[zmq.Socket], timeout: float) -> list[zmq.Socket]:
@@ -113,12 +112,18 @@ class ZmqKVSender(KVSender):
         self._dealers.clear()
 
 
-def _reply(msg: Any) -> TransferReply:
-    if isinstance(msg, StageError):  # the receiver could not parse what we sent
-        return TransferReply(msg.request_id or "", "refused", msg.kind, msg.message)
-    if isinstance(msg, KVRefuse):
-        return TransferReply(msg.request_id, "refused", msg.kind, msg.message)
-    return TransferReply(msg.request_id, _EVENTS[type(msg)])
+def _reply(msg: KVGrant | KVQueued | KVRefuse | KVAck | StageError) -> TransferReply:
+    match msg:
+        case StageError():  # the receiver could not parse what we sent
+            return TransferReply(msg.request_id or "", ReplyEvent.REFUSED, msg.kind, msg.message)
+        case KVRefuse():
+            return TransferReply(msg.request_id, ReplyEvent.REFUSED, msg.kind, msg.message)
+        case KVGrant():
+            return TransferReply(msg.request_id, ReplyEvent.GRANTED)
+        case KVQueued():
+            return TransferReply(msg.request_id, ReplyEvent.QUEUED)
+        case KVAck():
+            return TransferReply(msg.request_id, ReplyEvent.ACKED)
 
 
 class ZmqKVReceiver(KVReceiver):
@@ -159,9 +164,8 @@ class ZmqKVReceiver(KVReceiver):
         rid = e.request_id if e.request_id and re.fullmatch(REQUEST_ID, e.request_id) else None
         log.warning("rejected a malformed transfer message (request %s): %s", rid, e)
         if e.peer is not None:
-            self._send(
-                e.peer, StageError(rid, None, ErrorKind.BAD_REQUEST, f"malformed: {e}"[:4096], self.name)
-            )
+            text = f"malformed: {e}"[:4096]
+            self._send(e.peer, StageError(rid, None, ErrorKind.BAD_REQUEST, text, self.name, Stage.DECODE))
 
     def _send(self, peer: bytes, msg: Any) -> None:
         try:

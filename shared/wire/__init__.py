@@ -12,6 +12,7 @@ from shared.wire.messages import (
     ErrorKind,
     ImageEmbeddingResult,
     ImageInput,
+    Stage,
     StageError,
 )
 from shared.wire.sockets import DealerSocket, PullSocket, PushPool, PushSocket, RouterSocket
@@ -28,6 +29,7 @@ __all__ = [
     "PushPool",
     "PushSocket",
     "RouterSocket",
+    "Stage",
     "StageError",
     "WireError",
     "WireTimeout",

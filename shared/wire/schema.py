@@ -49,9 +49,13 @@ class Rule:
 NO_RULE = Rule()
 
 
-def rule(*, default: Any = dataclasses.MISSING, **bounds: Any) -> Any:
-    """A dataclass field with wire bounds, e.g. ``index: int = rule(ge=0, le=63)``."""
-    return field(default=default, metadata={"wire": Rule(**bounds)})
+def rule(
+    *, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING, **bounds: Any
+) -> Any:
+    """A dataclass field with wire bounds, e.g. ``index: int = rule(ge=0, le=63)``; a list field
+    defaults through ``default_factory=list``. A field with a default may be absent on the wire
+    (the receiver fills in the default); ``encode`` always sends every field."""
+    return field(default=default, default_factory=default_factory, metadata={"wire": Rule(**bounds)})
 
 
 # ----- compiled field types ------------------------------------------------------------------------

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.wire import ErrorKind, ImageEmbeddingResult, StageError
+from shared.wire import ErrorKind, ImageEmbeddingResult, Stage, StageError
 from shared.wire.assembly import ImageSet
+
+pytestmark = pytest.mark.unit
 
 
 def part(index: int, n: int) -> ImageEmbeddingResult:
@@ -27,11 +29,11 @@ def test_any_arrival_order_gives_prompt_order() -> None:
 def test_error_fails_the_set_and_strangers_are_refused() -> None:
     images = ImageSet("r", 2)
     images.add(part(0, 1))
-    images.add(StageError("r", 1, ErrorKind.BAD_IMAGE, "truncated", "encoder"))
+    images.add(StageError("r", 1, ErrorKind.BAD_IMAGE, "truncated", "encoder", Stage.ENCODER))
     assert images.done and images.failed and not images.complete
     with pytest.raises(ValueError, match="have not arrived"):
         images.embeds()
     with pytest.raises(ValueError, match="given to"):
-        images.add(StageError("other", 0, ErrorKind.INTERNAL, "x", "e"))
+        images.add(StageError("other", 0, ErrorKind.INTERNAL, "x", "e", Stage.ENCODER))
     with pytest.raises(ValueError, match="outside"):
         images.add(part(5, 1))

@@ -14,11 +14,24 @@ from shared.wire import (
     ErrorKind,
     ImageEmbeddingResult,
     ImageInput,
+    Stage,
     StageError,
     WireError,
     decode,
     encode,
 )
+from shared.wire.messages import (
+    FinishReason,
+    ImagePlacement,
+    MRopeSegment,
+    PrefillRequest,
+    Sampling,
+    SequenceTokens,
+    StageStamp,
+    TokenBatch,
+)
+
+pytestmark = pytest.mark.unit
 
 H1, H2 = "a" * 64, "0123456789abcdef" * 4
 
@@ -105,15 +118,19 @@ def test_request_round_trip() -> None:
 
 
 def test_error_and_miss_round_trip() -> None:
-    err = decode(encode(StageError(None, None, ErrorKind.BAD_REQUEST, "bad", "encoder")))
+    err = decode(encode(StageError(None, None, ErrorKind.BAD_REQUEST, "bad", "encoder", Stage.ENCODER)))
     assert err.kind is ErrorKind.BAD_REQUEST and err.request_id is None and err.image_index is None
-    err = decode(encode(StageError("r", 4, ErrorKind.BAD_IMAGE, "truncated PNG", "encoder")))
+    assert err.stage is Stage.ENCODER
+    err = decode(encode(StageError("r", 4, ErrorKind.BAD_IMAGE, "truncated PNG", "encoder", Stage.ENCODER)))
     assert (err.request_id, err.image_index, err.kind, err.message) == (
         "r",
         4,
         ErrorKind.BAD_IMAGE,
         "truncated PNG",
     )
+    for stage in Stage:  # a prefill worker may report another stage's failure (decode's KV refusal)
+        err = decode(encode(StageError("r", None, ErrorKind.UNAVAILABLE, "x", "prefill@a", stage)))
+        assert err.stage is stage
     miss = decode(encode(CacheMiss("r", [1, 3], [H1, H2])))
     assert miss.image_indexes == [1, 3] and miss.content_hashes == [H1, H2]
 
@@ -203,9 +220,17 @@ def test_missing_and_unknown_fields() -> None:
 
 
 def test_enum_values_are_checked() -> None:
-    header, data = header_and_frames(StageError("r", 0, ErrorKind.INTERNAL, "x", "enc"))
+    header, data = header_and_frames(StageError("r", 0, ErrorKind.INTERNAL, "x", "enc", Stage.ENCODER))
     header["body"]["kind"] = "segfault"
     with pytest.raises(WireError, match="not one of"):
+        decode(repack(header, data))
+    header, data = header_and_frames(StageError("r", 0, ErrorKind.INTERNAL, "x", "enc", Stage.ENCODER))
+    header["body"]["stage"] = "gpu"
+    with pytest.raises(WireError, match="stage: 'gpu' is not one of"):
+        decode(repack(header, data))
+    header, data = header_and_frames(StageError("r", 0, ErrorKind.INTERNAL, "x", "enc", Stage.ENCODER))
+    del header["body"]["stage"]
+    with pytest.raises(WireError, match="stage: required field is missing"):
         decode(repack(header, data))
 
 
@@ -264,18 +289,97 @@ def test_bytes_field_rejects_a_tensor_frame() -> None:
         decode(repack(header, data))
 
 
-def test_token_batch_top_logprobs_round_trip_and_checks() -> None:
-    from shared.wire.messages import TokenBatch
-
+# ----- tokens: per-sequence records ---------------------------------------------------------------
+def test_token_batch_records_round_trip() -> None:
+    stamp = StageStamp("prefill", 1.7e9, 0.25)
     msg = TokenBatch(
-        "decode", ["a", "b"], [5, 6], [-0.1, None], ["", "stop"], [[5, 9], []], [[-0.1, -2.5], []]
+        "decode",
+        [
+            SequenceTokens("a", [5], [-0.1], [[5, 9]], [[-0.1, -2.5]], None, [stamp]),
+            SequenceTokens("b", [6], None, [], [], FinishReason.STOP),
+            # several steps coalesced into one record
+            SequenceTokens("c", [7, 8, 9], [-1.0, -2.0, -3.0], finish_reason=FinishReason.LENGTH),
+        ],
     )
     got = decode(encode(msg))
-    assert got.top_token_ids == [[5, 9], []] and got.top_logprobs == [[-0.1, -2.5], []]
-    assert got.logprobs == [-0.1, None]
-    with pytest.raises(WireError, match="top"):
-        encode(TokenBatch("d", ["a"], [5], [], [""], [[5, 9]], [[-0.1]]))
-    with pytest.raises(WireError, match="top"):
-        encode(TokenBatch("d", ["a"], [5], [], [""], [list(range(21))], [[0.0] * 21]))
-    with pytest.raises(WireError):
-        encode(TokenBatch("d", ["a"], [5], [], [""], [[-1]], [[0.0]]))
+    a, b, c = got.records
+    assert (a.request_id, a.token_ids, a.logprobs, a.finish_reason) == ("a", [5], [-0.1], None)
+    assert a.top_token_ids == [[5, 9]] and a.top_logprobs == [[-0.1, -2.5]]
+    assert [(s.stage, s.start, s.duration) for s in a.stamps] == [("prefill", 1.7e9, 0.25)]
+    assert (b.logprobs, b.top_token_ids, b.top_logprobs, b.stamps) == (None, [], [], [])
+    assert b.finish_reason is FinishReason.STOP
+    assert c.token_ids == [7, 8, 9] and c.logprobs == [-1.0, -2.0, -3.0]
+    assert c.finish_reason is FinishReason.LENGTH
+    ab = decode(encode(TokenBatch("d", [SequenceTokens("x", [1], finish_reason=FinishReason.ABORT)])))
+    assert ab.records[0].finish_reason is FinishReason.ABORT
+
+
+def test_token_record_fields_with_defaults_may_be_absent() -> None:
+    header, data = header_and_frames(TokenBatch("d", [SequenceTokens("a", [5])]))
+    for name in ("logprobs", "top_token_ids", "top_logprobs", "finish_reason", "stamps"):
+        del header["body"]["records"][0][name]
+    (rec,) = decode(repack(header, data)).records
+    assert (rec.logprobs, rec.top_token_ids, rec.top_logprobs, rec.finish_reason, rec.stamps) == (
+        None, [], [], None, [],
+    )  # fmt: skip
+    # Each record gets its own lists, not one shared default.
+    one, two = SequenceTokens("a", [1]), SequenceTokens("b", [2])
+    assert one.stamps is not two.stamps and one.top_token_ids is not two.top_token_ids
+
+
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        (SequenceTokens("a", [5], [-0.1, -0.2]), "2 logprobs for 1 tokens"),
+        (SequenceTokens("a", [5, 6], [-0.1]), "1 logprobs for 2 tokens"),
+        (SequenceTokens("a", [5], None, [[5, 9]], [[-0.1]]), "top"),  # top-n lists differ
+        (SequenceTokens("a", [5], None, [[5], [6]], [[-0.1], [-0.2]]), "top"),  # more than one per token
+        (SequenceTokens("a", [5], None, [[5]], []), "top"),
+        (SequenceTokens("a", [5], None, [list(range(21))], [[0.0] * 21]), "top"),  # top-n <= 20
+        (SequenceTokens("a", [5], None, [[-1]], [[0.0]]), "outside"),
+        (SequenceTokens("a", [], None), "token_ids: length 0"),
+        (SequenceTokens("a", [-3]), "outside"),
+        (SequenceTokens("a", [5], stamps=[StageStamp("Pre fill", 0.0, 0.0)]), "does not match"),
+        (SequenceTokens("a", [5], stamps=[StageStamp("prefill", 0.0, -1.0)]), "outside"),
+    ],
+)
+def test_token_records_are_checked(record: SequenceTokens, match: str) -> None:
+    with pytest.raises(WireError, match=match):
+        encode(TokenBatch("d", [record]))
+
+
+def test_token_batch_checks_the_batch_and_the_finish_reason() -> None:
+    with pytest.raises(WireError, match="records: length 0"):
+        encode(TokenBatch("d", []))
+    with pytest.raises(WireError, match="more than one record"):
+        encode(TokenBatch("d", [SequenceTokens("a", [5]), SequenceTokens("a", [6])]))
+    header, data = header_and_frames(
+        TokenBatch("d", [SequenceTokens("a", [5], finish_reason=FinishReason.STOP)])
+    )
+    for reason in ("", "prefilled", "eos"):  # the old "goes on" marker and the engine-only reason too
+        header["body"]["records"][0]["finish_reason"] = reason
+        with pytest.raises(WireError, match="is not one of: stop, length, abort"):
+            decode(repack(header, data))
+
+
+# ----- prefill: the MRoPE layout -------------------------------------------------------------------
+def prefill_request(layout: list[MRopeSegment]) -> PrefillRequest:
+    sampling = Sampling(0.0, 1.0, 0, 0.0, None, 4, [], False, None)
+    return PrefillRequest(
+        "p", list(range(10)), layout, 3, [ImagePlacement(0, H1, 2, 6)], sampling,
+        "tcp://127.0.0.1:5700", "tcp://127.0.0.1:5800", time.time() + 30,
+    )  # fmt: skip
+
+
+def test_mrope_layout_text_runs_have_no_grid() -> None:
+    layout = [MRopeSegment(0, 2, 0, None), MRopeSegment(2, 6, 2, (1, 2, 3)), MRopeSegment(8, 2, 5, None)]
+    got = decode(encode(prefill_request(layout)))
+    assert [(s.start, s.length, s.position, s.grid) for s in got.layout] == [
+        (0, 2, 0, None), (2, 6, 2, (1, 2, 3)), (8, 2, 5, None),
+    ]  # fmt: skip
+    with pytest.raises(WireError, match="cannot have grid"):  # 8 image tokens, 6 on the grid
+        encode(prefill_request([MRopeSegment(0, 2, 0, None), MRopeSegment(2, 8, 2, (1, 2, 3))]))
+    header, data = header_and_frames(prefill_request(layout))
+    header["body"]["layout"][0]["grid"] = [0, 0, 0]  # the old text-run marker
+    with pytest.raises(WireError, match="outside"):
+        decode(repack(header, data))

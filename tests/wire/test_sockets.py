@@ -20,10 +20,13 @@ from shared.wire import (
     PushPool,
     PushSocket,
     RouterSocket,
+    Stage,
     StageError,
     WireError,
     WireTimeout,
 )
+
+pytestmark = pytest.mark.unit
 
 H = "c" * 64
 
@@ -69,7 +72,7 @@ def test_malformed_frames_raise_and_the_next_message_still_arrives(inbox: PullSo
         raw.send_multipart([b"\x00garbage", b"junk"])
         raw.send_multipart([b"\x85"])  # a truncated msgpack map
         with PushSocket(inbox.endpoint, bind=False) as push:
-            push.send(StageError("r", 1, ErrorKind.BAD_IMAGE, "x", "t"))
+            push.send(StageError("r", 1, ErrorKind.BAD_IMAGE, "x", "t", Stage.ENCODER))
             outcomes = []
             for _ in range(3):  # two connections: fair-queued, so in no fixed order
                 try:
@@ -112,7 +115,11 @@ def test_router_answer_to_a_vanished_peer_fails_loudly() -> None:
     router = RouterSocket("tcp://127.0.0.1:0", bind=True)
     try:
         with pytest.raises(WireError, match="cannot answer"):
-            router.send(b"\x00nobody", StageError(None, None, ErrorKind.INTERNAL, "x", "t"), timeout=0.5)
+            router.send(
+                b"\x00nobody",
+                StageError(None, None, ErrorKind.INTERNAL, "x", "t", Stage.ENCODER),
+                timeout=0.5,
+            )
     finally:
         router.close()
 
@@ -137,7 +144,7 @@ def test_push_pool_reuses_and_bounds_connections(inbox: PullSocket) -> None:
         pool.get("tcp://127.0.0.1:1")
         pool.get("tcp://127.0.0.1:2")  # evicts the least recently used (inbox)
         assert pool.get(inbox.endpoint) is not first
-        pool.send(inbox.endpoint, StageError("r", 0, ErrorKind.INTERNAL, "x", "t"))
+        pool.send(inbox.endpoint, StageError("r", 0, ErrorKind.INTERNAL, "x", "t", Stage.ENCODER))
         assert isinstance(inbox.recv(timeout=5), StageError)
         with pytest.raises(WireError, match="cannot connect"):
             pool.get("tcp://*:5")

@@ -1,10 +1,12 @@
 """Every message exchanged between services, one module per channel.
 
-* ``common``: identifier patterns, limits, ``ErrorKind``, ``StageError`` (any stage -> downstream)
+* ``common``: identifier patterns, limits, ``ErrorKind``, ``Stage``, ``StageError`` (any stage ->
+  downstream)
 * ``encode``: router -> encoder -> prefill (``EncodeRequest``, ``CacheMiss``, ``ImageEmbeddingResult``)
 * ``prefill``: router -> prefill / decode (``PrefillRequest``, ``AbortRequest``)
 * ``kv``: prefill <-> decode, the KV transfer (``KVReserve`` ... ``KVAck``)
-* ``tokens``: prefill / decode -> router (``TokenBatch``, ``LoadReport``)
+* ``tokens``: prefill / decode -> router (``TokenBatch`` of ``SequenceTokens`` records, ``FinishReason``,
+  ``StageStamp``, ``LoadReport``)
 
 Identifiers are validated by pattern; deadlines are absolute Unix times in seconds (``time.time()``),
 so every hop can tell whether a request is still worth working on.
@@ -19,7 +21,9 @@ from shared.wire.messages.common import (
     MAX_IMAGE_INDEX,
     MAX_IMAGES_PER_REQUEST,
     REQUEST_ID,
+    STAGE_NAME,
     ErrorKind,
+    Stage,
     StageError,
 )
 from shared.wire.messages.encode import CacheMiss, EncodeRequest, ImageEmbeddingResult, ImageInput
@@ -31,7 +35,7 @@ from shared.wire.messages.prefill import (
     PrefillRequest,
     Sampling,
 )
-from shared.wire.messages.tokens import LoadReport, TokenBatch
+from shared.wire.messages.tokens import FinishReason, LoadReport, SequenceTokens, StageStamp, TokenBatch
 
 __all__ = [
     "ADDRESS",
@@ -42,10 +46,12 @@ __all__ = [
     "MAX_IMAGE_INDEX",
     "MAX_IMAGES_PER_REQUEST",
     "REQUEST_ID",
+    "STAGE_NAME",
     "AbortRequest",
     "CacheMiss",
     "EncodeRequest",
     "ErrorKind",
+    "FinishReason",
     "ImageEmbeddingResult",
     "ImageInput",
     "ImagePlacement",
@@ -61,6 +67,9 @@ __all__ = [
     "MRopeSegment",
     "PrefillRequest",
     "Sampling",
+    "SequenceTokens",
+    "Stage",
     "StageError",
+    "StageStamp",
     "TokenBatch",
 ]

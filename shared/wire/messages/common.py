@@ -1,4 +1,4 @@
-"""What every channel shares: identifier patterns, limits, error kinds and ``StageError``."""
+"""What every channel shares: identifier patterns, limits, error kinds, stages and ``StageError``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 MAX_PROMPT_TOKENS = 1 << 20
 MAX_TOKEN_ID = (1 << 31) - 1
 SOURCE = 256  # max length of a service's name in messages
+STAGE_NAME = r"[a-z][a-z0-9_]{0,63}"  # a stage in timings (``StageStamp``): "prefill", "kv_transfer"
 
 
 class ErrorKind(enum.StrEnum):
@@ -31,15 +32,30 @@ class ErrorKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"
 
 
+class Stage(enum.StrEnum):
+    """The stages a request passes through; ``StageError.stage`` names the one that failed."""
+
+    ROUTER = "router"
+    ENCODER = "encoder"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
 # ----- shared ----------------------------------------------------------------------------------------
 @message("stage_error")
 class StageError:
     """A stage could not do its part of a request (or of one image of it), delivered where that
     part's result would have gone. ``request_id`` is None only when the message that failed did
-    not reveal one; ``image_index`` is None when the whole request failed."""
+    not reveal one; ``image_index`` is None when the whole request failed.
+
+    ``stage`` is the stage whose part failed, as the sender judges it: its own, except where it
+    relays or detects another's failure (prefill reports ``decode`` for a KV transfer the decode
+    worker refused or left unanswered, and relays an encoder's ``encoder``). The router picks the
+    worker to avoid on a retry from it, never from the text."""
 
     request_id: str | None = rule(pattern=REQUEST_ID)
     image_index: int | None = rule(ge=0, le=MAX_IMAGE_INDEX)
     kind: ErrorKind
     message: str = rule(max_len=4096)
     source: str = rule(max_len=256)  # which service reported it, e.g. "encoder@tcp://10.0.0.5:5600"
+    stage: Stage

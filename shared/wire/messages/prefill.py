@@ -44,12 +44,17 @@ class Sampling:
 
 @struct
 class MRopeSegment:
-    """One text run (grid all zero) or one image (merged grid t, h, w) of the prompt's layout."""
+    """One text run (grid None) or one image (merged grid t, h, w: t*h*w tokens) of the prompt's
+    layout."""
 
     start: int = rule(ge=0, le=MAX_PROMPT_TOKENS)
     length: int = rule(ge=1, le=MAX_PROMPT_TOKENS)
     position: int = rule(ge=0, le=MAX_PROMPT_TOKENS)
-    grid: tuple[int, int, int] = rule(ge=0, le=MAX_GRID)
+    grid: tuple[int, int, int] | None = rule(ge=1, le=MAX_GRID)
+
+    def validate(self) -> None:
+        if self.grid is not None and self.grid[0] * self.grid[1] * self.grid[2] != self.length:
+            raise ValueError(f"an image segment of {self.length} tokens cannot have grid {self.grid}")
 
 
 @struct

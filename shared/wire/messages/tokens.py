@@ -3,47 +3,85 @@
 * prefill -> router (PUSH, the request's ``reply_to``): ``TokenBatch`` with the first token, or
   ``StageError``.
 * decode -> router (PUSH, each request's ``reply_to``): one ``TokenBatch`` per step and router
-  with a token for every request of that router that advanced, or ``StageError``.
+  with a record for every request of that router that advanced, or ``StageError``.
 * decode -> router (PUSH, ``--report-to``): ``LoadReport`` every interval; it is also the decode
   worker's heartbeat: a router that hears none for a while treats the worker as gone.
+
+A ``TokenBatch`` holds one ``SequenceTokens`` record per sequence. A record carries a list of
+tokens (one today; several once a sender coalesces steps) with their logprobs and top-n, the
+finish reason (None: the request goes on) and ``StageStamp``s, room for the per-request timeline
+of the stages that produced the tokens (no sender fills them yet).
 """
 
 from __future__ import annotations
 
-from shared.wire.messages.common import ADDRESS, MAX_TOKEN_ID, REQUEST_ID, SOURCE
-from shared.wire.schema import message, rule
+import enum
 
-MAX_BATCH = 4096
+from shared.wire.messages.common import ADDRESS, MAX_TOKEN_ID, REQUEST_ID, SOURCE, STAGE_NAME
+from shared.wire.schema import message, rule, struct
+
+MAX_BATCH = 4096  # records in one batch
+MAX_RECORD_TOKENS = 1024  # tokens in one record
 MAX_TOP_LOGPROBS = 20
-FINISH_REASONS = ("", "stop", "length", "abort")  # "": the request goes on
+MAX_STAMPS = 64
 
 
-@message("token_batch")
-class TokenBatch:
-    """One token for each listed request; ``logprobs`` is empty or one value per token (None where a
-    request did not ask for them); ``top_token_ids`` / ``top_logprobs`` are empty or one list per
-    token (empty where a request asked for no top-n), best first; ``finish_reasons`` is "" for a
-    request that goes on."""
+class FinishReason(enum.StrEnum):
+    """Why a request ended; a record of a request that goes on has None."""
 
-    source: str = rule(max_len=SOURCE)
-    request_ids: list[str] = rule(pattern=REQUEST_ID, min_len=1, max_len=MAX_BATCH)
-    token_ids: list[int] = rule(ge=0, le=MAX_TOKEN_ID, min_len=1, max_len=MAX_BATCH)
-    logprobs: list[float | None] = rule(max_len=MAX_BATCH)
-    finish_reasons: list[str] = rule(max_len=MAX_BATCH)
-    top_token_ids: list[list[int]] = rule(ge=0, le=MAX_TOKEN_ID, max_len=MAX_BATCH)
-    top_logprobs: list[list[float]] = rule(max_len=MAX_BATCH)
+    STOP = "stop"  # a stop token or the model's end-of-sequence token
+    LENGTH = "length"  # max_tokens or the engine's max_model_len
+    ABORT = "abort"
+
+
+@struct
+class StageStamp:
+    """When a stage worked on the record's tokens, as the sender measured it: ``start`` is its
+    wall clock (``time.time()``, comparable across machines only as far as their clocks agree),
+    ``duration`` seconds on its monotonic clock."""
+
+    stage: str = rule(pattern=STAGE_NAME)
+    start: float = rule(ge=0)
+    duration: float = rule(ge=0)
+
+
+@struct
+class SequenceTokens:
+    """New tokens of one sequence, oldest first. ``logprobs`` is None when the request did not ask
+    for them, else one per token; ``top_token_ids`` / ``top_logprobs`` are empty (no top-n asked)
+    or one list per token, best first."""
+
+    request_id: str = rule(pattern=REQUEST_ID)
+    token_ids: list[int] = rule(ge=0, le=MAX_TOKEN_ID, min_len=1, max_len=MAX_RECORD_TOKENS)
+    logprobs: list[float] | None = rule(default=None, max_len=MAX_RECORD_TOKENS)
+    top_token_ids: list[list[int]] = rule(
+        ge=0, le=MAX_TOKEN_ID, max_len=MAX_RECORD_TOKENS, default_factory=list
+    )
+    top_logprobs: list[list[float]] = rule(max_len=MAX_RECORD_TOKENS, default_factory=list)
+    finish_reason: FinishReason | None = None
+    stamps: list[StageStamp] = rule(max_len=MAX_STAMPS, default_factory=list)
 
     def validate(self) -> None:
-        n = len(self.request_ids)
-        if len(self.token_ids) != n or len(self.finish_reasons) != n or len(self.logprobs) not in (0, n):
-            raise ValueError("request_ids, token_ids, finish_reasons (and logprobs) differ in length")
+        n = len(self.token_ids)
+        if self.logprobs is not None and len(self.logprobs) != n:
+            raise ValueError(f"{len(self.logprobs)} logprobs for {n} tokens")
         if len(self.top_token_ids) not in (0, n) or len(self.top_logprobs) != len(self.top_token_ids):
             raise ValueError("top_token_ids and top_logprobs must be empty or one list per token")
         for ids, lps in zip(self.top_token_ids, self.top_logprobs, strict=True):
             if len(ids) != len(lps) or len(ids) > MAX_TOP_LOGPROBS:
                 raise ValueError(f"a token's top-n lists differ in length or exceed {MAX_TOP_LOGPROBS}")
-        if any(r not in FINISH_REASONS for r in self.finish_reasons):
-            raise ValueError(f"finish reasons must be among {FINISH_REASONS}")
+
+
+@message("token_batch")
+class TokenBatch:
+    """New tokens of several sequences, one record per sequence."""
+
+    source: str = rule(max_len=SOURCE)
+    records: list[SequenceTokens] = rule(min_len=1, max_len=MAX_BATCH)
+
+    def validate(self) -> None:
+        if len({r.request_id for r in self.records}) != len(self.records):
+            raise ValueError("a request has more than one record in the batch")
 
 
 @message("load_report")
