@@ -12,6 +12,8 @@ import pytest
 from bench.compare import PAIRS, RATIO_FIGURES, SETUPS, main
 from bench.servers import Server, ServerError, serve
 
+pytestmark = pytest.mark.cluster
+
 
 def test_compare_three_setups(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "compare.json"

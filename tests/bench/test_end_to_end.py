@@ -16,6 +16,8 @@ from shared.loadgen.table import summary_table
 from tests.cluster import EpdCluster
 from tests.repo import REPO_ROOT
 
+pytestmark = pytest.mark.cluster
+
 STATS = ("mean", "median", "p50", "p90", "p99", "std", "min", "max")
 RUN_KEYS = (
     "completed", "failed", "errors", "duration_s", "request_throughput", "input_token_throughput",

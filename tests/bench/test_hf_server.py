@@ -31,6 +31,8 @@ from tests.disagg.conftest import Prompt, hf_generate
 from tests.encoder.conftest import png
 from tests.engine.conftest import SPEC
 
+pytestmark = pytest.mark.cluster
+
 PICTURE = png(96, 64, seed=1)
 MAX_TOKENS = 12
 

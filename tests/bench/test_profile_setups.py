@@ -12,6 +12,7 @@ import pytest
 from bench.profile_setups import category, main, summarize
 
 
+@pytest.mark.unit
 def test_samples_are_sorted_into_kinds_of_work(tmp_path: Path) -> None:
     raw = tmp_path / "raw.txt"
     raw.write_text(
@@ -32,6 +33,7 @@ def test_samples_are_sorted_into_kinds_of_work(tmp_path: Path) -> None:
     assert category(["f (some/lib.py:1)"]) == "other"
 
 
+@pytest.mark.cluster
 def test_profile_a_colocated_server(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
     argv = [

@@ -12,6 +12,8 @@ from shared.checkpoint.layout import (
     write_published,
 )
 
+pytestmark = pytest.mark.unit
+
 P = "model.language_model.layers.3.mlp.experts"
 
 

@@ -25,6 +25,9 @@ from shared.checkpoint.tiny import (
     tiny_state,
 )
 from shared.checkpoint.tiny_weights import num_params, text_shapes, vision_shapes
+from tests.numerics import assert_close_scaled
+
+pytestmark = pytest.mark.unit
 
 L0 = "model.language_model.layers.0"
 
@@ -91,7 +94,8 @@ def test_published_expert_orientation_matches_transformers(tiny_checkpoint) -> N
         w = {p: per_expert[f"{L0}.mlp.experts.{e}.{p}_proj.weight"] for p in ("gate", "up", "down")}
         want = (torch.nn.functional.silu(x @ w["gate"].T) * (x @ w["up"].T)) @ w["down"].T
         got = experts(x, torch.full((5, 1), e), torch.ones(5, 1))
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # transformers' expert kernel vs three plain matmuls: fp32 round-off, scaled to the outputs.
+        assert_close_scaled(got, want, name=f"expert {e}")
 
 
 def test_activations_are_nontrivial(tiny_checkpoint) -> None:

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from shared.checkpoint.tiny import DEFAULT_CHAT_TEMPLATE
 from shared.checkpoint.tiny_tokenizer import QWEN_ADDED_TOKENS, build_tokenizer, special_token_ids
+
+pytestmark = pytest.mark.unit
 
 TEXT = "Hello world! <|im_start|>user\nDescribe <|vision_start|><|image_pad|><|vision_end|> it.<|im_end|>\n"
 

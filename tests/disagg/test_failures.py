@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from bench.clients.prefill import DecodeTarget
 from shared.engine import SamplingParams
 from shared.multimodal.vision_inputs import ImageProcessorConfig
@@ -15,6 +17,8 @@ from shared.wire import DealerSocket, StageError
 from shared.wire.messages import ErrorKind
 from tests.cluster import wait_for
 from tests.disagg.conftest import make_prompt, target
+
+pytestmark = pytest.mark.cluster
 
 SHORT = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
 LONG = SamplingParams(temperature=0, max_tokens=10_000, ignore_eos=True)  # still running when killed

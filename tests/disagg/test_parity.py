@@ -15,6 +15,8 @@ from shared.engine import SamplingParams
 from shared.multimodal.vision_inputs import ImageProcessorConfig
 from tests.disagg.conftest import hf_generate, make_prompt, stop_ids, target
 
+pytestmark = pytest.mark.cluster
+
 SIZES = [(64, 64), (300, 200), (256, 320), (200, 260), (320, 96)]
 
 

@@ -9,6 +9,7 @@ import time
 import zlib
 
 import msgpack
+import pytest
 from PIL import Image
 
 from bench.clients.encoder import EncoderClient
@@ -24,6 +25,8 @@ from shared.wire import (
     encode,
 )
 from tests.encoder.conftest import collect, png
+
+pytestmark = pytest.mark.cluster
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

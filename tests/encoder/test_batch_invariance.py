@@ -1,21 +1,27 @@
-"""What the bitwise acceptance test rests on: an image's fp32 vision output does not depend on
-which other images share its batch, on the CPU with one torch thread, for images of >= 4 tokens.
+"""An image's fp32 vision output does not depend on which other images share its batch, up to
+fp32 round-off: max|batched - alone| <= 1e-5 * max|alone| (tests/numerics.py), per image.
 
-Why: attention is per image already; layer norms are per row; what couples images is only the
-GEMM of each linear layer over the concatenated rows. MKL's fp32 GEMM computes each output row
-with the same K-order whatever M is, *except* small-M paths: with 1 thread, M <= 3 rows (the
-patch mergers of an image of 1-3 tokens run alone) take another kernel and differ in the last bits;
-with 2 threads, M is split between threads and small remainders differ too. Published
-preprocessing gives every image >= 64 tokens, so only tiny test images could hit this.
+What couples images in a batch is only the GEMM of each linear layer over the concatenated rows:
+attention is per image already, layer norms are per row. Bitwise equality would need every output
+row computed with the same K-order whatever the row count M, and that is a property of the CPU's
+GEMM kernels, not of this code: it held on the AMD EPYC machines CI ran on (1 thread, images of
+>= 4 tokens), but on an Intel Xeon the 4-token image's rows differ in the last bits when batched
+(~5e-7 of the features' magnitude; larger images happen to stay bit-identical there). So this
+checks what is this code's contract: each image gets its own rows (a wrong offset, mask or grid
+would be off by the features' own magnitude), equal to alone within 1e-5 of their magnitude.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from shared.models.loader import load_model
+from tests.numerics import assert_close_scaled
+
+pytestmark = pytest.mark.unit
 
 
 def test_batched_equals_one_image_at_a_time(checkpoint: Path) -> None:
@@ -27,5 +33,5 @@ def test_batched_equals_one_image_at_a_time(checkpoint: Path) -> None:
     batched = model.get_image_feature(torch.cat(pixels), grids)
     for grid, pv, together in zip(grids, pixels, batched, strict=True):
         alone = model.get_image_feature(pv, [grid])[0]
-        assert torch.equal(alone.embeds, together.embeds), grid
-        assert torch.equal(alone.deepstack, together.deepstack), grid
+        assert_close_scaled(together.embeds, alone.embeds, name=f"{grid} embeds batched vs alone")
+        assert_close_scaled(together.deepstack, alone.deepstack, name=f"{grid} deepstack batched vs alone")

@@ -7,6 +7,8 @@ import torch
 
 from shared.vision.batcher import PatchBatcher, PendingImage, Waiter
 
+pytestmark = pytest.mark.unit
+
 
 def image(key: str, patches: int, request: str = "r", deadline: float = 1e12) -> PendingImage:
     waiter = Waiter(request, 0, "tcp://127.0.0.1:1", deadline, 0.0)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from shared.vision.cache import CachedEmbedding, EmbeddingCache
+
+pytestmark = pytest.mark.unit
 
 
 def entry(rows: int) -> CachedEmbedding:  # rows * 4 floats * 4 bytes * (1 + 1 deepstack level)

@@ -9,6 +9,8 @@ import pytest
 from services.encoder.config import parse_config
 from shared.assets import DEMO_MODEL_DIR as MODEL_DIR
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = parse_config(["--model", "/m"])

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from bench.clients.encoder import EncoderClient
 from services.common.http import Health
@@ -17,6 +16,9 @@ from services.encoder.server import EncoderServer
 from shared.vision.runner import VisionRunner
 from shared.wire import ErrorKind, ImageEmbeddingResult, PullSocket, StageError
 from tests.encoder.conftest import collect, png
+from tests.numerics import assert_close_scaled
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,8 @@ def test_waiting_images_of_different_requests_share_one_forward(client_and_serve
     got = collect(inbox, 4)
     assert sample(server, "encoder_vision_forwards_total") == 1
     assert sample(server, "encoder_batch_requests_sum") == 3
-    # Batched, yet bit-identical to encoding each image alone (see test_batch_invariance).
+    # Batched, yet each image's own features: equal to encoding it alone up to fp32 round-off, which
+    # depends on the batch's row count on some CPUs' GEMM kernels (see test_batch_invariance).
     images = {
         ("A", 0): png(64, 64, 1),
         ("A", 1): png(128, 64, 2),
@@ -69,7 +72,10 @@ def test_waiting_images_of_different_requests_share_one_forward(client_and_serve
     }
     for msg in got:
         assert isinstance(msg, ImageEmbeddingResult)
-        assert torch.equal(msg.embeds, reference(images[(msg.request_id, msg.image_index)]).embeds)
+        ref = reference(images[(msg.request_id, msg.image_index)])
+        key = f"{msg.request_id}/{msg.image_index}"
+        assert_close_scaled(msg.embeds, ref.embeds, name=f"{key} embeds batched vs alone")
+        assert_close_scaled(msg.deepstack, ref.deepstack, name=f"{key} deepstack batched vs alone")
 
 
 @pytest.mark.parametrize("client_and_server", [{"cross_request_batching": False}], indirect=True)

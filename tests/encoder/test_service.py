@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench.clients.encoder import EncoderClient
@@ -13,15 +14,22 @@ from bench.clients.encoder_launch import EncoderProcess, start_encoder
 from shared.wire import CacheMiss, ErrorKind, ImageEmbeddingResult, PullSocket, StageError
 from shared.wire.assembly import ImageSet
 from tests.encoder.conftest import collect, png
+from tests.numerics import assert_close_scaled
+
+pytestmark = pytest.mark.cluster
 
 
-def assert_bitwise(result: ImageEmbeddingResult, ref) -> None:
+def assert_matches_alone(result: ImageEmbeddingResult, ref, key: str) -> None:
+    """The service's fp32 features of an image (batched with whatever else was waiting, sent over the
+    wire bit-exactly: see tests/wire/test_codec.py) equal encoding the image alone in this process, up
+    to fp32 round-off scaled to the features. Not bitwise: the batch's row count changes the GEMMs'
+    summation order on some CPUs' kernels (see tests/encoder/test_batch_invariance.py)."""
     assert result.embeds.dtype == torch.float32
-    assert torch.equal(result.embeds.view(torch.int32), ref.embeds.view(torch.int32))
-    assert torch.equal(result.deepstack.view(torch.int32), ref.deepstack.view(torch.int32))
+    assert_close_scaled(result.embeds, ref.embeds, name=f"{key} embeds service vs alone")
+    assert_close_scaled(result.deepstack, ref.deepstack, name=f"{key} deepstack service vs alone")
 
 
-def test_concurrent_requests_match_in_process_encoding_bitwise(
+def test_concurrent_requests_match_in_process_encoding(
     encoder: EncoderProcess, inbox: PullSocket, reference
 ) -> None:
     requests = {
@@ -52,7 +60,7 @@ def test_concurrent_requests_match_in_process_encoding_bitwise(
     assert set(by_key) == {(rid, i) for rid, images in requests.items() for i in images}
     for (rid, index), result in by_key.items():
         ref = reference(requests[rid][index])
-        assert_bitwise(result, ref)
+        assert_matches_alone(result, ref, f"{rid}/{index}")
         assert result.num_tokens == ref.num_tokens and not result.cached
     forwards = encoder.metric("encoder_vision_forwards_total") - forwards_before
     print(f"\n6 images of 3 concurrent requests took {forwards:.0f} vision forwards")
@@ -116,8 +124,11 @@ def test_images_split_across_two_encoders_reassemble_in_order(
         sources = {r.image_index: r.source for r in assembled.ordered()}
         assert sources[0] == sources[2] != sources[1] == sources[3]
         refs = [reference(images[i]) for i in range(4)]
-        assert torch.equal(assembled.embeds(), torch.cat([r.embeds for r in refs]))
-        assert torch.equal(assembled.deepstack(), torch.cat([r.deepstack for r in refs], dim=1))
+        # Each encoder batched its two images; the reference encodes one at a time (round-off only).
+        assert_close_scaled(assembled.embeds(), torch.cat([r.embeds for r in refs]), name="embeds in order")
+        assert_close_scaled(
+            assembled.deepstack(), torch.cat([r.deepstack for r in refs], dim=1), name="deepstack in order"
+        )
     finally:
         a.close()
         b.close()

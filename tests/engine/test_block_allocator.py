@@ -6,6 +6,8 @@ import pytest
 
 from shared.engine.block_allocator import BlockAllocator, NoFreeBlocks
 
+pytestmark = pytest.mark.unit
+
 
 def test_allocate_release_and_refcounts():
     a = BlockAllocator(3)

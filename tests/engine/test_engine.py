@@ -10,6 +10,8 @@ from shared.models.qwen3_vl_moe import ImageFeature
 from tests.engine.prompts import Picture, build, request
 from tests.models.runner import prompt_logits
 
+pytestmark = pytest.mark.unit
+
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 
 

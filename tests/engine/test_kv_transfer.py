@@ -11,6 +11,8 @@ import pytest
 from shared.engine import Engine, EngineConfig, FinishReason, Request, SamplingParams, SequenceState
 from tests.engine.prompts import Picture, build, request
 
+pytestmark = pytest.mark.unit
+
 GREEDY = SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)
 SEEDED = SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=1234, max_tokens=14, ignore_eos=True)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from shared.engine import Engine, EngineConfig, Request, SamplingParams
 from shared.engine.host import long_tensor
 from shared.engine.model_runner import ModelRunner
+
+pytestmark = pytest.mark.unit
 
 
 def test_long_tensor_matches_torch_tensor():

@@ -7,8 +7,12 @@ import torch
 
 from shared.engine.moe_kernels import grouped_mm_experts, install_kernel, select_kernel
 from shared.models.layers.moe import SparseMoeBlock, grouped_experts
+from tests.numerics import assert_close_scaled
 
-pytestmark = pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="torch without _grouped_mm")
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="torch without _grouped_mm"),
+]
 
 
 @pytest.mark.parametrize("tokens", [1, 5, 64])
@@ -19,8 +23,11 @@ def test_grouped_mm_equals_the_loop(tokens):
     gate_up, down = torch.randn(e, h, 2 * i, generator=g), torch.randn(e, i, h, generator=g)
     ids = torch.stack([torch.randperm(e, generator=g)[:k] for _ in range(tokens)])
     weights = torch.rand(tokens, k, generator=g)
-    torch.testing.assert_close(
-        grouped_mm_experts(x, gate_up, down, ids, weights), grouped_experts(x, gate_up, down, ids, weights)
+    # Another GEMM kernel over other row groupings: fp32 round-off, scaled to the outputs.
+    assert_close_scaled(
+        grouped_mm_experts(x, gate_up, down, ids, weights),
+        grouped_experts(x, gate_up, down, ids, weights),
+        name="grouped_mm vs loop",
     )
 
 

@@ -8,6 +8,9 @@ import torch
 from shared.engine.kv_pool import KVPool
 from shared.engine.paged_attention import PagedAttention
 from shared.models.layers.attention import ContiguousAttention, SequenceKV
+from tests.numerics import assert_close_scaled
+
+pytestmark = pytest.mark.unit
 
 LAYERS, HQ, HKV, D, BS = 2, 4, 2, 8, 4
 
@@ -46,7 +49,9 @@ def test_batches_match_contiguous_reference(name):
     for layer in range(LAYERS):
         q = torch.randn(sum(lens), HQ, D, generator=g)
         k, v = torch.randn(2, sum(lens), HKV, D, generator=g)
-        torch.testing.assert_close(paged.forward(layer, q, k, v), contiguous.forward(layer, q, k, v))
+        # Grouped, padded and masked SDPA vs one call per sequence: fp32 round-off, scaled.
+        got, want = paged.forward(layer, q, k, v), contiguous.forward(layer, q, k, v)
+        assert_close_scaled(got, want, name=f"layer {layer} paged vs contiguous")
     for (c, n), table, ref in zip(shapes, tables, refs, strict=True):  # the pool now holds it all
         kv = pool.read(table, c + n)
         for layer in range(LAYERS):

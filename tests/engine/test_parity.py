@@ -13,6 +13,8 @@ import pytest
 from shared.engine import Engine, EngineConfig, SamplingParams
 from tests.engine.prompts import Picture, build, hf_generate, request, text
 
+pytestmark = pytest.mark.parity
+
 X = Picture((1, 16, 16), seed=1)  # 64 tokens
 Y = Picture((1, 16, 16), seed=2)  # same size as X, other pixels
 SMALL = Picture((1, 8, 8), seed=3)  # 16 tokens

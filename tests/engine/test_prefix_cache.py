@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from shared.engine.block_manager import BlockManager
 from shared.engine.prefix_cache import prompt_block_hashes
 from shared.engine.request import ImageInput, SamplingParams
 from shared.engine.sequence import Sequence
+
+pytestmark = pytest.mark.unit
 
 IMG = 99
 

@@ -10,6 +10,8 @@ import torch
 from shared.engine.request import SamplingParams
 from shared.engine.sampler import Sampler
 
+pytestmark = pytest.mark.unit
+
 # probabilities 0.5, 0.25, 0.125, 0.0625, 0.0625 for tokens 3, 0, 4, 1, 2
 PROBS = torch.tensor([0.25, 0.0625, 0.0625, 0.5, 0.125])
 LOGITS = PROBS.log()

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from shared.engine.block_manager import BlockManager
 from shared.engine.config import EngineConfig
 from shared.engine.request import SamplingParams
 from shared.engine.scheduler import Scheduler, SchedulerOutput
 from shared.engine.sequence import Sequence, Status
+
+pytestmark = pytest.mark.unit
 
 
 def make(num_blocks: int, block_size: int = 4, prefix_cache: bool = False, **cfg) -> Scheduler:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from shared.engine import Engine, EngineConfig, FinishReason, ImageInput, Request, SamplingParams
 from shared.multimodal.mrope import mrope_positions
+
+# In-process but ~20 s for 500 requests: kept out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 NUM_REQUESTS = 500
 NUM_BLOCKS = 48  # 192 tokens: room for one or two of the longest requests

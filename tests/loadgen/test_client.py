@@ -14,6 +14,8 @@ from shared.loadgen.client import RequestRecord, send
 from shared.loadgen.schedule import arrival_times, closed_loop, open_loop
 from shared.loadgen.sse import parse_line
 
+pytestmark = pytest.mark.unit
+
 
 def sse(*events: dict | str) -> bytes:
     return b"".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode() for e in events)

@@ -8,6 +8,8 @@ import pytest
 from shared.loadgen.client import RequestRecord
 from shared.loadgen.metrics import goodput, latency_stats, summarize
 
+pytestmark = pytest.mark.unit
+
 
 def rec(
     i: int, ttft: float, itl: list[float], tokens: int, prompt: int = 10, ok: bool = True

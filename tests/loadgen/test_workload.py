@@ -15,6 +15,8 @@ from shared.loadgen.cli import config_from_args, parse_slo
 from shared.loadgen.dists import parse_dist, parse_size
 from shared.loadgen.workload import Workload
 
+pytestmark = pytest.mark.unit
+
 
 def test_parse_dist_forms() -> None:
     rng = np.random.default_rng(0)

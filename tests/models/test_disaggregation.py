@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from shared.models.loader import load_model
 from tests.models.runner import prompt_logits
+
+pytestmark = pytest.mark.unit
 
 
 def test_split_models_give_the_whole_models_logits(ckpt, ours, prompts):

@@ -9,6 +9,9 @@ from shared.models.language import DeepstackInput
 from shared.models.layers.attention import ContiguousAttention, SequenceKV
 from tests.models.conftest import CONVERSATIONS
 from tests.models.runner import greedy, image_inputs, prompt_logits
+from tests.numerics import assert_close_scaled
+
+pytestmark = pytest.mark.parity
 
 
 def hf_inputs(ids, pixels, grids, image_token_id):
@@ -70,7 +73,8 @@ def test_packed_batch_equals_sequences_run_alone(prompts, ours):
     for name, part in zip(names, packed.split(lens), strict=True):
         ids, pos, pixels, grids = prompts[name]
         alone = prompt_logits(ours, ids, pos, features_for(ours, pixels, grids))
-        torch.testing.assert_close(part, alone, atol=1e-5, rtol=0)
+        # Packing changes the row count of every GEMM: fp32 round-off, scaled to the logits.
+        assert_close_scaled(part, alone, name=f"{name}: packed vs alone logits")
 
 
 def test_chunked_prefill_with_an_image_across_the_boundary(prompts, ours):
@@ -92,4 +96,5 @@ def test_chunked_prefill_with_an_image_across_the_boundary(prompts, ours):
             pieces.append(ours.compute_logits(hidden))
             start = end
     whole = prompt_logits(ours, ids, positions, features_for(ours, pixels, grids))
-    torch.testing.assert_close(torch.cat(pieces), whole, atol=1e-5, rtol=0)
+    # Chunks sum attention and GEMMs in another order than one pass: fp32 round-off, scaled.
+    assert_close_scaled(torch.cat(pieces), whole, name="chunked vs one-pass logits")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tools.measure_load_memory import measure, part_bytes, ratio_spec
+
+# Three child interpreters each loading a checkpoint, ~40 s: kept out of `make test-fast`.
+pytestmark = pytest.mark.slow
 
 MB = 1 << 20
 

@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 from shared.models import loader
 from shared.models.loader import CheckpointError, load_model
 
+pytestmark = pytest.mark.unit
+
 EXPERTS = "model.language_model.layers.0.mlp.experts.gate_up_proj"
 
 

@@ -6,7 +6,11 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
 from shared.multimodal.chat_template import BUNDLED_TEMPLATE_PATH, bundled_chat_template, load_chat_template
+
+pytestmark = pytest.mark.unit
 
 # sha256 of the chat template shipped by the published Qwen3-VL-*-Instruct checkpoints.
 PUBLISHED_SHA256 = "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4"

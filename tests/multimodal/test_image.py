@@ -12,6 +12,8 @@ from PIL import Image
 from shared.multimodal.image import ImageError, decode_image, image_hash
 from tests.multimodal.conftest import encode, noise_image
 
+pytestmark = pytest.mark.unit
+
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))

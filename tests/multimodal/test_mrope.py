@@ -11,6 +11,8 @@ from shared.multimodal.chat_template import bundled_chat_template
 from shared.multimodal.mrope import decode_positions, mrope_layout, mrope_positions
 from shared.multimodal.prompt import PromptBuilder
 
+pytestmark = pytest.mark.unit
+
 IMAGE_TOKEN_ID = 151655
 MERGE = 2
 

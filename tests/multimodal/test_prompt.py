@@ -20,6 +20,8 @@ from shared.multimodal.prompt import PromptBuilder, image_parts
 from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image
 from tests.multimodal.conftest import encode, noise_image
 
+pytestmark = pytest.mark.unit
+
 CFG = ImageProcessorConfig(min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 20)
 
 

@@ -23,6 +23,8 @@ from shared.multimodal.vision_inputs import (
 )
 from tests.multimodal.conftest import encode, noise_image
 
+pytestmark = pytest.mark.unit
+
 QWEN3_VL = ImageProcessorConfig()  # published Qwen3-VL settings
 SMALL_BUDGET = ImageProcessorConfig(min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 24)  # forces downscaling
 

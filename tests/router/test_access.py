@@ -22,6 +22,8 @@ from tests.cluster import EpdCluster, start_cluster
 from tests.demo_pictures import data_url
 from tests.encoder.conftest import png
 
+pytestmark = pytest.mark.cluster
+
 PICTURE = png(120, 90, seed=3)
 BIG = png(400, 400, seed=4) + b"\0" * 300_000
 

@@ -13,6 +13,8 @@ from shared.multimodal.prompt import PromptBuilder
 from tests.disagg.conftest import Prompt, hf_generate
 from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture(scope="module")
 def client(cluster) -> openai.OpenAI:

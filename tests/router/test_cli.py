@@ -11,8 +11,12 @@ import threading
 import time
 import urllib.request
 
+import pytest
+
 from shared.supervisor import ServiceSpec, Supervisor
 from tests.repo import REPO_ROOT
+
+pytestmark = pytest.mark.cluster
 
 
 def encoder_spec(model, name="encoder-0") -> ServiceSpec:

@@ -26,6 +26,8 @@ from tests.demo_pictures import data_url
 from tests.encoder.conftest import png
 from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture(scope="module")
 def server(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EpdCluster]:

@@ -11,6 +11,8 @@ import pytest
 
 from tests.repo import REPO_ROOT
 
+pytestmark = pytest.mark.unit
+
 
 def compose_binary() -> Path:
     spec = importlib.util.find_spec("compose")

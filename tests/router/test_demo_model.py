@@ -14,6 +14,8 @@ from shared.assets import DEMO_MODEL_DIR as DEMO_MODEL
 from tests.cluster import start_cluster
 from tests.demo_pictures import data_url, shape_png
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):

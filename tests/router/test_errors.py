@@ -13,6 +13,8 @@ import pytest
 from tests.cluster import wait_for
 from tests.encoder.conftest import png
 
+pytestmark = pytest.mark.cluster
+
 GOOD_PNG = "data:image/png;base64," + base64.b64encode(png(32, 32)).decode()
 
 

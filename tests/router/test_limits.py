@@ -16,6 +16,8 @@ import pytest
 
 from tests.cluster import EpdCluster, start_cluster, wait_for
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture(scope="module")
 def small(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EpdCluster]:

@@ -17,6 +17,8 @@ from tests.cluster import EpdCluster, start_cluster
 from tests.demo_pictures import data_url
 from tests.encoder.conftest import png
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture(scope="module")
 def two_prefills(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EpdCluster]:

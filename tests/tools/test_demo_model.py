@@ -25,6 +25,7 @@ def demo() -> DemoChat:
     return DemoChat(DEMO)
 
 
+@pytest.mark.unit
 def test_files_are_the_published_layout_of_the_real_architecture() -> None:
     cfg = json.loads((DEMO / "config.json").read_text())
     text, vision = cfg["text_config"], cfg["vision_config"]
@@ -42,6 +43,7 @@ def test_files_are_the_published_layout_of_the_real_architecture() -> None:
     assert sum(f.stat().st_size for f in DEMO.iterdir()) < 12_000_000
 
 
+@pytest.mark.unit
 def test_answers_questions_about_fresh_pictures(demo: DemoChat) -> None:
     wrong = []
     for seed in SEEDS:
@@ -53,10 +55,12 @@ def test_answers_questions_about_fresh_pictures(demo: DemoChat) -> None:
     assert len(wrong) <= 1, wrong  # the model card reports >= 95% per kind on 250 pictures
 
 
+@pytest.mark.unit
 def test_text_chat_without_a_picture(demo: DemoChat) -> None:
     assert demo.answer([{"role": "user", "content": "hello"}], []).startswith("Hello!")
 
 
+@pytest.mark.parity
 def test_transformers_gives_the_same_greedy_tokens(demo: DemoChat) -> None:
     hf = load_hf(DEMO)
     for seed, kind in zip(SEEDS, ("describe", "two_image", "text"), strict=False):
