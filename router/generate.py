@@ -73,10 +73,11 @@ class Generation:
     async def start(self) -> None:
         """Submit, and wait for the first event so that errors before any token get a status code."""
         loop = asyncio.get_running_loop()
-        job = Job(
-            self.rid, self.prep.prompt_ids, self.prep.images, self.prep.params, self.deadline,
-            lambda ev: loop.call_soon_threadsafe(self.events.put_nowait, ev),
-        )  # fmt: skip
+
+        def sink(ev: Event) -> None:  # called from the backend's thread
+            loop.call_soon_threadsafe(self.events.put_nowait, ev)
+
+        job = Job(self.rid, self.prep.prompt_ids, self.prep.images, self.prep.params, self.deadline, sink)
         try:
             self.orch.submit(job)
         except Overloaded as e:

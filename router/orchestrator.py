@@ -99,8 +99,13 @@ class Orchestrator(Backend):
             for e in self.workers.encoders
         }
         self.controls = PushPool()
+        socks: list[PullSocket | DealerSocket] = [
+            self.inbox,
+            *self.prefill_socks.values(),
+            *self.encoder_socks.values(),
+        ]
         poller = zmq.Poller()
-        for s in [self.inbox, *self.prefill_socks.values(), *self.encoder_socks.values()]:
+        for s in socks:
             poller.register(s.zmq_socket, zmq.POLLIN)
         self.started.set()
         log.info("orchestrator inbox %s (advertised as %s)", self.inbox.endpoint, self.reply_to)
@@ -108,14 +113,14 @@ class Orchestrator(Backend):
         while not self.stopping.is_set():
             self._commands()
             ready = dict(poller.poll(2))
-            for s in [self.inbox, *self.prefill_socks.values(), *self.encoder_socks.values()]:
+            for s in socks:
                 if s.zmq_socket in ready:
                     self._drain(s)
             now = time.monotonic()
             if now >= next_check:
                 self._check(now)
                 next_check = now + 0.05
-        for s in [self.inbox, *self.prefill_socks.values(), *self.encoder_socks.values()]:
+        for s in socks:
             s.close()
         self.controls.close()
 

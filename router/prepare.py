@@ -34,7 +34,12 @@ class Prepared:
 
 class Preparer:
     def __init__(
-        self, model_dir: Path, model_name: str, max_model_len: int, max_images: int, limits: FetchLimits
+        self,
+        model_dir: Path,
+        model_name: str,
+        max_model_len: int | None,
+        max_images: int,
+        limits: FetchLimits,
     ):
         self.model_name, self.max_images, self.limits = model_name, max_images, limits
         self.config = load_config(model_dir)

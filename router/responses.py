@@ -10,13 +10,15 @@ from typing import Any
 
 from fastapi import Request
 
-from router.generate import Generation
+from router.generate import Generation, TokenLogprob
 from router.protocol import APIError, usage
 
 
-async def collect(gen: Generation, request: Request) -> tuple[str, str, list[tuple[str, float]]]:
+async def collect(gen: Generation, request: Request) -> tuple[str, str, list[TokenLogprob]]:
     """All text; a client that goes away while it waits aborts the request."""
-    text, finish, lps = [], "stop", []
+    text: list[str] = []
+    finish = "stop"
+    lps: list[TokenLogprob] = []
     it = gen.pieces().__aiter__()
     try:
         while True:

@@ -118,7 +118,8 @@ class HealthPoller(threading.Thread):
 
     def run(self) -> None:
         while True:
-            for w in [*self.workers.encoders, *self.workers.prefills]:
+            polled: list[Encoder | Prefill] = [*self.workers.encoders, *self.workers.prefills]
+            for w in polled:
                 w.ready = _ready(w.http)
             if self.stop.wait(self.interval_s):
                 return

@@ -85,9 +85,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, env_prefix: str) -> 
     nested: dict[str, type] = {}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            nested[f.name] = tp  # type: ignore[assignment]
-            _add_fields(parser, tp, env_prefix)  # type: ignore[arg-type]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            nested[f.name] = tp
+            _add_fields(parser, tp, env_prefix)
             continue
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} is not declared with flag(..., help=...)")

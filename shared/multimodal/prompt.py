@@ -150,7 +150,9 @@ class PromptBuilder:
         Raises ValueError when the image parts and grids differ in number, or when message text
         itself contains the image placeholder token.
         """
-        grids: list[GridTHW] = [tuple(int(v) for v in g) for g in image_grid_thws]  # type: ignore[misc]
+        if any(len(g) != 3 for g in image_grid_thws):
+            raise ValueError(f"image grids must be (t, h, w) triples, got {list(image_grid_thws)}")
+        grids: list[GridTHW] = [(int(g[0]), int(g[1]), int(g[2])) for g in image_grid_thws]
         n_parts = len(image_parts(messages))
         if n_parts != len(grids):
             raise ValueError(f"the messages have {n_parts} image parts but {len(grids)} images were given")

@@ -55,7 +55,7 @@ class VisionRunner:
             raise ImageError(str(e)) from None
         finally:
             img.close()
-        return pixel_values, tuple(int(v) for v in grid)  # type: ignore[return-value]
+        return pixel_values, (int(grid[0]), int(grid[1]), int(grid[2]))
 
     def run(self, batch: list[PendingImage]) -> list[CachedEmbedding]:
         """One vision forward over the batch's images, in order."""

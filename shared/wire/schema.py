@@ -131,6 +131,8 @@ def _register(cls: type, name: str) -> Schema:
     return schema
 
 
+# Type checkers see messages and structs as the frozen dataclasses they are (PEP 681).
+@typing.dataclass_transform(frozen_default=True, field_specifiers=(field, rule))
 def struct(cls: type[T]) -> type[T]:
     """A record nested inside messages (not sendable on its own)."""
     cls = dataclass(frozen=True, eq=False)(cls)
@@ -138,6 +140,7 @@ def struct(cls: type[T]) -> type[T]:
     return cls
 
 
+@typing.dataclass_transform(frozen_default=True, field_specifiers=(field, rule))
 def message(name: str) -> Callable[[type[T]], type[T]]:
     """Register a top-level message type under its wire name (unique across the project)."""
 
@@ -146,7 +149,7 @@ def message(name: str) -> Callable[[type[T]], type[T]]:
             raise TypeError(f"wire message name {name!r} is already taken by {MESSAGES[name].cls.__name__}")
         cls = dataclass(frozen=True, eq=False)(cls)
         MESSAGES[name] = _register(cls, name)
-        cls.WIRE_NAME = name  # type: ignore[attr-defined]
+        setattr(cls, "WIRE_NAME", name)  # noqa: B010 (a class attribute the declaration does not have)
         return cls
 
     return wrap

@@ -54,7 +54,7 @@ def tensor_frame(t: torch.Tensor) -> tuple[dict[str, Any], memoryview | bytes]:
         return desc, b""
     flat = t.contiguous().reshape(-1)
     # uint8 view: numpy has no bfloat16, and a byte view is dtype-agnostic anyway.
-    return desc, memoryview(flat.view(torch.uint8).numpy())
+    return desc, memoryview(flat.view(torch.uint8).numpy().data)
 
 
 def bytes_frame(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], bytes | memoryview]:
