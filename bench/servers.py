@@ -3,9 +3,10 @@
 ``serve(server, log_dir)`` is a context manager: it runs ``server.command`` in its own session with
 stdout and stderr in ``log_dir/<name>.out``, waits (up to ``server.timeout``) for the line
 "OpenAI API at URL" and, when ``server.ready_line`` is set, for that line too (``epd up`` prints
-"cluster ready" once every worker is up), and yields the URL (up to and including ``/v1``). On the
-way out it sends SIGINT (the process's own Ctrl-C path stops its children), waits, and kills the
-whole session if that does not work. A server that exits or stays silent past its deadline raises
+"cluster ready" once every worker is up), and yields the URL (up to and including ``/v1``);
+``server.cwd`` and ``server.env`` (the whole environment) replace the caller's, and ``started``
+gets the process as soon as it runs. On the way out it sends SIGINT (the process's own Ctrl-C path
+stops its children), waits, and kills the whole session if that does not work. A server that exits or stays silent past its deadline raises
 ``ServerError`` carrying the tail of its output and of the ``*.log`` files in ``log_dir``.
 """
 
@@ -16,7 +17,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class Server:
     ready_line: str | None = None  # printed after the API line once the server is really ready
     timeout: float = 300.0  # seconds to wait for readiness
     stop_timeout: float = 60.0  # seconds between SIGINT and SIGKILL
+    cwd: Path | None = None  # working directory (default: the caller's)
+    env: dict[str, str] | None = None  # the whole environment (default: the caller's)
 
 
 def log_tail(log_dir: Path, chars: int = 3000) -> str:
@@ -77,7 +80,9 @@ def _stop(proc: subprocess.Popen, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def serve(server: Server, log_dir: Path) -> Iterator[str]:
+def serve(
+    server: Server, log_dir: Path, started: Callable[[subprocess.Popen], None] | None = None
+) -> Iterator[str]:
     """Run ``server`` until the ``with`` block ends; yields its API URL (``http://HOST:PORT/v1``)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     out = log_dir / f"{server.name}.out"
@@ -88,8 +93,12 @@ def serve(server: Server, log_dir: Path) -> Iterator[str]:
             stdout=f,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=server.cwd,
+            env=server.env,
         )
     try:
+        if started is not None:
+            started(proc)
         try:
             url = _wait_ready(proc, out, server)
         except ServerError as e:

@@ -26,6 +26,7 @@ from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.prepare import Preparer
 from router.workers import Encoder, Prefill, Workers
+from shared.about import banner
 from shared.ready import write_ready_file
 
 log = logging.getLogger("router")
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
     )
     logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
+    log.info("%s", banner("router"))  # where this code was loaded from
     limits = FetchLimits(
         cfg.max_image_bytes, cfg.fetch_timeout_s, cfg.allow_private_urls, cfg.allow_file_urls
     )
@@ -51,8 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         orch = workers = load_colocated(cfg, RouterMetrics(), image_token_id, merge_size)
     else:
-        encoders = [Encoder(**w) for w in parse_workers(cfg.encoders, ENCODER_KEYS, cfg.start_timeout_s)]
-        prefills = [Prefill(**w) for w in parse_workers(cfg.prefills, PREFILL_KEYS, cfg.start_timeout_s)]
+        encoders = [
+            Encoder(w["zmq"], w.get("http", ""))
+            for w in parse_workers(cfg.encoders, ENCODER_KEYS, cfg.start_timeout_s)
+        ]
+        prefills = [
+            Prefill(w["zmq"], w["inbox"], w.get("http", ""))
+            for w in parse_workers(cfg.prefills, PREFILL_KEYS, cfg.start_timeout_s)
+        ]
         if not encoders or not prefills:
             print(
                 "router: give at least one --encoders and one --prefills entry (or --colocated)",

@@ -53,7 +53,7 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
     inbox = _free_port(args.host) if b == 0 else b + 300
     specs = []
     for i in range(args.encoders):
-        flags = (
+        flags: tuple[str, ...] = (
             "--port",
             port(i),
             "--http-port",
@@ -137,7 +137,7 @@ def up(args: argparse.Namespace) -> int:
 
 
 def _loadgen(argv: list[str]) -> int:
-    from shared.loadgen.cli import main as loadgen_main  # needs the loadgen extra: imported on use
+    from shared.loadgen.cli import main as loadgen_main  # imported on use
 
     return loadgen_main(argv)
 
@@ -152,7 +152,7 @@ def _tiny(argv: list[str]) -> int:
 DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "loadgen": (
         _loadgen,
-        "load-test an OpenAI-compatible endpoint (needs: pip install 'epd-serve[loadgen]')",
+        "load-test an OpenAI-compatible endpoint (plots, progress bar: pip install 'epd-serve[loadgen]')",
     ),
     "make-tiny-checkpoint": (_tiny, "write a tiny random Qwen3-VL-MoE checkpoint in the published layout"),
 }

@@ -2,13 +2,15 @@
 
 ``start_cluster(model, log_dir, *extra_flags)`` is a context manager: it runs ``epd up`` with free
 ports, waits for "cluster ready", yields an ``EpdCluster`` and stops it with Ctrl-C (SIGINT); a
-cluster that does not come up raises ``bench.servers.ServerError`` with its logs.
+cluster that does not come up raises ``bench.servers.ServerError`` with its logs. ``model=None``
+leaves ``--model`` out (``epd up`` serves the bundled demo model).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import sys
 import time
 import urllib.request
@@ -24,6 +26,7 @@ class EpdCluster:
     url: str  # the router's base URL
     log_dir: Path
     model: str
+    proc: subprocess.Popen | None = None  # the ``epd up`` process
 
     def ready(self, name: str) -> dict:
         return json.loads((self.log_dir / f"{name}.ready.json").read_text())
@@ -47,17 +50,26 @@ class EpdCluster:
 
 @contextlib.contextmanager
 def start_cluster(
-    model: Path, log_dir: Path, *flags: str, command: tuple[str, ...] = (), timeout: float = 150
+    model: Path | None,
+    log_dir: Path,
+    *flags: str,
+    command: tuple[str, ...] = (),
+    timeout: float = 150,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[EpdCluster]:
-    """``epd up --model MODEL --base-port 0 --log-dir LOG_DIR FLAGS...`` through the benchmarks'
+    """``epd up [--model MODEL] --base-port 0 --log-dir LOG_DIR FLAGS...`` through the benchmarks'
     launcher (``bench/servers.py``); ``command`` replaces ``python -m router.cli`` (e.g. the
-    installed console script)."""
+    installed console script), ``cwd`` and ``env`` (the whole environment) the test's."""
     cmd = (
-        *(command or (sys.executable, "-m", "router.cli")), "up", "--model", str(model), "--base-port", "0",
-        "--log-dir", str(log_dir), *flags,
+        *(command or (sys.executable, "-m", "router.cli")), "up",
+        *(("--model", str(model)) if model is not None else ()),
+        "--base-port", "0", "--log-dir", str(log_dir), *flags,
     )  # fmt: skip
-    with serve(Server("epd", cmd, "cluster ready", timeout), log_dir) as url:
-        yield EpdCluster(url.removesuffix("/v1"), log_dir, model.name)
+    procs: list[subprocess.Popen] = []
+    server = Server("epd", cmd, "cluster ready", timeout, cwd=cwd, env=env)
+    with serve(server, log_dir, started=procs.append) as url:
+        yield EpdCluster(url.removesuffix("/v1"), log_dir, model.name if model else "demo", procs[0])
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 20.0, interval: float = 0.1) -> bool:

@@ -21,6 +21,7 @@ import torch
 import zmq
 
 from services.common.http import Health, HealthServer
+from shared.about import banner
 from shared.ready import write_ready_file
 
 
@@ -42,6 +43,7 @@ def run_service(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log = logging.getLogger(name)
+    log.info("%s", banner(f"services.{name}"))  # where this code was loaded from
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     stop = threading.Event()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from shared.extras import MissingExtra
 from shared.loadgen.config import SLO_METRICS, LoadConfig
 from shared.loadgen.runner import run
 from shared.loadgen.table import summary_table
@@ -111,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(argv)
     try:
         report = run(cfg)
+    except MissingExtra as e:  # --plots without matplotlib: said before any request is sent
+        print(f"epd loadgen: {e}", file=sys.stderr)
+        return 2
     except httpx.HTTPError as e:  # only the model lookup can raise; requests fail into records
         print(f"cannot list models at {cfg.base_url}/models: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,9 @@
 latency_cdf.png  TTFT, TPOT and E2E CDFs, one curve per run
 sweep.png        (two runs or more) throughput and p50/p99 TTFT, TPOT, E2E against the swept
                  request rate or concurrency; an infinite rate sits at the right end
+
+matplotlib is the ``loadgen`` extra: this module is imported only when plots are asked for
+(``--plots``), and without matplotlib it raises ``shared.extras.MissingExtra`` naming the extra.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from shared.extras import require
+
+FEATURE = "epd loadgen --plots"
+require("matplotlib", extra="loadgen", feature=FEATURE).use("Agg")
+plt = require("matplotlib.pyplot", extra="loadgen", feature=FEATURE)
 
 _METRICS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e", "E2E latency"))
 

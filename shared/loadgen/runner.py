@@ -18,11 +18,12 @@ import socket
 import sys
 import time
 from dataclasses import asdict, fields
+from typing import Any
 
 import httpx
 import numpy as np
-from tqdm import tqdm
 
+from shared.extras import MissingExtra, require
 from shared.loadgen.client import RequestRecord, send
 from shared.loadgen.config import LoadConfig, level_label
 from shared.loadgen.metrics import summarize
@@ -58,6 +59,26 @@ async def first_model(client: httpx.AsyncClient, base_url: str, headers: dict) -
     return resp.json()["data"][0]["id"]
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, label: str, enabled: bool) -> Any:
+    """tqdm's bar (the ``loadgen`` extra); without tqdm a note on stderr and no bar."""
+    if not enabled:
+        return _NoBar()
+    try:
+        tqdm = require("tqdm", extra="loadgen", feature="the progress bar").tqdm
+    except MissingExtra as e:
+        print(f"{e} (or --no-progress)", file=sys.stderr)
+        return _NoBar()
+    return tqdm(total=total, desc=label, unit="req", leave=False)
+
+
 class _Sender:
     """Sends one batch of requests on a schedule and keeps their records."""
 
@@ -69,7 +90,7 @@ class _Sender:
         self, specs: list[RequestSpec], mode: str, level: float, rng: np.random.Generator, label: str
     ) -> tuple[list[RequestRecord], float]:
         payloads = [json.dumps(s.body).encode() for s in specs]
-        bar = tqdm(total=len(specs), desc=label, unit="req", disable=not self.cfg.progress, leave=False)
+        bar = progress_bar(len(specs), label, self.cfg.progress)
         t0 = time.perf_counter()
 
         async def do(i: int) -> RequestRecord:
@@ -140,10 +161,10 @@ def _run_entry(
 
 def run(cfg: LoadConfig) -> dict:
     """Run the whole benchmark (blocking) and return the report; also writes ``cfg.out`` / ``cfg.plots``."""
+    if cfg.plots:  # matplotlib (the loadgen extra) only when plots are asked for; missing: fail now
+        from shared.loadgen.plots import write_plots
     report = asyncio.run(run_async(cfg))
     if cfg.plots:
-        from shared.loadgen.plots import write_plots  # matplotlib only when plots are asked for
-
         report["plots"] = write_plots(report, cfg.plots)
     if not cfg.keep_records:
         for entry in report["runs"]:

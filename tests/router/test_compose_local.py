@@ -1,6 +1,9 @@
 """Every service of docker-compose.yml, run as a local process on loopback, answers a chat.
 
-The compose file is resolved by a real compose implementation (``config --format json``); each
+Each service runs from the bare install the image has (tests/bare_install.py: the wheel with its
+declared dependencies only, in a fresh venv): the venv's Python in isolated mode (``-I``) for
+``python`` in the commands and healthchecks, from a working directory outside the checkout. The
+compose file is resolved by a real compose implementation (``config --format json``); each
 service's command, environment and healthcheck are then translated for one machine: service host
 names become 127.0.0.1, every port a service listens on gets a free local port (two decode
 workers share port numbers in their containers), the model volume becomes its host path. The
@@ -25,6 +28,7 @@ import openai
 import pytest
 
 from shared.assets import DEMO_MODEL_DIR
+from tests.bare_install import BareInstall
 from tests.demo_pictures import data_url, shape_png
 from tests.repo import REPO_ROOT
 from tests.router.test_compose import compose_binary
@@ -49,7 +53,8 @@ def resolved_services(binary: Path) -> dict[str, dict]:
 class Translation:
     """Container names and ports -> loopback and free ports, for one machine."""
 
-    def __init__(self, services: dict[str, dict]) -> None:
+    def __init__(self, services: dict[str, dict], python: tuple[str, ...] = (sys.executable,)) -> None:
+        self.python = python  # what ``python`` in a command becomes
         self.names = set(services)
         self.ports: dict[tuple[str, str], str] = {}
         for name, s in services.items():
@@ -77,7 +82,7 @@ class Translation:
         return {k: self.host(v) if k.endswith("HOST") else self(v, service) for k, v in env.items()}
 
     def command(self, cmd: list[str], service: str) -> list[str]:
-        out = [sys.executable if cmd[0] == "python" else cmd[0]]
+        out = list(self.python) if cmd[0] == "python" else [cmd[0]]
         for flag, value in zip(cmd, cmd[1:], strict=False):
             if flag.endswith("-port") and (service, value) in self.ports:
                 out.append(self.ports[(service, value)])
@@ -95,34 +100,43 @@ def start_order(services: dict[str, dict]) -> list[str]:
     return order
 
 
-def healthy(check: list[str], deadline: float) -> bool:
+def healthy(check: list[str], deadline: float, bare: BareInstall, cwd: Path) -> bool:
     while time.monotonic() < deadline:
-        if subprocess.run(check, capture_output=True, timeout=10).returncode == 0:
+        if subprocess.run(check, capture_output=True, timeout=10, cwd=cwd, env=bare.env()).returncode == 0:
             return True
         time.sleep(0.5)
     return False
 
 
-def test_compose_services_run_as_local_processes(tmp_path):
+def test_compose_services_run_as_local_processes(tmp_path, bare_install: BareInstall):
+    t0 = time.monotonic()
     services = resolved_services(compose_binary())
     assert {"router", "encoder", "prefill", "decode-0", "decode-1"} <= set(services)
-    tr = Translation(services)
+    tr = Translation(services, python=(str(bare_install.python), "-I"))
+    work = tmp_path  # outside the checkout, as the image's working directory is
+    assert not work.resolve().is_relative_to(REPO_ROOT)
     procs: dict[str, subprocess.Popen] = {}
     try:
         for name in start_order(services):
             s = services[name]
-            env = {**os.environ, **tr.environment(s.get("environment") or {}, name)}
+            env = {**bare_install.env(), **tr.environment(s.get("environment") or {}, name)}
             log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
             procs[name] = subprocess.Popen(
-                tr.command(s["command"], name), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                tr.command(s["command"], name), cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT
             )
             if s.get("depends_on") or name == "router":
                 for dep in s.get("depends_on") or {}:
                     check = tr.command(services[dep]["healthcheck"]["test"][1:], dep)
-                    assert healthy(check, time.monotonic() + 120), (tmp_path / f"{dep}.log").read_text()
+                    ok = healthy(check, time.monotonic() + 120, bare_install, work)
+                    assert ok, (tmp_path / f"{dep}.log").read_text()[-3000:]
         for name, s in services.items():
             check = tr.command(s["healthcheck"]["test"][1:], name)
-            assert healthy(check, time.monotonic() + 120), (tmp_path / f"{name}.log").read_text()[-3000:]
+            ok = healthy(check, time.monotonic() + 120, bare_install, work)
+            assert ok, (tmp_path / f"{name}.log").read_text()[-3000:]
+        site = bare_install.site_packages()
+        for name in services:  # every service runs the installed code (shared/about.py's line)
+            log_text = (tmp_path / f"{name}.log").read_text(errors="replace")
+            assert f"({site}/" in log_text, f"{name} does not run from {site}:\n{log_text[-3000:]}"
 
         published = services["router"]["ports"][0]["target"]
         url = f"http://127.0.0.1:{tr.ports[('router', str(published))]}/v1"
@@ -136,7 +150,10 @@ def test_compose_services_run_as_local_processes(tmp_path):
             model=model, messages=[{"role": "user", "content": parts}], max_tokens=16, temperature=0
         )
         answer = out.choices[0].message.content
-        print(f"\ncompose services as processes: {sorted(procs)}; answer: {answer!r}")
+        print(
+            f"\ncompose services as processes of the bare install ({bare_install.summary()}): "
+            f"{sorted(procs)}; answer: {answer!r}; {time.monotonic() - t0:.0f} s"
+        )
         assert "red" in answer.lower()
         decodes = httpx.get(url.removesuffix("/v1") + "/debug/requests").json()["decodes"]
         assert sorted(d["kv"] for d in decodes) == sorted(
@@ -154,4 +171,5 @@ def test_compose_services_run_as_local_processes(tmp_path):
     assert all(c in (0, -signal.SIGTERM) for c in codes.values()), codes
 
 
-pytestmark = pytest.mark.timeout(300)
+# Packaging: the services run from the bare install (built once per session, ~2 min on 2 cores).
+pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
