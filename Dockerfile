@@ -1,17 +1,45 @@
-# One image for every service: router, encoder, prefill, decode (the command picks the service).
-FROM python:3.11-slim
-WORKDIR /app
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-# torch first and pinned, so that nothing later pulls another build (see the design note). The CPU
-# wheel by default; for the compose `gpu` profile build with
-#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# One image for every service: router, encoder, prefill, decode (the command picks the service, as
+# in docker-compose.yml); without a command it runs the whole cluster in one container (`epd up`).
+#
+# Two stages. The first builds the project's wheel (`pip wheel --no-deps .`) and installs that wheel
+# with its declared dependencies (no extras) into the venv /opt/venv; the second is the base image
+# plus that venv: no source tree, no tests.
+#
+#   docker build -t epd:latest .                     CPU torch from the PyTorch index, the rest from PyPI
+#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128   CUDA torch (compose `gpu` profile)
+#   --build-arg WHEELHOUSE=build/wheelhouse          offline: every wheel from that folder of the context
+#   --build-arg BASE_IMAGE=localhost/epd-base:bookworm   another Python 3.11 base (docker/build-base.sh)
+#
+# docker/compose-check.sh builds it offline on a base made from Debian packages and runs the compose
+# file against it.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-RUN pip install torch==2.13.0 --index-url ${TORCH_INDEX}
-COPY pyproject.toml README.md ./
-COPY router ./router
-COPY services ./services
-COPY shared ./shared
-COPY tools ./tools
-RUN pip install .
+ARG WHEELHOUSE=
+LABEL org.opencontainers.image.title=epd-serve
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY . /src
+# torch first and pinned (as in the Makefile), so that nothing later pulls another build. A venv
+# rather than the system Python: Debian's python3 refuses pip installs outside one (PEP 668).
+RUN set -eu; \
+    if [ -n "$WHEELHOUSE" ]; then \
+        from="--no-index --find-links /src/$WHEELHOUSE"; torch_from="$from"; \
+    else \
+        from=""; torch_from="--index-url $TORCH_INDEX"; \
+    fi; \
+    python3 -m venv /opt/venv; \
+    /opt/venv/bin/pip install $torch_from torch==2.13.0; \
+    /opt/venv/bin/pip wheel --no-deps $from --wheel-dir /wheels /src; \
+    /opt/venv/bin/pip install $from /wheels/*.whl; \
+    /opt/venv/bin/pip check
+
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title=epd-serve
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+RUN useradd --system --create-home --home-dir /home/epd --shell /usr/sbin/nologin epd
+USER epd
+WORKDIR /home/epd
 EXPOSE 8000
-CMD ["epd", "up", "--model", "/models/demo", "--http-host", "0.0.0.0"]
+CMD ["epd", "up", "--http-host", "0.0.0.0"]

@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: install install-dev test test-fast lint typecheck format up clean
+.PHONY: install install-dev test test-fast lint typecheck format up clean compose-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -49,6 +49,11 @@ test-fast: $(DEV)
 # The whole local cluster on the bundled demo model (flags: make up ARGS="--encoders 2").
 up: $(RUNTIME)
 	$(BIN)/epd up $(ARGS)
+
+# The image built and docker-compose.yml run for real against podman, asked about a picture through
+# the router (root; podman, runc, mmdebstrap; minutes; not part of `make test`): docker/compose-check.sh.
+compose-check: $(DEV)
+	PYTHON=$(CURDIR)/$(BIN)/python docker/compose-check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build dist
