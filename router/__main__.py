@@ -28,6 +28,7 @@ from router.prepare import Preparer
 from router.workers import Encoder, Prefill, Workers
 from shared.about import banner
 from shared.ready import write_ready_file
+from shared.runtime import freeze_startup_heap
 
 log = logging.getLogger("router")
 
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_retries=cfg.max_retries,
         )  # fmt: skip
     app = create_app(cfg, workers, orch, prep)
+    freeze_startup_heap()  # the tokenizer, and with --colocated the model
     sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((cfg.host, cfg.port))

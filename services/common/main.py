@@ -23,6 +23,7 @@ import zmq
 from services.common.http import Health, HealthServer
 from shared.about import banner
 from shared.ready import write_ready_file
+from shared.runtime import freeze_startup_heap
 
 
 class ServingLoop(Protocol):
@@ -54,6 +55,7 @@ def run_service(
     log.info("loading %s from %s (%s, %s)", name, cfg.model, cfg.device, cfg.dtype)
     server, endpoints = build(health)
     health.info = {"name": server.name, **endpoints, **health.info}
+    freeze_startup_heap()
     write_ready_file(cfg.ready_file, {**endpoints, "http": f"http://{cfg.host}:{http.port}"})
     try:
         with torch.inference_mode():
