@@ -18,12 +18,11 @@ import time
 import zipfile
 from pathlib import Path
 
-import openai
 import pytest
 
 from tests.bare_install import BareInstall
 from tests.cluster import start_cluster, wait_for
-from tests.demo_pictures import data_url, shape_png
+from tests.demo_pictures import ask_red_circle
 from tests.repo import REPO_ROOT
 
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(1200)]
@@ -93,19 +92,6 @@ def process(pid: int) -> tuple[list[str], Path, dict[str, str]]:
     return argv, Path(os.readlink(f"/proc/{pid}/cwd")), env
 
 
-def ask_red_circle(url: str) -> str:
-    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
-    model = client.models.list().data[0].id
-    parts = [
-        {"type": "image_url", "image_url": {"url": data_url(shape_png("circle", "red", "top left"))}},
-        {"type": "text", "text": "What colour is the circle?"},
-    ]
-    out = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": parts}], max_tokens=16, temperature=0
-    )
-    return out.choices[0].message.content or ""
-
-
 def test_epd_up_serves_the_demo_model_from_the_bare_install(
     bare_install: BareInstall, tmp_path: Path
 ) -> None:
@@ -131,7 +117,7 @@ def test_epd_up_serves_the_demo_model_from_the_bare_install(
             assert argv[:2] == [str(bare_install.python), "-I"], (name, argv)
             assert cwd == work.resolve(), (name, cwd)
             assert "PYTHONPATH" not in env and env.get("VIRTUAL_ENV") == str(bare_install.venv), name
-        answer = ask_red_circle(c.url)
+        answer = ask_red_circle(c.url + "/v1")
         print(f"\nbare install: {bare_install.summary()}; cluster ready after {started:.0f} s; {answer!r}")
         assert "red" in answer.lower()
         check_loadgen_without_its_extra(bare_install, c.url, work)

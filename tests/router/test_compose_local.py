@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
 from shared.assets import DEMO_MODEL_DIR
 from tests.bare_install import BareInstall
-from tests.demo_pictures import data_url, shape_png
+from tests.demo_pictures import ask_red_circle
 from tests.repo import REPO_ROOT
 from tests.router.test_compose import compose_binary
 
@@ -140,16 +139,7 @@ def test_compose_services_run_as_local_processes(tmp_path, bare_install: BareIns
 
         published = services["router"]["ports"][0]["target"]
         url = f"http://127.0.0.1:{tr.ports[('router', str(published))]}/v1"
-        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
-        model = client.models.list().data[0].id
-        parts = [
-            {"type": "image_url", "image_url": {"url": data_url(shape_png("circle", "red", "top left"))}},
-            {"type": "text", "text": "What colour is the circle?"},
-        ]
-        out = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": parts}], max_tokens=16, temperature=0
-        )
-        answer = out.choices[0].message.content
+        answer = ask_red_circle(url)
         print(
             f"\ncompose services as processes of the bare install ({bare_install.summary()}): "
             f"{sorted(procs)}; answer: {answer!r}; {time.monotonic() - t0:.0f} s"
