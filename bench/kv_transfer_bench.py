@@ -81,7 +81,7 @@ def kv_protocol(layers: list[tuple[torch.Tensor, torch.Tensor]], tokens: int) ->
     total = sum(k.nbytes + v.nbytes for k, v in layers)
     sampling = Sampling(0.0, 1.0, 0, 0.0, None, 16, [], False, None)
     reserve = KVReserve(
-        "bench", list(range(tokens + 1)), tokens, 0, sampling, None, LAYERS, "tcp://127.0.0.1:9", 1e12, "b"
+        "bench", list(range(tokens + 1)), tokens, 0, sampling, LAYERS, "tcp://127.0.0.1:9", 1e12, "b"
     )
 
     def decode_side() -> None:

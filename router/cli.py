@@ -1,6 +1,7 @@
 """``epd``: the project's command line. ``epd up`` runs a whole local cluster on one machine.
 
     epd up [--model DIR] [--encoders N] [--prefills N] [--decodes N] [--port 8000] [--log-dir DIR]
+    epd up --prefills 2 --decodes 2 --prefill-devices cuda:0,cuda:1 --decode-devices cuda:2,cuda:3
     epd up --colocated [--model DIR] [--device cuda] [--router-arg=--num-blocks=4096 ...]
     epd loadgen --base-url http://127.0.0.1:8000/v1 ...   (the load generator: shared/loadgen)
     epd make-tiny-checkpoint DIR ...                      (a tiny random checkpoint: shared/checkpoint)
@@ -10,6 +11,8 @@ It starts encoders, prefill and decode workers and the router as child processes
 of every stage), prints the API URL, restarts any service that crashes, and stops them all on
 Ctrl-C. Restarted services keep their ports only with a fixed ``--base-port`` (the default). The default
 model is the bundled demo checkpoint (``shared.assets.DEMO_MODEL_DIR``, installed with the package).
+``--device`` places every service; ``--encoder-devices``, ``--prefill-devices`` and
+``--decode-devices`` place the workers of one kind, worker i on the list's element i mod its length.
 
 With ``--colocated`` it starts only the router, which runs the whole model and one engine in its
 own process (the baseline users would otherwise run); engine flags go in ``--router-arg``.
@@ -28,13 +31,35 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.assets import DEMO_MODEL_DIR
+from shared.flags import check_device
 from shared.supervisor import ServiceSpec, Supervisor
+
+STAGES = ("encoder", "prefill", "decode")
 
 
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def device_list(text: str) -> tuple[str, ...]:
+    """``cuda:0,cuda:1`` -> ("cuda:0", "cuda:1"), each checked as a service's ``--device`` would be."""
+    devices = tuple(d.strip() for d in text.split(",") if d.strip())
+    if not devices:
+        raise argparse.ArgumentTypeError("expected devices separated by commas, such as cuda:0,cuda:1")
+    for device in devices:
+        try:
+            check_device(device, "auto")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+    return devices
+
+
+def worker_device(args: argparse.Namespace, stage: str, i: int) -> str:
+    """Worker i of ``stage``: element i mod n of ``--<stage>-devices``, else ``--device``."""
+    devices = getattr(args, f"{stage}_devices") or (args.device,)
+    return devices[i % len(devices)]
 
 
 def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
@@ -44,8 +69,10 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
     (HTTP B+1100+i), decode i B+200+2i and B+201+2i (HTTP B+1200+i), the router's inbox B+300.
     B = 0: free ports everywhere (the router's HTTP port too, unless --port is given)."""
     common = ("--model", str(args.model), "--host", args.host, "--torch-threads", str(args.torch_threads))
-    engine = (*common, "--device", args.device, "--dtype", args.dtype)
     b = args.base_port
+
+    def placed(stage: str, i: int) -> tuple[str, ...]:
+        return (*common, "--device", worker_device(args, stage, i), "--dtype", args.dtype)
 
     def port(offset: int) -> str:
         return "0" if b == 0 else str(b + offset)
@@ -53,17 +80,8 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
     inbox = _free_port(args.host) if b == 0 else b + 300
     specs = []
     for i in range(args.encoders):
-        flags: tuple[str, ...] = (
-            "--port",
-            port(i),
-            "--http-port",
-            port(1000 + i),
-            "--device",
-            args.device,
-            "--dtype",
-            args.dtype,
-        )
-        specs.append(ServiceSpec(f"encoder-{i}", "services.encoder", (*common, *flags)))
+        flags: tuple[str, ...] = ("--port", port(i), "--http-port", port(1000 + i))
+        specs.append(ServiceSpec(f"encoder-{i}", "services.encoder", (*placed("encoder", i), *flags)))
     for i in range(args.prefills):
         flags = (
             "--port",
@@ -73,13 +91,13 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
             "--http-port",
             port(1100 + i),
         )
-        specs.append(ServiceSpec(f"prefill-{i}", "services.prefill", (*engine, *flags, *args.prefill_arg)))
+        prefill = (*placed("prefill", i), *flags, *args.prefill_arg)
+        specs.append(ServiceSpec(f"prefill-{i}", "services.prefill", prefill))
     for i in range(args.decodes):
         flags = ("--port", port(200 + 2 * i), "--kv-port", port(201 + 2 * i), "--http-port", port(1200 + i))
         report = ("--report-to", f"tcp://{args.host}:{inbox}")
-        specs.append(
-            ServiceSpec(f"decode-{i}", "services.decode", (*engine, *flags, *report, *args.decode_arg))
-        )
+        decode = (*placed("decode", i), *flags, *report, *args.decode_arg)
+        specs.append(ServiceSpec(f"decode-{i}", "services.decode", decode))
     ready = [str(log_dir / f"{s.name}.ready.json") for s in specs]
     router = (
         "--model", str(args.model), "--host", args.http_host, "--port", str(_http_port(args)),
@@ -158,10 +176,7 @@ DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in DELEGATED:
-        return DELEGATED[argv[0]][0](argv[1:])
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="epd", description="disaggregated Qwen3-VL-MoE serving")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", help="start a local cluster and keep it running until Ctrl-C")
@@ -183,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--http-host", default="127.0.0.1", help="interface the router's HTTP API listens on")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for every service")
+    for stage in STAGES:
+        p.add_argument(
+            f"--{stage}-devices",
+            type=device_list,
+            default=None,
+            help=f"devices of the {stage} workers, such as cuda:0,cuda:1: {stage} i gets element "
+            "i mod the list's length (default: --device)",
+        )
     p.add_argument("--dtype", default="auto")
     for stage in ("prefill", "decode", "router"):
         p.add_argument(
@@ -198,10 +221,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads per service process")
     p.add_argument("--log-dir", type=Path, default=None)
     p.add_argument("--start-timeout", type=float, default=300.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]][0](argv[1:])
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if min(args.encoders, args.prefills, args.decodes) < 1:
         parser.error("--encoders, --prefills and --decodes must be >= 1")
+    if args.colocated and any(getattr(args, f"{stage}_devices") for stage in STAGES):
+        parser.error("--colocated runs one process: place it with --device")
     return up(args)
 
 

@@ -4,8 +4,10 @@ A reservation is granted only when the engine can hold the sequence's KV now
 (``Engine.begin_import`` reserves its blocks); otherwise it waits in a bounded FIFO (the prefill
 worker is told ``queued`` and keeps its copy) until blocks free up or its deadline passes, and
 beyond that bound it is refused as ``overloaded``. Data is therefore never sent without room and
-never dropped. A granted transfer must finish within ``transfer_timeout_s``: otherwise the
-prefill worker is taken as gone, the blocks are freed and the router is told.
+never dropped. A state the engine cannot turn into a sequence is refused (``bad_request``) at
+once, and the other messages of the same batch are handled as usual. A granted transfer must
+finish within ``transfer_timeout_s``: otherwise the prefill worker is taken as gone, the blocks
+are freed and the router is told.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from shared.transfer.base import KVInbound
 from shared.wire.messages import ErrorKind, KVAbort, KVDone, KVLayer, KVReserve
 
 log = logging.getLogger("decode")
+# What building a sequence from a handed-over state may raise: the engine refuses it (ValueError)
+# or the state cannot be used at all (wrong types, a value torch does not accept).
+UNUSABLE_STATE = (ValueError, TypeError, KeyError, RuntimeError)
 
 Fail = Callable[[str, str, ErrorKind, str], None]  # (request id, reply_to, kind, message)
 
@@ -90,8 +95,9 @@ class Importer:
     def _try_begin(self, msg: KVReserve) -> Admission:
         try:
             ok = self.engine.begin_import(state_from_reservation(msg))
-        except ValueError as e:
-            self._refuse(msg.request_id, ErrorKind.BAD_REQUEST, str(e))
+        except UNUSABLE_STATE as e:
+            why = f"unusable sequence state: {type(e).__name__}: {e}"
+            self._refuse(msg.request_id, ErrorKind.BAD_REQUEST, why)
             return Admission.REFUSED
         if not ok:
             return Admission.FULL

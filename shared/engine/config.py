@@ -1,8 +1,10 @@
 """Engine configuration: one frozen dataclass, built once by the service's entry point.
 
-The KV pool is sized by a memory budget (``kv_cache_memory`` bytes) unless ``num_blocks`` is given
-(tests pin it to make the pool deliberately small). Derived sizes are methods of this class so that
-no caller recomputes them.
+The KV pool is sized from the device's memory by default (``memory.py`` owns that decision):
+``gpu_memory_utilization`` of the GPU, or ``cpu_kv_cache_fraction`` of the host's available memory.
+``kv_cache_memory`` (bytes) overrides the budget and ``num_blocks`` overrides both (tests pin it to
+make the pool deliberately small). Derived sizes are methods of this class so that no caller
+recomputes them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from shared.flags import flag
 from shared.models.config import TextConfig
 
 MOE_KERNELS = ("auto", "loop", "grouped_mm")
+# The most KV a CPU engine gets by default, as vLLM's CPU backend (VLLM_CPU_KVCACHE_SPACE): a CPU
+# engine cannot run enough sequences to use more, and the zero-filled pool is resident memory.
+CPU_KV_CACHE_CAP = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -22,10 +27,21 @@ class EngineConfig:
     """The engine's settings; every field is also a flag of the services that run an engine."""
 
     block_size: int = flag(16, help="tokens per KV block")
-    kv_cache_memory: int = flag(
-        1 << 30, help="bytes for the K and V pool of all layers (unless --num-blocks)"
+    kv_cache_memory: int | None = flag(
+        None, help="bytes for the K and V pool of all layers (default: sized from the device's memory)"
     )
     num_blocks: int | None = flag(None, help="KV pool size in blocks; overrides --kv-cache-memory")
+    gpu_memory_utilization: float = flag(
+        0.9,
+        help="fraction of the GPU's memory this engine may use (weights, activations, KV); the KV "
+        "pool gets what a profiling forward at the largest step leaves",
+    )
+    cpu_kv_cache_fraction: float = flag(
+        0.05,
+        help="fraction of the host's available memory (MemAvailable) for the KV pool on CPU, at most "
+        f"{CPU_KV_CACHE_CAP >> 30} GiB; small because a local cluster runs several engines on one "
+        "machine and each pool is resident (zero-filled): ~1 GiB each on a 24 GiB machine",
+    )
     max_num_seqs: int = flag(64, help="sequences in the running batch")
     max_num_batched_tokens: int = flag(
         2048, help="token budget of one engine step (decodes + prefill chunks)"
@@ -46,20 +62,16 @@ class EngineConfig:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError("num_blocks must be positive")
+        if self.kv_cache_memory is not None and self.kv_cache_memory < 1:
+            raise ValueError("kv_cache_memory must be positive")
+        if not (0 < self.gpu_memory_utilization <= 1 and 0 < self.cpu_kv_cache_fraction <= 1):
+            raise ValueError("gpu_memory_utilization and cpu_kv_cache_fraction must be in (0, 1]")
         if self.moe_kernel not in MOE_KERNELS:
             raise ValueError(f"moe_kernel must be one of {MOE_KERNELS}")
 
     def block_bytes(self, text: TextConfig, dtype: torch.dtype) -> int:
         """Bytes of one block: K and V of ``block_size`` tokens in every layer."""
         return self.block_size * text.kv_elements_per_token * torch.empty((), dtype=dtype).element_size()
-
-    def resolve_num_blocks(self, text: TextConfig, dtype: torch.dtype) -> int:
-        if self.num_blocks is not None:
-            return self.num_blocks
-        n = self.kv_cache_memory // self.block_bytes(text, dtype)
-        if n < 1:
-            raise ValueError(f"kv_cache_memory {self.kv_cache_memory} B holds no block of this model")
-        return n
 
     def resolve_max_model_len(self, text: TextConfig) -> int:
         return self.max_model_len or text.max_position_embeddings

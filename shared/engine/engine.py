@@ -34,6 +34,7 @@ from shared.engine.block_manager import BlockManager
 from shared.engine.config import EngineConfig
 from shared.engine.kv_pool import KVPool
 from shared.engine.kv_transfer import SequenceState, check_kv, check_layer
+from shared.engine.memory import plan_kv_blocks, profile_forward
 from shared.engine.model_runner import ModelRunner
 from shared.engine.moe_kernels import install_kernel, select_kernel
 from shared.engine.request import FinishReason, Request, TokenOutput
@@ -51,14 +52,16 @@ class Engine:
         text = model.config.text
         weight = next(model.parameters())
         self.device, dtype = weight.device, weight.dtype
-        num_blocks = config.resolve_num_blocks(text, dtype)
+        install_kernel(model, select_kernel(config.moe_kernel, self.device, dtype))  # profiled with it
+        profile = None if self.device.type == "cpu" else lambda: profile_forward(model, config)
+        self.kv_plan = plan_kv_blocks(config, text, dtype, self.device, profile)
+        num_blocks = self.kv_plan.num_blocks
         self.pool = KVPool(
             text.num_hidden_layers, num_blocks, config.block_size, text.num_key_value_heads, text.head_dim,
             dtype, self.device,
         )  # fmt: skip
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
         self.scheduler = Scheduler(config, self.blocks, self.pool)
-        install_kernel(model, select_kernel(config.moe_kernel, self.device, dtype))
         self.runner = ModelRunner(model, self.pool)
         self.sampler = Sampler(config.seed, self.device)
         self.max_model_len = config.resolve_max_model_len(text)
@@ -131,7 +134,9 @@ class Engine:
         if logits is None:
             return []
         seqs = [s.seq for s in sampling]
-        sampled = self.sampler(logits, [s.params for s in seqs], [s.generator for s in seqs])
+        sampled = self.sampler(
+            logits, [s.params for s in seqs], [s.generator for s in seqs], [s.num_output_tokens for s in seqs]
+        )
         outputs = []
         for i, seq in enumerate(seqs):
             token = sampled.token_ids[i]

@@ -4,7 +4,9 @@ Layout: ``k[layer]`` is ``[num_blocks, block_size, Hkv, D]``; slot ``block * blo
 is one token's row in the flat view ``[num_blocks * block_size, Hkv, D]``. The pool is allocated
 when the engine starts and never grows; which blocks belong to whom is the ``BlockAllocator``'s
 business. This module also converts one sequence's blocks to and from the contiguous per-layer
-``[L, Hkv, D]`` tensors of ``SequenceKV``: the form in which KV leaves and enters an engine.
+``[L, Hkv, D]`` tensors of ``SequenceKV``: the form in which KV leaves and enters an engine, and
+in which a swapped-out sequence waits in host memory (``read_to_host``) while its blocks serve
+others.
 
 Shape legend: N blocks, B block size, L tokens of one sequence, Hkv KV heads, D head dim.
 """
@@ -72,13 +74,29 @@ class KVPool:
             raise ValueError(f"{len(block_table)} blocks cannot hold {length} tokens")
         slots = torch.tensor(self.slot_ids(block_table, 0, length), device=self.device)
         ks, vs = self.slots(layer)
-        ks.index_copy_(0, slots, k.to(device=self.device, dtype=self.dtype))
-        vs.index_copy_(0, slots, v.to(device=self.device, dtype=self.dtype))
+        # From pinned host memory the copy runs on the stream, ordered before the index_copy_.
+        ks.index_copy_(0, slots, k.to(device=self.device, dtype=self.dtype, non_blocking=True))
+        vs.index_copy_(0, slots, v.to(device=self.device, dtype=self.dtype, non_blocking=True))
 
     def read(self, block_table: list[int], length: int) -> SequenceKV:
         kv = SequenceKV(self.num_layers)
         for layer in range(self.num_layers):
             kv.keys[layer], kv.values[layer] = self.read_layer(block_table, length, layer)
+        return kv
+
+    def read_to_host(self, block_table: list[int], length: int) -> SequenceKV:
+        """Like ``read``, but into CPU memory, so that freeing the blocks frees device memory.
+
+        On a GPU the host tensors are pinned and filled without waiting: the copies are queued on
+        the stream before anything that could overwrite the blocks, and ``write`` (queued after
+        them too) is the only reader.
+        """
+        pin = self.device.type == "cuda"
+        kv = SequenceKV(self.num_layers)
+        for layer in range(self.num_layers):
+            k, v = self.read_layer(block_table, length, layer)  # [L, Hkv, D] on the pool's device
+            kv.keys[layer] = torch.empty(k.shape, dtype=k.dtype, pin_memory=pin).copy_(k, non_blocking=pin)
+            kv.values[layer] = torch.empty(v.shape, dtype=v.dtype, pin_memory=pin).copy_(v, non_blocking=pin)
         return kv
 
     def write(self, block_table: list[int], kv: SequenceKV) -> None:

@@ -1,9 +1,11 @@
 """What a sequence is when it leaves one engine for another: its state plus its KV.
 
-Prefill ships, decode receives: ``SequenceState`` (tokens, sampling parameters, MRoPE delta, the
-request's RNG state) and the KV of every token but the last one, either as one ``SequenceKV``
-(``[L, Hkv, D]`` per layer) or layer by layer. The receiving engine never recomputes such a
-sequence (it has no image features): under memory pressure it swaps the KV out and back in.
+Prefill ships, decode receives: ``SequenceState`` (tokens, sampling parameters, MRoPE delta) and
+the KV of every token but the last one, either as one ``SequenceKV`` (``[L, Hkv, D]`` per layer)
+or layer by layer. No generator state travels: a seeded request's randomness is its seed and the
+count of its sampled tokens (``shared.engine.sampler``), both in the state already. The receiving
+engine never recomputes such a sequence (it has no image features): under memory pressure it
+swaps the KV out to host memory and back in.
 
 Shape legend: L tokens with KV (all tokens but the last), Hkv KV heads, D head dim.
 """
@@ -26,7 +28,6 @@ class SequenceState:
     num_prompt_tokens: int
     mrope_delta: int
     params: SamplingParams
-    rng_state: torch.Tensor | None = None  # uint8 state of the request's generator (seeded requests)
 
     @property
     def num_kv_tokens(self) -> int:
@@ -40,7 +41,6 @@ class SequenceState:
             seq.num_prompt_tokens,
             seq.mrope_delta,
             seq.params,
-            None if seq.generator is None else seq.generator.get_state(),
         )
 
     def to_sequence(self, arrival: int, device: torch.device) -> Sequence:
@@ -57,10 +57,6 @@ class SequenceState:
         )
         if self.params.seed is not None:
             seq.generator = torch.Generator(device)
-            if self.rng_state is not None:
-                seq.generator.set_state(self.rng_state)
-            else:
-                seq.generator.manual_seed(self.params.seed)
         seq.num_computed_tokens = self.num_kv_tokens
         return seq
 

@@ -1,14 +1,21 @@
 """Turning one step's logits into tokens: greedy, temperature, top-k, top-p, min-p, seeds, logprobs.
 
-Rows are processed together; only the random draws are per row, because a request with a seed
-owns its generator (so its tokens do not depend on what else is in the batch, and the generator's
-state can travel with the sequence to another engine). Order of the filters: temperature, then
-top-k, then top-p over what top-k kept, then min-p relative to the most likely token. A row is
-greedy when its temperature is 0 or its top-k is 1: plain argmax of the raw logits.
+Rows are processed together; only the random draws are per row. Order of the filters:
+temperature, then top-k, then top-p over what top-k kept, then min-p relative to the most likely
+token. A row is greedy when its temperature is 0 or its top-k is 1: plain argmax of the raw logits.
 
 Sampling draws ``argmax(p / e)`` with ``e ~ Exp(1)`` per token, which picks token i with
 probability p_i (the exponential race). Logprobs are those of the raw logits (before temperature
 and filters), as vLLM reports them.
+
+Seeds: the n-th token of a request with a seed (n = tokens it sampled before) is drawn from its
+generator reseeded with ``draw_seed(seed, n)``, so its whole random state is two integers that
+every engine derives from the sequence itself; nothing of a generator travels. Guarantee: a
+seeded request's tokens depend only on its seed, prompt and sampling parameters and on the
+device kind that samples each step, not on its batch companions, and a request handed between
+engines of the same device kind gets exactly the tokens one engine gives. CPU and CUDA generators
+give different streams, so a CPU-prefill/GPU-decode split reproduces only runs with the same split.
+Rows without a seed share the sampler's generator.
 
 Shape legend: R rows (sequences that sample this step), V vocabulary.
 """
@@ -20,6 +27,20 @@ from dataclasses import dataclass
 import torch
 
 from shared.engine.request import SamplingParams
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The generator seed of a seeded request's ``draw``-th token: a stable 63-bit mix of the two."""
+    return _splitmix64((_splitmix64(seed & _MASK64) + draw) & _MASK64) >> 1
 
 
 @dataclass
@@ -38,14 +59,18 @@ class Sampler:
         self,
         logits: torch.Tensor,  # [R, V] float32
         params: list[SamplingParams],
-        generators: list[torch.Generator | None],
+        generators: list[torch.Generator | None],  # a seeded row's own generator, reseeded per draw
+        draws: list[int],  # tokens each row's request sampled before this step
     ) -> SamplerOutput:
         tokens = logits.argmax(dim=-1)  # [R]
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
         if random_rows:
             rows = torch.tensor(random_rows, device=logits.device)
             chosen = self._sample(
-                logits[rows], [params[i] for i in random_rows], [generators[i] for i in random_rows]
+                logits[rows],
+                [params[i] for i in random_rows],
+                [generators[i] for i in random_rows],
+                [draws[i] for i in random_rows],
             )
             tokens[rows] = chosen
         token_list = tokens.tolist()
@@ -65,7 +90,11 @@ class Sampler:
         return SamplerOutput(token_list, logprobs, tops)
 
     def _sample(
-        self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+        self,
+        logits: torch.Tensor,  # [r, V]
+        params: list[SamplingParams],
+        generators: list[torch.Generator | None],
+        draws: list[int],
     ) -> torch.Tensor:
         dev = logits.device
         temps = torch.tensor([p.temperature for p in params], device=dev)
@@ -86,11 +115,16 @@ class Sampler:
             x = x.masked_fill(probs < min_p[:, None] * probs[:, :1], float("-inf"))
         probs = x.softmax(dim=-1)
         race = torch.empty_like(probs)
-        shared = [i for i, g in enumerate(generators) if g is None]
+        seeded = {
+            i: (g, p.seed)
+            for i, (g, p) in enumerate(zip(generators, params, strict=True))
+            if g is not None and p.seed is not None
+        }
+        shared = [i for i in range(len(params)) if i not in seeded]
         if shared:
             race[shared] = torch.empty(len(shared), vocab, device=dev).exponential_(generator=self.generator)
-        for i, g in enumerate(generators):
-            if g is not None:
-                race[i] = torch.empty(vocab, device=dev).exponential_(generator=g)
+        for i, (g, seed) in seeded.items():
+            g.manual_seed(draw_seed(seed, draws[i]))
+            race[i] = torch.empty(vocab, device=dev).exponential_(generator=g)
         picked = (probs / race.clamp_min_(1e-20)).argmax(dim=-1)  # [r] rank of the chosen token
         return order.gather(1, picked[:, None])[:, 0]

@@ -145,7 +145,7 @@ class Scheduler:
             seq.num_computed_tokens = 0
         else:
             assert self.pool is not None, "a sequence that cannot be recomputed needs the pool to swap"
-            seq.host_kv = self.pool.read(seq.block_table, seq.num_computed_tokens)
+            seq.host_kv = self.pool.read_to_host(seq.block_table, seq.num_computed_tokens)
         self.blocks.free(seq)
         self.num_preemptions += 1
         out.preempted.append(seq)

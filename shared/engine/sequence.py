@@ -4,7 +4,8 @@ Life cycle: WAITING (queued, or preempted) -> RUNNING (holds blocks; its prompt 
 one or more chunks, then it decodes one token per step) -> FINISHED. Preemption sends a RUNNING
 sequence back to WAITING: a sequence built from a ``Request`` drops its KV and recomputes it
 (prompt and generated tokens alike) when readmitted; one imported from another engine has no
-image features to recompute with, so its KV is swapped out to ``host_kv`` and written back.
+image features to recompute with, so its KV is swapped out to host memory (``host_kv``) and
+written back.
 
 Invariant: the pool holds K/V for tokens ``[0, num_computed_tokens)``; the tokens after that are
 fed to the model by later steps. A decoding sequence has exactly one such token (its last
@@ -53,7 +54,7 @@ class Sequence:
         self.images = images or []
         self.prefill_only = prefill_only
         self.recomputable = recomputable
-        self.generator: torch.Generator | None = None  # per-request RNG when params.seed is set
+        self.generator: torch.Generator | None = None  # params.seed set: reseeded by the sampler per draw
         self.status = Status.WAITING
         self.finish_reason: FinishReason | None = None
         self.num_computed_tokens = 0
@@ -77,7 +78,7 @@ class Sequence:
             prefill_only=req.prefill_only,
         )
         if req.params.seed is not None:
-            seq.generator = torch.Generator(device).manual_seed(req.params.seed)
+            seq.generator = torch.Generator(device)
         return seq
 
     @property

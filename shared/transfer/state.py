@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from shared.engine import SamplingParams, SequenceState
 from shared.wire.messages import KVReserve, Sampling
 
@@ -26,10 +24,9 @@ def sampling_from_wire(s: Sampling) -> SamplingParams:
 def reservation(
     state: SequenceState, num_layers: int, reply_to: str, deadline: float, source: str
 ) -> KVReserve:
-    rng = None if state.rng_state is None else state.rng_state.to(torch.uint8).flatten()
     return KVReserve(
         state.request_id, list(state.token_ids), state.num_prompt_tokens, state.mrope_delta,
-        sampling_to_wire(state.params), rng, num_layers, reply_to, deadline, source,
+        sampling_to_wire(state.params), num_layers, reply_to, deadline, source,
     )  # fmt: skip
 
 
@@ -40,5 +37,4 @@ def state_from_reservation(msg: KVReserve) -> SequenceState:
         msg.num_prompt_tokens,
         msg.mrope_delta,
         sampling_from_wire(msg.sampling),
-        None if msg.rng_state is None else msg.rng_state.clone(),
     )

@@ -1,20 +1,30 @@
 """Moving a sequence between engines: what prefill ships and decode receives.
 
 A sequence exported mid-generation (whole or layer by layer) and imported into a second engine,
-with another block size, continues with the same tokens, greedy or seeded sampling alike.
+with another block size, continues with the same tokens, greedy or seeded sampling alike; its
+state is plain numbers (no generator state), and a swapped-out import waits in host memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
 
 from shared.engine import Engine, EngineConfig, FinishReason, Request, SamplingParams, SequenceState
+from shared.engine.kv_pool import KVPool
 from tests.engine.prompts import Picture, build, request
 
 pytestmark = pytest.mark.unit
 
 GREEDY = SamplingParams(temperature=0, max_tokens=14, ignore_eos=True)
 SEEDED = SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=1234, max_tokens=14, ignore_eos=True)
+SEED7 = SamplingParams(temperature=1.0, seed=7, max_tokens=14, ignore_eos=True)
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
 
 
 def tokens_alone(lm, req: Request) -> list[int]:
@@ -45,7 +55,7 @@ def move(src: Engine, dst: Engine, rid: str, layerwise: bool) -> SequenceState:
 
 
 @pytest.mark.parametrize("layerwise", [False, True], ids=["whole", "layerwise"])
-@pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+@pytest.mark.parametrize("params", [GREEDY, SEEDED, SEED7], ids=["greedy", "seeded", "seed7"])
 def test_export_mid_generation_continues_elsewhere(params, layerwise, lm, vision):
     ref = tokens_alone(lm, make_request(lm, vision, params))
     src = Engine(lm, EngineConfig(block_size=16, num_blocks=64, prefill_chunk_size=32))
@@ -86,9 +96,23 @@ def test_prefill_only_then_decode_elsewhere(lm, vision):
     assert tokens == ref and decode.num_free_blocks == 64
 
 
-def test_imported_sequences_are_swapped_under_pressure(lm, vision):
-    """A decode engine too small for its imports swaps KV out and back in; tokens are unchanged."""
-    reqs = [make_request(lm, vision, GREEDY, rid=f"s{i}") for i in range(4)]
+def test_a_state_is_plain_numbers(lm, vision):
+    """A seeded request's randomness is its seed and its sampled tokens: no generator state."""
+    src = Engine(lm, EngineConfig(num_blocks=64))
+    src.add_request(make_request(lm, vision, SEED7, prefill_only=True))
+    list(iter_outputs(src))
+    state = src.export_state("moving")
+    assert [f.name for f in dataclasses.fields(state)] == [
+        "request_id", "token_ids", "num_prompt_tokens", "mrope_delta", "params",
+    ]  # fmt: skip
+    assert state.params.seed == 7 and state.num_kv_tokens == state.num_prompt_tokens
+
+
+@pytest.mark.parametrize("params", [GREEDY, SEED7], ids=["greedy", "seed7"])
+def test_imported_sequences_are_swapped_under_pressure(lm, vision, params):
+    """A decode engine too small for its imports swaps KV out to host memory and back in; tokens
+    are unchanged."""
+    reqs = [make_request(lm, vision, params, rid=f"s{i}") for i in range(4)]
     ref = tokens_alone(lm, reqs[0])
     prefill = Engine(lm, EngineConfig(num_blocks=64))
     for r in reqs:
@@ -99,11 +123,37 @@ def test_imported_sequences_are_swapped_under_pressure(lm, vision):
         move(prefill, decode, r.request_id, layerwise=False)
         prefill.release(r.request_id)
     got = {rid: [tok] for rid, tok in firsts.items()}
-    for o in iter_outputs(decode):
-        got[o.request_id].append(o.token_id)
-    assert decode.scheduler.num_preemptions > 0
+    swapped = []
+    while decode.has_unfinished():
+        for o in decode.step():
+            got[o.request_id].append(o.token_id)
+        # Imports arrive with one sampled token; a waiting one with more was swapped out.
+        swapped += [s.host_kv for s in decode.scheduler.waiting if s.num_output_tokens > 1]
+    assert decode.scheduler.num_preemptions > 0 and swapped
+    assert all(t is not None and t.device.type == "cpu" for kv in swapped for t in kv.keys + kv.values)
     assert all(tokens == ref for tokens in got.values())
     assert decode.num_free_blocks == 30 and prefill.num_free_blocks == 64
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_read_to_host_copies_a_sequence_out_of_the_pool(device):
+    pool = KVPool(2, 6, 4, 2, 8, torch.float32, torch.device(device))
+    pool.k.normal_()
+    pool.v.normal_()
+    table, length = [5, 1, 3], 10
+    host = pool.read_to_host(table, length)
+    same = pool.read(table, length)
+    if device == "cuda":
+        torch.cuda.synchronize()  # the copies to host were queued, not awaited
+    for layer in range(2):
+        for got, want in ((host.keys[layer], same.keys[layer]), (host.values[layer], same.values[layer])):
+            assert got is not None and want is not None
+            assert got.device.type == "cpu" and got.is_pinned() == (device == "cuda")
+            assert torch.equal(got, want.cpu())
+    pool.k.zero_()  # the blocks serve others meanwhile; the host copy is unaffected
+    pool.v.zero_()
+    pool.write([0, 2, 4], host)
+    assert torch.equal(pool.read([0, 2, 4], length).keys[1].cpu(), same.keys[1].cpu())
 
 
 def test_begin_import_refuses_when_full(lm, vision):

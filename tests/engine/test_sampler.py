@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shared.engine.request import SamplingParams
-from shared.engine.sampler import Sampler
+from shared.engine.sampler import Sampler, draw_seed
 
 pytestmark = pytest.mark.unit
 
@@ -20,7 +20,7 @@ LOGITS = PROBS.log()
 def draw(params: SamplingParams, n: int = 4000, logits: torch.Tensor = LOGITS) -> torch.Tensor:
     """Token frequencies of n draws (one batch of n identical rows)."""
     sampler = Sampler(seed=0, device=torch.device("cpu"))
-    out = sampler(logits.expand(n, -1), [params] * n, [None] * n)
+    out = sampler(logits.expand(n, -1), [params] * n, [None] * n, [0] * n)
     return torch.bincount(torch.tensor(out.token_ids), minlength=logits.shape[0]).float() / n
 
 
@@ -28,7 +28,7 @@ def test_greedy_is_argmax_of_each_row():
     sampler = Sampler(0, torch.device("cpu"))
     logits = torch.randn(6, 50)
     rows = [SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=1)] * 3
-    assert sampler(logits, rows, [None] * 6).token_ids == logits.argmax(-1).tolist()
+    assert sampler(logits, rows, [None] * 6, [0] * 6).token_ids == logits.argmax(-1).tolist()
 
 
 def test_temperature_one_follows_the_distribution():
@@ -57,32 +57,56 @@ def test_a_seed_reproduces_tokens_whatever_the_batch():
     logits = torch.randn(8, 100)
     p = SamplingParams(temperature=1.0, seed=42)
     alone = []
-    gen = torch.Generator().manual_seed(42)
-    for _ in range(5):
-        alone.append(Sampler(1, torch.device("cpu"))(logits[2:3], [p], [gen]).token_ids[0])
+    gen = torch.Generator()
+    for n in range(5):
+        alone.append(Sampler(1, torch.device("cpu"))(logits[2:3], [p], [gen], [n]).token_ids[0])
     batched = []
-    gen = torch.Generator().manual_seed(42)
-    others = [SamplingParams(temperature=1.0)] * 8
-    for i in range(5):
+    others = [SamplingParams(temperature=1.0, seed=s) for s in range(8)]
+    for n in range(5):
         rows = others[:2] + [p] + others[3:]
-        gens = [None, None, gen] + [None] * 5
-        batched.append(Sampler(i, torch.device("cpu"))(logits, rows, gens).token_ids[2])
+        gens = [torch.Generator() for _ in rows]
+        draws = [3 * i + n for i in range(8)]
+        draws[2] = n
+        batched.append(Sampler(n, torch.device("cpu"))(logits, rows, gens, draws).token_ids[2])
     assert alone == batched
     assert len(set(alone)) > 1
+
+
+def seeded_stream(logits: torch.Tensor, seed: int, gen: torch.Generator | None, n: int = 6) -> list[int]:
+    """Tokens of draws 0 .. n-1 of one row; a fresh generator per draw when ``gen`` is None."""
+    p = SamplingParams(temperature=1.0, seed=seed)
+    sampler = Sampler(0, torch.device("cpu"))
+    return [sampler(logits, [p], [gen or torch.Generator()], [i]).token_ids[0] for i in range(n)]
+
+
+def test_a_seeded_draw_depends_on_the_seed_and_its_index_only():
+    """Nothing of a generator's past matters: a fresh generator at draw n gives draw n's token."""
+    logits = torch.randn(1, 1000)
+    stream = seeded_stream(logits, 7, torch.Generator())
+    assert stream == seeded_stream(logits, 7, None) and len(set(stream)) > 1
+    assert seeded_stream(logits, 8, torch.Generator()) != stream
+
+
+def test_draw_seeds_are_a_fixed_63_bit_function():
+    """Engines of different versions must agree: the mix is pinned, not Python's hash()."""
+    pinned = [6654738377353848610, 1437869018007346628, 8064577666737554293]
+    assert [draw_seed(7, n) for n in range(3)] == pinned
+    seeds = {draw_seed(s, n) for s in (0, 1, 7, (1 << 63) - 1) for n in range(100)}
+    assert len(seeds) == 400 and all(0 <= x < 1 << 63 for x in seeds)
 
 
 def test_logprobs_of_the_chosen_token_and_the_top_n():
     sampler = Sampler(0, torch.device("cpu"))
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.0, 0.0, 5.0, 0.0]])
     rows = [SamplingParams(temperature=0, logprobs=2), SamplingParams(temperature=0)]
-    out = sampler(logits, rows, [None, None])
+    out = sampler(logits, rows, [None, None], [0, 0])
     ref = torch.log_softmax(logits[0], -1)
     assert out.token_ids == [1, 2]
     assert math.isclose(out.logprobs[0], ref[1].item(), rel_tol=1e-6)
     assert [t for t, _ in out.top_logprobs[0]] == [1, 2]
     assert out.top_logprobs[0][1][1] == pytest.approx(ref[2].item())
     assert out.logprobs[1] is None and out.top_logprobs[1] is None
-    zero = sampler(logits[:1], [SamplingParams(temperature=0, logprobs=0)], [None])
+    zero = sampler(logits[:1], [SamplingParams(temperature=0, logprobs=0)], [None], [0])
     assert zero.top_logprobs == [[]] and zero.logprobs[0] == pytest.approx(ref[1].item())
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import msgpack
 import pytest
 import torch
 
+from shared.engine import SamplingParams, SequenceState
+from shared.transfer import reservation, state_from_reservation
 from shared.wire import (
     CacheMiss,
     EncodeRequest,
@@ -382,4 +385,23 @@ def test_mrope_layout_text_runs_have_no_grid() -> None:
     header, data = header_and_frames(prefill_request(layout))
     header["body"]["layout"][0]["grid"] = [0, 0, 0]  # the old text-run marker
     with pytest.raises(WireError, match="outside"):
+        decode(repack(header, data))
+
+
+# ----- kv: the reservation ------------------------------------------------------------------------
+def test_a_seeded_reservation_carries_no_generator_state() -> None:
+    """A seeded request's randomness is its seed and its sampled tokens: no generator bytes travel."""
+    state = SequenceState("chatcmpl-7", [5, 6, 7, 8], 3, -2, SamplingParams(temperature=1.0, seed=7))
+    msg = reservation(state, 3, "tcp://10.0.0.7:7001", time.time() + 5, "prefill@tcp://10.0.0.5:5700")
+    header, data = header_and_frames(msg)
+    assert data == [] and header["frames"] == []  # no tensor of any kind
+    got = decode(encode(msg))
+    assert state_from_reservation(got) == state
+    assert {f.name: type(getattr(got, f.name)) for f in dataclasses.fields(got)} == {
+        "request_id": str, "token_ids": list, "num_prompt_tokens": int, "mrope_delta": int,
+        "sampling": Sampling, "num_layers": int, "reply_to": str, "deadline": float, "source": str,
+    }  # fmt: skip
+    assert got.sampling.seed == 7 and all(type(t) is int for t in got.token_ids)
+    header["body"]["rng_state"] = list(range(16))  # what an older prefill worker would send
+    with pytest.raises(WireError, match="unknown field"):
         decode(repack(header, data))

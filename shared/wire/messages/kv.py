@@ -42,8 +42,7 @@ class KVReserve:
     token_ids: list[int] = rule(ge=0, le=MAX_TOKEN_ID, min_len=2, max_len=MAX_PROMPT_TOKENS)
     num_prompt_tokens: int = rule(ge=1, le=MAX_PROMPT_TOKENS)
     mrope_delta: int = rule(ge=-MAX_PROMPT_TOKENS, le=MAX_PROMPT_TOKENS)
-    sampling: Sampling
-    rng_state: torch.Tensor | None = rule(dtypes=("uint8",), ndim=1)  # seeded requests
+    sampling: Sampling  # a seed and the sampled tokens are all of a seeded request's randomness
     num_layers: int = rule(ge=1, le=MAX_LAYERS)
     reply_to: str = rule(pattern=ADDRESS)  # the router's token inbox
     deadline: float = rule(ge=0)  # give up the reservation (and tell prefill) past this time
