@@ -21,6 +21,7 @@ Prints Markdown tables (the figures of docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import subprocess
 import sys
@@ -96,14 +97,19 @@ def best_alternating(runs: dict[str, Callable[[], None]], repeats: int) -> dict[
 def equal_batches(name: str, ckpt: Path, args) -> None:
     hf, lm = load_both(ckpt)
     for b in args.batches:
-        hp, ep, hd, ed = one_batch(hf, lm, b, args.prompt_len, args.decode, args.repeats)
+        hp, ep, hd, ed, cd = one_batch(hf, lm, b, args.prompt_len, args.decode, args.repeats, args.compiled)
+        compiled = f" {cd:,.0f} | {cd / hd:.2f}x |" if args.compiled else ""
         print(
             f"| {name} | {b} | {ep:,.0f} | {hp:,.0f} | {ep / hp:.2f}x | {ed:,.0f} | {hd:,.0f} | {ed / hd:.2f}x |"
+            + compiled
         )
 
 
-def one_batch(hf, lm, b: int, p: int, n: int, repeats: int) -> tuple[float, float, float, float]:
-    """Prefill and decode tokens/s of transformers and the engine: (hf, engine, hf, engine)."""
+def one_batch(
+    hf, lm, b: int, p: int, n: int, repeats: int, compiled: bool
+) -> tuple[float, float, float, float, float]:
+    """Prefill and decode tokens/s: (hf prefill, engine prefill, hf decode, engine decode, compiled
+    engine decode or 0). The compiled engine's graph is compiled before timing (``warmup``)."""
     ids = torch.randint(0, text_vocab(lm), (b, p), generator=torch.Generator().manual_seed(b))  # [B, P]
     mask = torch.ones_like(ids)
     rows = ids.tolist()
@@ -116,16 +122,21 @@ def one_batch(hf, lm, b: int, p: int, n: int, repeats: int) -> tuple[float, floa
         enable_prefix_cache=False,  # the same prompts run again and again
     )
     engine = Engine(lm, config)
-    t = best_alternating(
-        {
-            "hf1": lambda: hf_generate(hf, ids, mask, 1),
-            "eng1": lambda: engine_generate(engine, rows, [1] * b),
-            "hfn": lambda: hf_generate(hf, ids, mask, 1 + n),
-            "engn": lambda: engine_generate(engine, rows, [1 + n] * b),
-        },
-        repeats,
-    )
-    return b * p / t["hf1"], b * p / t["eng1"], b * n / (t["hfn"] - t["hf1"]), b * n / (t["engn"] - t["eng1"])
+    runs = {
+        "hf1": lambda: hf_generate(hf, ids, mask, 1),
+        "eng1": lambda: engine_generate(engine, rows, [1] * b),
+        "hfn": lambda: hf_generate(hf, ids, mask, 1 + n),
+        "engn": lambda: engine_generate(engine, rows, [1 + n] * b),
+    }
+    if compiled:
+        fast = Engine(lm, dataclasses.replace(config, compile_decode=True))
+        assert fast.runner.graph is not None
+        print(f"<!-- batch {b}: decode graph compiled in {fast.runner.graph.warmup_seconds:.1f} s -->")
+        runs["cmp1"] = lambda: engine_generate(fast, rows, [1] * b)
+        runs["cmpn"] = lambda: engine_generate(fast, rows, [1 + n] * b)
+    t = best_alternating(runs, repeats)
+    decode = {k: b * n / (t[f"{k}n"] - t[f"{k}1"]) for k in ("hf", "eng", "cmp") if f"{k}1" in t}
+    return b * p / t["hf1"], b * p / t["eng1"], decode["hf"], decode["eng"], decode.get("cmp", 0.0)
 
 
 def mixed_load(name: str, ckpt: Path, args) -> None:
@@ -177,6 +188,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-large", action="store_true")
     p.add_argument("--skip-mixed", action="store_true")
+    p.add_argument("--compiled", action="store_true", help="also time the engine with --compile-decode")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} thread(s), float32")
@@ -188,9 +200,10 @@ def main() -> None:
         ckpts = {demo_name: args.demo or make_tiny_checkpoint(Path(tmp) / "demo")}
         if not args.skip_large:
             ckpts["large random"] = make_tiny_checkpoint(Path(tmp) / "large", **LARGE)
+        extra = " compiled decode tok/s | ratio |" if args.compiled else ""
         print("| checkpoint | batch | engine prefill tok/s | HF prefill tok/s | ratio "
-              "| engine decode tok/s | HF decode tok/s | ratio |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
+              "| engine decode tok/s | HF decode tok/s | ratio |" + extra)  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|" + ("---|---|" if args.compiled else ""))
         for name, ckpt in ckpts.items():
             equal_batches(name, ckpt, args)
         if not args.skip_mixed:

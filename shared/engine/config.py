@@ -53,6 +53,11 @@ class EngineConfig:
     moe_kernel: str = flag(
         "auto", help="MoE expert kernel: auto (torch grouped GEMM where available), loop or grouped_mm"
     )
+    compile_decode: bool = flag(
+        False,
+        help="run decode-only steps as one compiled graph (torch.compile; a CUDA graph per batch "
+        "bucket on GPUs); compiled at start, which adds to the time to ready",
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.prefill_chunk_size < 1:

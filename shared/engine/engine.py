@@ -26,12 +26,14 @@ Not thread-safe: one thread (the service's loop) calls every method, between ste
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable
 
 import torch
 
 from shared.engine.block_manager import BlockManager
 from shared.engine.config import EngineConfig
+from shared.engine.decode_graph import DecodeGraph
 from shared.engine.kv_pool import KVPool
 from shared.engine.kv_transfer import SequenceState, check_kv, check_layer
 from shared.engine.memory import plan_kv_blocks, profile_forward
@@ -43,6 +45,8 @@ from shared.engine.scheduler import Scheduler
 from shared.engine.sequence import Sequence, Status
 from shared.models.layers.attention import SequenceKV
 from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -56,13 +60,19 @@ class Engine:
         profile = None if self.device.type == "cpu" else lambda: profile_forward(model, config)
         self.kv_plan = plan_kv_blocks(config, text, dtype, self.device, profile)
         num_blocks = self.kv_plan.num_blocks
+        # One block more than the allocator hands out: the sink that padded rows of a compiled step write to.
         self.pool = KVPool(
-            text.num_hidden_layers, num_blocks, config.block_size, text.num_key_value_heads, text.head_dim,
-            dtype, self.device,
+            text.num_hidden_layers, num_blocks + 1, config.block_size, text.num_key_value_heads,
+            text.head_dim, dtype, self.device,
         )  # fmt: skip
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
         self.scheduler = Scheduler(config, self.blocks, self.pool)
-        self.runner = ModelRunner(model, self.pool)
+        graph = DecodeGraph(model, self.pool, config.max_num_seqs) if config.compile_decode else None
+        if graph is not None:
+            log.info(
+                "decode graph for batches up to %d compiled in %.1f s", graph.buckets[-1], graph.warmup()
+            )
+        self.runner = ModelRunner(model, self.pool, graph)
         self.sampler = Sampler(config.seed, self.device)
         self.max_model_len = config.resolve_max_model_len(text)
         self.eos_token_ids = frozenset(model.config.eos_token_ids)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from shared.engine.decode_graph import DecodeGraph
 from shared.engine.host import long_tensor
 from shared.engine.kv_pool import KVPool
 from shared.engine.paged_attention import PagedAttention
@@ -24,18 +25,23 @@ from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 
 
 class ModelRunner:
-    def __init__(self, model: Qwen3VLMoeForConditionalGeneration, pool: KVPool) -> None:
+    def __init__(
+        self, model: Qwen3VLMoeForConditionalGeneration, pool: KVPool, graph: DecodeGraph | None = None
+    ) -> None:
         if model.model is None:
             raise ValueError("the engine needs a model loaded with its language part")
         self.model = model
         self.pool = pool
         self.device = pool.device
         self.scale = model.config.text.head_dim**-0.5
+        self.graph = graph  # compiled decode steps, when enabled
 
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], torch.Tensor | None]:
         """Compute the batch; returns the entries that sample and their logits [R, V]."""
         if self.decode_only(batch):
+            if self.graph is not None and self.graph.fits(batch):
+                return batch, self.graph.run(batch)
             return batch, self._run_decode(batch)
         dev = self.device
         bs = self.pool.block_size

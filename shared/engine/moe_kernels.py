@@ -7,6 +7,12 @@ per-expert GEMMs from C++, which saves the Python loop (a few percent at small b
 ``auto`` takes ``grouped_mm`` wherever a probe call works for the device and dtype, else ``loop``.
 Both compute the same function.
 
+The engine calls either through one custom op, ``epd::routed_experts``, with a fake (meta)
+kernel: a compiled decode step sees one opaque node per MoE layer (``torch._grouped_mm`` has no
+float32 fake kernel, and the loop's per-expert shapes would break the graph), and ``grouped_mm``
+counts tokens per expert on the device (``scatter_add_``), so a GPU step has no host sync to
+capture in a CUDA graph. The reference ``loop`` reads the counts on the host; it is for the CPU.
+
 Shape legend: T tokens, K experts per token, P = T*K routed pairs, H hidden, E experts,
 I expert intermediate size.
 """
@@ -31,7 +37,9 @@ def grouped_mm_experts(
     flat = topk_ids.flatten()  # [P]
     order = torch.argsort(flat, stable=True)  # pairs grouped by expert
     token_idx = order // k  # [P]
-    ends = torch.cumsum(torch.bincount(flat, minlength=gate_up.shape[0]), 0).to(torch.int32)  # [E]
+    counts = torch.zeros(gate_up.shape[0], dtype=torch.int32, device=x.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))  # [E], no host sync
+    ends = torch.cumsum(counts, 0, dtype=torch.int32)  # [E]
     gate, up = torch._grouped_mm(x[token_idx], gate_up, offs=ends).chunk(2, dim=-1)  # [P, I] each
     routed = torch._grouped_mm(F.silu(gate) * up, down, offs=ends)  # [P, H]
     routed = routed * topk_weights.flatten()[order].to(x.dtype)[:, None]
@@ -53,16 +61,58 @@ def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
     return True
 
 
+KERNELS: dict[str, ExpertsKernel] = {"loop": grouped_experts, "grouped_mm": grouped_mm_experts}
+
+
+@torch.library.custom_op("epd::routed_experts", mutates_args=())
+def routed_experts(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    kernel: str,
+) -> torch.Tensor:
+    return KERNELS[kernel](x, gate_up, down, topk_ids, topk_weights)
+
+
+@routed_experts.register_fake
+def _routed_experts_fake(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    kernel: str,
+) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class ExpertsOp:
+    """An ``ExpertsKernel`` that runs a named kernel through the custom op (one graph node)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        gate_up: torch.Tensor,
+        down: torch.Tensor,
+        topk_ids: torch.Tensor,
+        topk_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        return routed_experts(x, gate_up, down, topk_ids, topk_weights, self.name)
+
+
 def select_kernel(name: str, device: torch.device, dtype: torch.dtype) -> ExpertsKernel:
-    if name == "loop":
-        return grouped_experts
-    if name == "grouped_mm":
-        if not _grouped_mm_works(device, dtype):
-            raise ValueError(f"torch._grouped_mm is not usable for {dtype} on {device}")
-        return grouped_mm_experts
     if name == "auto":
-        return grouped_mm_experts if _grouped_mm_works(device, dtype) else grouped_experts
-    raise ValueError(f"unknown MoE kernel {name!r}")
+        name = "grouped_mm" if _grouped_mm_works(device, dtype) else "loop"
+    elif name == "grouped_mm" and not _grouped_mm_works(device, dtype):
+        raise ValueError(f"torch._grouped_mm is not usable for {dtype} on {device}")
+    elif name not in KERNELS:
+        raise ValueError(f"unknown MoE kernel {name!r}")
+    return ExpertsOp(name)
 
 
 def install_kernel(model: nn.Module, kernel: ExpertsKernel) -> int:

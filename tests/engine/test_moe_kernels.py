@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shared.engine.moe_kernels import grouped_mm_experts, install_kernel, select_kernel
+from shared.engine.moe_kernels import ExpertsOp, grouped_mm_experts, install_kernel, select_kernel
 from shared.models.layers.moe import SparseMoeBlock, grouped_experts
 from tests.numerics import assert_close_scaled
 
@@ -33,9 +33,9 @@ def test_grouped_mm_equals_the_loop(tokens):
 
 def test_install_sets_the_kernel_of_one_model_only(lm):
     cpu = torch.device("cpu")
-    assert select_kernel("auto", cpu, torch.float32) is grouped_mm_experts
-    assert select_kernel("loop", cpu, torch.float32) is grouped_experts
-    assert select_kernel("grouped_mm", cpu, torch.float32) is grouped_mm_experts
+    for name, want in (("auto", "grouped_mm"), ("loop", "loop"), ("grouped_mm", "grouped_mm")):
+        kernel = select_kernel(name, cpu, torch.float32)
+        assert isinstance(kernel, ExpertsOp) and kernel.name == want
     blocks = [m for m in lm.modules() if isinstance(m, SparseMoeBlock)]
     try:
         assert install_kernel(lm, grouped_mm_experts) == len(blocks) > 0
@@ -43,6 +43,22 @@ def test_install_sets_the_kernel_of_one_model_only(lm):
         assert SparseMoeBlock.kernel is grouped_experts
     finally:
         install_kernel(lm, grouped_experts)
+
+
+def test_the_op_compiles_as_one_node_without_graph_breaks():
+    """The custom op has a fake kernel: a full-graph compile of a MoE call traces through it."""
+    g = torch.Generator().manual_seed(0)
+    x, gate_up, down = (
+        torch.randn(6, 24, generator=g),
+        torch.randn(8, 24, 40, generator=g),
+        torch.randn(8, 20, 24, generator=g),
+    )
+    ids = torch.stack([torch.randperm(8, generator=g)[:2] for _ in range(6)])
+    weights = torch.rand(6, 2, generator=g)
+    for name in ("loop", "grouped_mm"):
+        op = ExpertsOp(name)
+        compiled = torch.compile(op.__call__, fullgraph=True, backend="eager")
+        assert torch.equal(compiled(x, gate_up, down, ids, weights), op(x, gate_up, down, ids, weights))
 
 
 def test_engine_with_the_grouped_kernel_gives_the_same_tokens(lm):

@@ -56,8 +56,12 @@ def _params(hf, max_tokens: int) -> SamplingParams:
     return SamplingParams(temperature=0, max_tokens=max_tokens, stop_token_ids=stops)
 
 
-@pytest.mark.parametrize("prefix_cache", [False, True])
-def test_greedy_matches_transformers(prefix_cache, cases, lm, vision, hf):
+@pytest.mark.parametrize(
+    "prefix_cache,compiled",
+    [(False, False), (True, False), (True, True)],
+    ids=["eager", "cache", "cache-compiled"],
+)
+def test_greedy_matches_transformers(prefix_cache, compiled, cases, lm, vision, hf):
     prompts, refs = cases
     cfg = lm.config
     lengths = sorted(len(p.ids) for p, _, _ in prompts)
@@ -69,6 +73,7 @@ def test_greedy_matches_transformers(prefix_cache, cases, lm, vision, hf):
         prefill_chunk_size=64,
         max_num_batched_tokens=160,
         enable_prefix_cache=prefix_cache,
+        compile_decode=compiled,  # decode-only steps through the compiled graph
     )
     engine = Engine(lm, config)
     reqs = [request(f"r{i}", p, cfg, vision, _params(hf, m)) for i, (p, m, _) in enumerate(prompts)]
@@ -90,6 +95,8 @@ def test_greedy_matches_transformers(prefix_cache, cases, lm, vision, hf):
     for i, ref in enumerate(refs):
         assert outputs[f"r{i}"] == ref, f"prompt {i}"
     assert engine.num_free_blocks == config.num_blocks
+    if compiled:
+        assert engine.runner.graph is not None and engine.runner.graph.steps > 0
     if prefix_cache:
         image_start = prompts[2][0].starts[0]
         assert cached["r3"] >= (image_start + 64 + 30) // 16 * 16  # text, image X and text shared

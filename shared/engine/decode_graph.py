@@ -1,0 +1,217 @@
+"""The decode step as one compiled graph: ``torch.compile`` on the CPU, a CUDA graph on a GPU.
+
+Owns the step that repeats most often: a batch of decodes only (one generated token per
+sequence, no images). It is the same model code as the eager path, traced once with
+``fullgraph=True``:
+
+- attention reads each sequence's KV blocks where they lie in the pool (``FlexDecodeAttention``,
+  FlexAttention with a block mask: no gather, GQA in the kernel);
+- MoE layers call the ``epd::routed_experts`` custom op (``moe_kernels``): one node per layer, token
+  counts per expert computed on the device;
+- the step's metadata is one small int32 tensor built on the host and copied to the device once
+  (``pack``); everything derived from it is computed in the graph.
+
+Static shapes: a batch is padded to a bucket of ``batch_buckets`` and its block tables to a width
+bucket (powers of two). Padded rows decode token 0 at position 0 into a sink block that the block
+allocator never hands out, attend to that block only, and their logits are dropped, so they never
+touch a real row. On the CPU the batch and width dimensions are compiled symbolic (one graph for
+every bucket); on CUDA, ``mode="reduce-overhead"`` records one CUDA graph per bucket met, which is
+why batches are padded to a few sizes rather than run at any size.
+
+Shape legend: B real rows, Bp padded rows, W block-table width, N pool blocks (sink included),
+V vocabulary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from shared.engine.kv_pool import KVPool
+from shared.engine.scheduler import ScheduledSeq
+from shared.models.layers.attention import AttentionBackend
+from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
+
+META_COLUMNS = 6  # token id, position, slot, blocks in use, last block, offset in it; then the table
+MIN_WIDTH = 16
+
+
+def batch_buckets(max_num_seqs: int) -> list[int]:
+    """2, 4, 8, then multiples of 8 up to ``max_num_seqs`` (at least one bucket holds it). Batch 1
+    is padded to 2: a dimension of size 1 would be specialised by the compiler into its own graph."""
+    buckets = [2, 4, 8]
+    while buckets[-1] < max_num_seqs:
+        buckets.append(buckets[-1] + 8)
+    return [b for i, b in enumerate(buckets) if i == 0 or buckets[i - 1] < max_num_seqs]
+
+
+class FlexDecodeAttention(AttentionBackend):
+    """One query row per sequence; each row's block-mask row lists exactly its blocks.
+
+    Padding rows (their last block is the sink, the pool's last block) get a zero output, whatever
+    their inputs: with zero embeddings (``DecodeGraph``) their hidden states are then the same in every
+    step, so their MoE routing, and with it the expert groups that real rows are computed in, never
+    depends on what the padding holds.
+
+        ``mask_mod`` keeps every slot of a sequence's full blocks and, in its last block, the slots
+        below the context length. The pool layer is the key/value tensor ``[1, Hkv, N * block, D]``
+        (a view, no copy), broadcast over the batch.
+    """
+
+    def __init__(
+        self,
+        pool: KVPool,
+        slots: torch.Tensor,  # [Bp] slot of each row's new token
+        tables: torch.Tensor,  # [Bp, W] int32 block tables, padded
+        num_blocks: torch.Tensor,  # [Bp] int32 blocks in use
+        last_block: torch.Tensor,  # [Bp] int32
+        last_offset: torch.Tensor,  # [Bp] int32 offset of the newest token in its block
+        scale: float,
+    ) -> None:
+        self.pool, self.slots, self.scale = pool, slots, scale
+        bs = pool.block_size
+
+        def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            return (kv // bs != last_block[b]) | (kv % bs <= last_offset[b])
+
+        self.real = (last_block != pool.num_blocks - 1)[:, None, None]  # [Bp, 1, 1]: not padding
+        full = F.pad(tables, (0, pool.num_blocks - tables.shape[1]))  # [Bp, N]: the mask spans the pool
+        self.mask = BlockMask.from_kv_blocks(
+            num_blocks[:, None, None], full[:, None, None, :], BLOCK_SIZE=(1, bs), mask_mod=mask_mod
+        )
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k_slots, v_slots = self.pool.slots(layer)  # [N * block, Hkv, D]
+        k_slots.index_copy_(0, self.slots, k)
+        v_slots.index_copy_(0, self.slots, v)
+        keys = k_slots.permute(1, 0, 2)[None]  # [1, Hkv, N * block, D]
+        values = v_slots.permute(1, 0, 2)[None]
+        # The scale goes into q: a fresh [Bp, Hq, 1, D] buffer (the CPU kernel rejects a view of a 3-D one).
+        out = flex_attention(
+            q[:, :, None, :] * self.scale, keys, values, block_mask=self.mask, scale=1.0, enable_gqa=True
+        )
+        assert isinstance(out, torch.Tensor)
+        return torch.where(self.real, out[:, :, 0, :], 0.0)  # [Bp, Hq, D]; padding rows get 0
+
+
+class DecodeGraph:
+    """Compiled decode steps over one pool; ``run`` takes a decode-only batch, returns logits [B, V]."""
+
+    def __init__(
+        self,
+        model: Qwen3VLMoeForConditionalGeneration,
+        pool: KVPool,
+        max_num_seqs: int,
+    ) -> None:
+        self.model, self.pool = model, pool
+        self.sink = pool.num_blocks - 1  # the engine's allocator never hands this block out
+        self.device = pool.device
+        self.scale = model.config.text.head_dim**-0.5
+        self.buckets = batch_buckets(max_num_seqs)
+        self.cuda = self.device.type == "cuda"
+        _raise_recompile_limit(64)
+        if self.cuda:  # the pool is mutated in place by every step: give it a fixed address
+            torch._dynamo.mark_static_address(pool.k)
+            torch._dynamo.mark_static_address(pool.v)
+        # On CUDA the step is replayed as a CUDA graph (what mode="reduce-overhead" sets); no epilogue
+        # fusion: the CPU FlexAttention kernel cannot take the padding rows' mask as its epilogue.
+        self.steps = 0  # decode steps run through the graph
+        self.warmup_seconds = 0.0
+        options: dict[str, str | int | bool | Callable[..., Any]] = {
+            "triton.cudagraphs": self.cuda,
+            "epilogue_fusion": False,
+        }
+        self._step = torch.compile(self._forward, fullgraph=True, dynamic=not self.cuda, options=options)
+
+    def bucket(self, batch_size: int) -> int:
+        return next(b for b in self.buckets if b >= batch_size)
+
+    def fits(self, batch: list[ScheduledSeq]) -> bool:
+        return len(batch) <= self.buckets[-1]
+
+    def pack(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        """The step's metadata [Bp, 6 + W] int32 on the host; padded rows aim at the sink block."""
+        bs = self.pool.block_size
+        rows = []
+        for s in batch:
+            seq, i = s.seq, s.start
+            table = seq.block_table
+            used = i // bs + 1
+            rows.append(
+                [
+                    seq.token_ids[i],
+                    i + seq.mrope_delta,
+                    table[i // bs] * bs + i % bs,
+                    used,
+                    table[used - 1],
+                    i % bs,
+                    *table[:used],
+                ]
+            )
+        bp = self.bucket(len(batch))
+        widest = max(len(r) for r in rows) - META_COLUMNS
+        width = max(MIN_WIDTH, 1 << (widest - 1).bit_length())
+        pad_row = [0, 0, self.sink * bs, 1, self.sink, 0, self.sink]
+        rows += [pad_row] * (bp - len(batch))
+        cols = META_COLUMNS + width
+        flat = [x for row in rows for x in (*row, *[0] * (cols - len(row)))]
+        meta = torch.tensor(flat, dtype=torch.int32).view(bp, cols)
+        return meta
+
+    @torch.inference_mode()
+    def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        self.steps += 1
+        return self._call(self.pack(batch))[: len(batch)]
+
+    @torch.inference_mode()
+    def warmup(self) -> float:
+        """Compile before serving (on CUDA: capture every batch bucket) with rows of padding only;
+        returns the seconds it took. The padding rows write only to the sink block."""
+        start = time.perf_counter()
+        bs = self.pool.block_size
+        for bp in self.buckets if self.cuda else self.buckets[-1:]:
+            meta = torch.zeros(bp, META_COLUMNS + MIN_WIDTH, dtype=torch.int32)
+            meta[:, 2], meta[:, 3], meta[:, 4], meta[:, META_COLUMNS] = (
+                self.sink * bs,
+                1,
+                self.sink,
+                self.sink,
+            )
+            self._call(meta)
+        self.warmup_seconds = time.perf_counter() - start
+        return self.warmup_seconds
+
+    def _call(self, meta: torch.Tensor) -> torch.Tensor:
+        # The mask's inputs travel as tensors of their own: the CPU kernel takes only graph inputs there.
+        inputs = [
+            t.to(self.device, non_blocking=True) for t in (meta, meta[:, 4].clone(), meta[:, 5].clone())
+        ]
+        if not self.cuda:  # one graph for every bucket and width
+            for t in inputs:
+                torch._dynamo.mark_dynamic(t, 0)
+            torch._dynamo.mark_dynamic(inputs[0], 1)
+        return self._step(*inputs)
+
+    def _forward(
+        self, meta: torch.Tensor, last_block: torch.Tensor, last_offset: torch.Tensor
+    ) -> torch.Tensor:
+        ids, pos, slots = meta[:, 0].long(), meta[:, 1].long(), meta[:, 2].long()
+        attn = FlexDecodeAttention(
+            self.pool, slots, meta[:, META_COLUMNS:], meta[:, 3], last_block, last_offset, self.scale
+        )
+        lm = self.model.model
+        assert lm is not None
+        embeds = torch.where(attn.real[:, 0], lm.embed_tokens(ids), 0.0)  # [Bp, H]; zero for padding
+        hidden = self.model(embeds, pos.expand(3, -1), attn, None)  # [Bp, H]
+        return self.model.compute_logits(hidden)  # [Bp, V]
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    setattr(config, name, max(getattr(config, name), limit))
