@@ -17,6 +17,7 @@ from shared.flags import flag
 from shared.models.config import TextConfig
 
 MOE_KERNELS = ("auto", "loop", "grouped_mm")
+ATTENTION_BACKENDS = ("auto", "gather", "flex")
 # The most KV a CPU engine gets by default, as vLLM's CPU backend (VLLM_CPU_KVCACHE_SPACE): a CPU
 # engine cannot run enough sequences to use more, and the zero-filled pool is resident memory.
 CPU_KV_CACHE_CAP = 4 << 30
@@ -53,6 +54,11 @@ class EngineConfig:
     moe_kernel: str = flag(
         "auto", help="MoE expert kernel: auto (torch grouped GEMM where available), loop or grouped_mm"
     )
+    attention_backend: str = flag(
+        "auto",
+        help="paged attention kernel: gather (blocks copied out, then SDPA), flex (FlexAttention "
+        "reading blocks in place) or auto (gather on CPU, flex on GPUs: docs/BENCHMARKS.md)",
+    )
     compile_decode: bool = flag(
         False,
         help="run decode-only steps as one compiled graph (torch.compile; a CUDA graph per batch "
@@ -71,8 +77,16 @@ class EngineConfig:
             raise ValueError("kv_cache_memory must be positive")
         if not (0 < self.gpu_memory_utilization <= 1 and 0 < self.cpu_kv_cache_fraction <= 1):
             raise ValueError("gpu_memory_utilization and cpu_kv_cache_fraction must be in (0, 1]")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}")
         if self.moe_kernel not in MOE_KERNELS:
             raise ValueError(f"moe_kernel must be one of {MOE_KERNELS}")
+
+    def attention_for(self, device: torch.device) -> str:
+        """The paged attention kernel on this device: ``auto`` is gather on CPU, flex elsewhere."""
+        if self.attention_backend == "auto":
+            return "gather" if device.type == "cpu" else "flex"
+        return self.attention_backend
 
     def block_bytes(self, text: TextConfig, dtype: torch.dtype) -> int:
         """Bytes of one block: K and V of ``block_size`` tokens in every layer."""

@@ -14,9 +14,10 @@ sequence, no images). It is the same model code as the eager path, traced once w
 Static shapes: a batch is padded to a bucket of ``batch_buckets`` and its block tables to a width
 bucket (powers of two). Padded rows decode token 0 at position 0 into a sink block that the block
 allocator never hands out, attend to that block only, and their logits are dropped, so they never
-touch a real row. On the CPU the batch and width dimensions are compiled symbolic (one graph for
-every bucket); on CUDA, ``mode="reduce-overhead"`` records one CUDA graph per bucket met, which is
-why batches are padded to a few sizes rather than run at any size.
+touch a real row. The width is compiled symbolic everywhere, and so is the batch on the CPU (one
+graph for every bucket); on CUDA the graph is compiled per batch bucket (``warmup`` does all) and
+replayed as CUDA graphs (``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets), recorded
+once per (bucket, width) met: why batches are padded to a few sizes rather than run at any size.
 
 Shape legend: B real rows, Bp padded rows, W block-table width, N pool blocks (sink included),
 V vocabulary.
@@ -24,6 +25,7 @@ V vocabulary.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +39,12 @@ from shared.engine.scheduler import ScheduledSeq
 from shared.models.layers.attention import AttentionBackend
 from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 
+# The transposed (query-side) block lists serve only the backward pass: skip them where torch can.
+_NO_Q_BLOCKS: dict[str, Any] = (
+    {"compute_q_blocks": False}
+    if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
+    else {}
+)
 META_COLUMNS = 6  # token id, position, slot, blocks in use, last block, offset in it; then the table
 MIN_WIDTH = 16
 
@@ -50,17 +58,13 @@ def batch_buckets(max_num_seqs: int) -> list[int]:
     return [b for i, b in enumerate(buckets) if i == 0 or buckets[i - 1] < max_num_seqs]
 
 
-class FlexDecodeAttention(AttentionBackend):
-    """One query row per sequence; each row's block-mask row lists exactly its blocks.
+class DecodeAttention(AttentionBackend):
+    """One query row per sequence over the paged pool; stores the rows' new K/V, then ``attend``.
 
     Padding rows (their last block is the sink, the pool's last block) get a zero output, whatever
-    their inputs: with zero embeddings (``DecodeGraph``) their hidden states are then the same in every
-    step, so their MoE routing, and with it the expert groups that real rows are computed in, never
-    depends on what the padding holds.
-
-        ``mask_mod`` keeps every slot of a sequence's full blocks and, in its last block, the slots
-        below the context length. The pool layer is the key/value tensor ``[1, Hkv, N * block, D]``
-        (a view, no copy), broadcast over the batch.
+    their inputs: with zero embeddings (``DecodeGraph``) their hidden states are then the same in
+    every step, so their MoE routing, and with it the expert groups that real rows are computed in,
+    never depends on what the padding holds.
     """
 
     def __init__(
@@ -74,21 +78,48 @@ class FlexDecodeAttention(AttentionBackend):
         scale: float,
     ) -> None:
         self.pool, self.slots, self.scale = pool, slots, scale
-        bs = pool.block_size
-
-        def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-            return (kv // bs != last_block[b]) | (kv % bs <= last_offset[b])
-
-        self.real = (last_block != pool.num_blocks - 1)[:, None, None]  # [Bp, 1, 1]: not padding
-        full = F.pad(tables, (0, pool.num_blocks - tables.shape[1]))  # [Bp, N]: the mask spans the pool
-        self.mask = BlockMask.from_kv_blocks(
-            num_blocks[:, None, None], full[:, None, None, :], BLOCK_SIZE=(1, bs), mask_mod=mask_mod
+        self.tables, self.num_blocks, self.last_block, self.last_offset = (
+            tables,
+            num_blocks,
+            last_block,
+            last_offset,
         )
+        self.real = (last_block != pool.num_blocks - 1)[:, None, None]  # [Bp, 1, 1]: not padding
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_slots, v_slots = self.pool.slots(layer)  # [N * block, Hkv, D]
         k_slots.index_copy_(0, self.slots, k)
         v_slots.index_copy_(0, self.slots, v)
+        return torch.where(self.real, self.attend(q, k_slots, v_slots), 0.0)  # [Bp, Hq, D]; padding: 0
+
+    def attend(self, q: torch.Tensor, k_slots: torch.Tensor, v_slots: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FlexDecodeAttention(DecodeAttention):
+    """FlexAttention reading the blocks where they lie: each row's block-mask row lists exactly its
+    blocks, ``mask_mod`` keeps every slot of its full blocks and, in its last block, the slots up to
+    the newest token. The pool layer is the key/value tensor ``[1, Hkv, N * block, D]`` (a view, no
+    copy), broadcast over the batch; GQA in the kernel. The kernel for GPUs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        bs = self.pool.block_size
+        last_block, last_offset = self.last_block, self.last_offset
+
+        def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            return (kv // bs != last_block[b]) | (kv % bs <= last_offset[b])
+
+        full = F.pad(self.tables, (0, self.pool.num_blocks - self.tables.shape[1]))  # [Bp, N]: spans the pool
+        self.mask = BlockMask.from_kv_blocks(
+            self.num_blocks[:, None, None],
+            full[:, None, None, :],
+            BLOCK_SIZE=(1, bs),
+            mask_mod=mask_mod,
+            **_NO_Q_BLOCKS,
+        )
+
+    def attend(self, q: torch.Tensor, k_slots: torch.Tensor, v_slots: torch.Tensor) -> torch.Tensor:
         keys = k_slots.permute(1, 0, 2)[None]  # [1, Hkv, N * block, D]
         values = v_slots.permute(1, 0, 2)[None]
         # The scale goes into q: a fresh [Bp, Hq, 1, D] buffer (the CPU kernel rejects a view of a 3-D one).
@@ -96,7 +127,63 @@ class FlexDecodeAttention(AttentionBackend):
             q[:, :, None, :] * self.scale, keys, values, block_mask=self.mask, scale=1.0, enable_gqa=True
         )
         assert isinstance(out, torch.Tensor)
-        return torch.where(self.real, out[:, :, 0, :], 0.0)  # [Bp, Hq, D]; padding rows get 0
+        return out[:, :, 0, :]
+
+
+class GatherDecodeAttention(DecodeAttention):
+    """``epd::gather_decode_attention``: each row's blocks gathered into ``[Bp, Hkv, W * block, D]``
+    and one SDPA call, behind a custom op (one extern call in the graph). It moves more memory than
+    FlexAttention but, on the CPU, FlexAttention's kernel costs more at small head sizes (measured in
+    docs/BENCHMARKS.md): the CPU's choice."""
+
+    def attend(self, q: torch.Tensor, k_slots: torch.Tensor, v_slots: torch.Tensor) -> torch.Tensor:
+        lengths = (self.num_blocks - 1) * self.pool.block_size + self.last_offset + 1  # [Bp]
+        return gather_decode_attention(
+            q, k_slots, v_slots, self.tables, lengths, self.pool.block_size, self.scale
+        )
+
+
+@torch.library.custom_op("epd::gather_decode_attention", mutates_args=())
+def gather_decode_attention(
+    q: torch.Tensor,  # [Bp, Hq, D]
+    k_slots: torch.Tensor,  # [N * block, Hkv, D]
+    v_slots: torch.Tensor,
+    tables: torch.Tensor,  # [Bp, W] int32
+    lengths: torch.Tensor,  # [Bp] int32 context lengths
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    bp, hq, d = q.shape
+    hkv = k_slots.shape[1]
+    blocks = tables.flatten().long()  # [Bp * W]
+    keys = k_slots.view(-1, block_size * hkv * d).index_select(0, blocks).view(bp, -1, hkv, d).transpose(1, 2)
+    values = (
+        v_slots.view(-1, block_size * hkv * d).index_select(0, blocks).view(bp, -1, hkv, d).transpose(1, 2)
+    )
+    allowed = torch.arange(keys.shape[2], device=q.device)[None, :] < lengths[:, None]  # [Bp, W * block]
+    out = F.scaled_dot_product_attention(
+        q.view(bp, hkv, hq // hkv, d), keys, values, attn_mask=allowed[:, None, None, :], scale=scale
+    )
+    return out.reshape(bp, hq, d)
+
+
+@gather_decode_attention.register_fake
+def _gather_decode_attention_fake(
+    q: torch.Tensor,
+    k_slots: torch.Tensor,
+    v_slots: torch.Tensor,
+    tables: torch.Tensor,
+    lengths: torch.Tensor,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+DECODE_ATTENTION: dict[str, type[DecodeAttention]] = {
+    "flex": FlexDecodeAttention,
+    "gather": GatherDecodeAttention,
+}
 
 
 class DecodeGraph:
@@ -107,8 +194,10 @@ class DecodeGraph:
         model: Qwen3VLMoeForConditionalGeneration,
         pool: KVPool,
         max_num_seqs: int,
+        attention: str,  # "gather" or "flex"
     ) -> None:
         self.model, self.pool = model, pool
+        self.attention = DECODE_ATTENTION[attention]
         self.sink = pool.num_blocks - 1  # the engine's allocator never hands this block out
         self.device = pool.device
         self.scale = model.config.text.head_dim**-0.5
@@ -126,7 +215,7 @@ class DecodeGraph:
             "triton.cudagraphs": self.cuda,
             "epilogue_fusion": False,
         }
-        self._step = torch.compile(self._forward, fullgraph=True, dynamic=not self.cuda, options=options)
+        self._step = torch.compile(self._forward, fullgraph=True, dynamic=None, options=options)
 
     def bucket(self, batch_size: int) -> int:
         return next(b for b in self.buckets if b >= batch_size)
@@ -191,17 +280,17 @@ class DecodeGraph:
         inputs = [
             t.to(self.device, non_blocking=True) for t in (meta, meta[:, 4].clone(), meta[:, 5].clone())
         ]
-        if not self.cuda:  # one graph for every bucket and width
+        torch._dynamo.mark_dynamic(inputs[0], 1)  # one compile for every table width
+        if not self.cuda:  # and, on the CPU, for every batch bucket
             for t in inputs:
                 torch._dynamo.mark_dynamic(t, 0)
-            torch._dynamo.mark_dynamic(inputs[0], 1)
         return self._step(*inputs)
 
     def _forward(
         self, meta: torch.Tensor, last_block: torch.Tensor, last_offset: torch.Tensor
     ) -> torch.Tensor:
         ids, pos, slots = meta[:, 0].long(), meta[:, 1].long(), meta[:, 2].long()
-        attn = FlexDecodeAttention(
+        attn = self.attention(
             self.pool, slots, meta[:, META_COLUMNS:], meta[:, 3], last_block, last_offset, self.scale
         )
         lm = self.model.model

@@ -67,7 +67,10 @@ class Engine:
         )  # fmt: skip
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
         self.scheduler = Scheduler(config, self.blocks, self.pool)
-        graph = DecodeGraph(model, self.pool, config.max_num_seqs) if config.compile_decode else None
+        attention = config.attention_for(self.device)
+        graph = (
+            DecodeGraph(model, self.pool, config.max_num_seqs, attention) if config.compile_decode else None
+        )
         if graph is not None:
             log.info(
                 "decode graph for batches up to %d compiled in %.1f s", graph.buckets[-1], graph.warmup()

@@ -1,9 +1,9 @@
 """The compiled decode step: the eager step's logits, padding rows that never touch real rows, one
 graph for every batch bucket and table width (CPU), no graph breaks (``fullgraph=True``).
 
-One engine for the module: its graph is compiled once (~30-80 s on 2 cores, FlexAttention's CPU
-kernel included); the tests then run batches of 2 to 8 rows (buckets 2, 4 and 8) and table widths
-16 and 32 through that one graph.
+One engine per attention kernel (gather, the CPU's; flex, the GPU's): its graph is compiled once
+(~20-70 s each on 2 cores); the tests then run batches of 2 to 8 rows (buckets 2, 4 and 8) and
+table widths 16 and 32 through that one graph.
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ pytestmark = pytest.mark.slow
 LENGTHS = [15, 16, 17, 31, 40]
 
 
-@pytest.fixture(scope="module")
-def engine(lm):
+@pytest.fixture(scope="module", params=["gather", "flex"])
+def engine(request, lm):
     config = EngineConfig(
-        block_size=16, num_blocks=96, max_num_seqs=8, enable_prefix_cache=False, compile_decode=True
+        block_size=16,
+        num_blocks=96,
+        max_num_seqs=8,
+        enable_prefix_cache=False,
+        compile_decode=True,
+        attention_backend=request.param,  # flex is the GPU's kernel: its math is proven here
     )
     engine = Engine(lm, config)
     assert engine.runner.graph is not None and engine.runner.graph.warmup_seconds > 0  # compiled at start
