@@ -25,7 +25,6 @@ V vocabulary.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,17 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from shared.engine.flex_attention import NO_Q_BLOCKS
 from shared.engine.kv_pool import KVPool
 from shared.engine.scheduler import ScheduledSeq
 from shared.models.layers.attention import AttentionBackend
 from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 
-# The transposed (query-side) block lists serve only the backward pass: skip them where torch can.
-_NO_Q_BLOCKS: dict[str, Any] = (
-    {"compute_q_blocks": False}
-    if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
-    else {}
-)
 META_COLUMNS = 6  # token id, position, slot, blocks in use, last block, offset in it; then the table
 MIN_WIDTH = 16
 
@@ -116,7 +110,7 @@ class FlexDecodeAttention(DecodeAttention):
             full[:, None, None, :],
             BLOCK_SIZE=(1, bs),
             mask_mod=mask_mod,
-            **_NO_Q_BLOCKS,
+            **NO_Q_BLOCKS,
         )
 
     def attend(self, q: torch.Tensor, k_slots: torch.Tensor, v_slots: torch.Tensor) -> torch.Tensor:

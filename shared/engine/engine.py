@@ -75,7 +75,7 @@ class Engine:
             log.info(
                 "decode graph for batches up to %d compiled in %.1f s", graph.buckets[-1], graph.warmup()
             )
-        self.runner = ModelRunner(model, self.pool, graph)
+        self.runner = ModelRunner(model, self.pool, graph, attention)
         self.sampler = Sampler(config.seed, self.device)
         self.max_model_len = config.resolve_max_model_len(text)
         self.eos_token_ids = frozenset(model.config.eos_token_ids)

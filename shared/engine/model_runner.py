@@ -7,6 +7,10 @@ that fall in this step's chunk (so an image split by a chunk boundary contribute
 of each part); it builds the ``PagedAttention`` backend from the block tables, runs the model and
 computes logits only for sequences whose last token was computed (the ones that sample).
 
+The attention backend is the engine's choice (``EngineConfig.attention_for``): ``PagedAttention``
+(blocks gathered, then SDPA; the reference) or ``FlexPagedAttention`` (blocks read in place).
+Decode-only batches go to the compiled ``DecodeGraph`` when the engine built one.
+
 Shape legend: T packed tokens, H hidden, N image tokens in the batch, S deepstack levels, R rows
 that sample, V vocabulary.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from shared.engine.decode_graph import DecodeGraph
+from shared.engine.flex_attention import FlexPagedAttention
 from shared.engine.host import long_tensor
 from shared.engine.kv_pool import KVPool
 from shared.engine.paged_attention import PagedAttention
@@ -26,7 +31,11 @@ from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 
 class ModelRunner:
     def __init__(
-        self, model: Qwen3VLMoeForConditionalGeneration, pool: KVPool, graph: DecodeGraph | None = None
+        self,
+        model: Qwen3VLMoeForConditionalGeneration,
+        pool: KVPool,
+        graph: DecodeGraph | None = None,
+        attention: str = "gather",
     ) -> None:
         if model.model is None:
             raise ValueError("the engine needs a model loaded with its language part")
@@ -35,6 +44,7 @@ class ModelRunner:
         self.device = pool.device
         self.scale = model.config.text.head_dim**-0.5
         self.graph = graph  # compiled decode steps, when enabled
+        self.attention = FlexPagedAttention if attention == "flex" else PagedAttention
 
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], torch.Tensor | None]:
@@ -90,7 +100,7 @@ class ModelRunner:
             index = torch.cat(image_index).to(dev)  # [N]
             embeds.index_copy_(0, index, torch.cat(image_rows).to(device=dev, dtype=embeds.dtype))
             deepstack = DeepstackInput(index, torch.cat(deepstack_rows, dim=1).to(dev))  # [S, N, H]
-        attn = PagedAttention(
+        attn = self.attention(
             self.pool,
             [s.num_tokens for s in batch],
             [s.end for s in batch],
@@ -127,7 +137,7 @@ class ModelRunner:
             positions.append(i + seq.mrope_delta)
             tables.append(table)
             lengths.append(i + 1)
-        attn = PagedAttention(
+        attn = self.attention(
             self.pool, [1] * len(batch), lengths, tables, long_tensor(slots, dev), self.scale
         )
         pos = long_tensor(positions, dev).expand(3, -1)  # [3, T]

@@ -3,7 +3,8 @@
 Prompts of 5 to 600 tokens with 0 to 3 images, different max_tokens, the prefill chunk forced to
 64 tokens (images cross chunk boundaries), with the prefix cache off and on. With the cache on,
 half the prompts arrive after the first half's prompts are cached; among them prompts sharing an
-image prefix, an identical prompt, and one with the same tokens but a different image.
+image prefix, an identical prompt, and one with the same tokens but a different image. The
+paged attention runs gathered (the reference) or in place (FlexAttention), eager or compiled.
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ def _params(hf, max_tokens: int) -> SamplingParams:
 
 
 @pytest.mark.parametrize(
-    "prefix_cache,compiled",
-    [(False, False), (True, False), (True, True)],
-    ids=["eager", "cache", "cache-compiled"],
+    "prefix_cache,compiled,attention",
+    [(False, False, "gather"), (True, False, "gather"), (True, True, "gather"), (True, True, "flex")],
+    ids=["eager", "cache", "cache-compiled", "cache-flex-compiled"],
 )
-def test_greedy_matches_transformers(prefix_cache, compiled, cases, lm, vision, hf):
+def test_greedy_matches_transformers(prefix_cache, compiled, attention, cases, lm, vision, hf):
     prompts, refs = cases
     cfg = lm.config
     lengths = sorted(len(p.ids) for p, _, _ in prompts)
@@ -74,6 +75,7 @@ def test_greedy_matches_transformers(prefix_cache, compiled, cases, lm, vision, 
         max_num_batched_tokens=160,
         enable_prefix_cache=prefix_cache,
         compile_decode=compiled,  # decode-only steps through the compiled graph
+        attention_backend=attention,  # flex: prefill chunks and mixed steps too, blocks read in place
     )
     engine = Engine(lm, config)
     reqs = [request(f"r{i}", p, cfg, vision, _params(hf, m)) for i, (p, m, _) in enumerate(prompts)]
