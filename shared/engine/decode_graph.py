@@ -11,8 +11,8 @@ sequence, no images). It is the same model code as the eager path, traced once w
 - the step's metadata is one small int32 tensor built on the host and copied to the device once
   (``pack``); everything derived from it is computed in the graph.
 
-Static shapes: a batch is padded to a bucket of ``batch_buckets`` and its block tables to a width
-bucket (powers of two). Padded rows decode token 0 at position 0 into a sink block that the block
+Static shapes: a batch is padded to a bucket of ``batch_buckets`` and, on CUDA, its block tables
+to a width bucket (powers of two; on the CPU, to the widest table and at least 2). Padded rows decode token 0 at position 0 into a sink block that the block
 allocator never hands out, attend to that block only, and their logits are dropped, so they never
 touch a real row. The width is compiled symbolic everywhere, and so is the batch on the CPU (one
 graph for every bucket); on CUDA the graph is compiled per batch bucket (``warmup`` does all) and
@@ -238,7 +238,10 @@ class DecodeGraph:
             )
         bp = self.bucket(len(batch))
         widest = max(len(r) for r in rows) - META_COLUMNS
-        width = max(MIN_WIDTH, 1 << (widest - 1).bit_length())
+        # A CUDA graph is recorded per width: a few widths. The CPU graph takes any width from 2 up as
+        # it is (a size of 1 would be specialised), and a padded table costs gathered blocks and
+        # attention over them.
+        width = max(MIN_WIDTH, 1 << (widest - 1).bit_length()) if self.cuda else max(2, widest)
         pad_row = [0, 0, self.sink * bs, 1, self.sink, 0, self.sink]
         rows += [pad_row] * (bp - len(batch))
         cols = META_COLUMNS + width

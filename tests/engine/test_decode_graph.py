@@ -3,7 +3,7 @@ graph for every batch bucket and table width (CPU), no graph breaks (``fullgraph
 
 One engine per attention kernel (gather, the CPU's; flex, the GPU's): its graph is compiled once
 (~20-70 s each on 2 cores); the tests then run batches of 2 to 8 rows (buckets 2, 4 and 8) and
-table widths 16 and 32 through that one graph.
+block tables 1 to 26 blocks wide through that one graph.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def finish(engine: Engine) -> None:
 
 
 def test_compiled_step_equals_the_eager_step(engine):
-    for lengths, tag in ((LENGTHS, "a"), ([300, 7], "b")):  # widths 16 and 32, buckets 8 and 2
+    for lengths, tag in ((LENGTHS, "a"), ([300, 7], "b")):  # widths 3 and 19 (CUDA: 16, 32), buckets 8 and 2
         batch = decoding(engine, lengths, tag)
         graph = engine.runner.graph
         compiled = graph.run(batch)
@@ -107,8 +107,9 @@ def test_one_graph_serves_every_bucket_and_width(engine):
         batch = decoding(engine, [17 * (i + 1) for i in range(n)], tag)
         engine.runner.graph.run(batch)
         finish(engine)
-    batch = decoding(engine, [400], "x")  # width 32
-    engine.runner.graph.run(batch)
-    finish(engine)
+    for lengths, tag in (([400], "x"), ([5, 9], "y")):  # widths 26 and 2 (one block padded to 2; CUDA: 32, 16)
+        batch = decoding(engine, lengths, tag)
+        engine.runner.graph.run(batch)
+        finish(engine)
     assert counters["stats"]["unique_graphs"] == graphs, "a batch bucket or table width recompiled"
     assert META_COLUMNS == 6
