@@ -30,6 +30,7 @@ import json
 import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,9 +145,11 @@ def machine() -> dict:
     return {**environment(), "hostname": environment()["host"], "cpu_model": cpu, "torch": torch}
 
 
-def _measure(cfg: CompareConfig, name: str, log_dir: Path, reports: dict, sweeps: dict) -> None:
+def _measure(cfg: CompareConfig, name: str, log_dir: Path, reports: dict, sweeps: dict, ready: dict) -> None:
+    start = time.perf_counter()
     with serve(cfg.server(name, log_dir / name), log_dir / name) as url:
-        print(f"{name}: serving at {url}", flush=True)
+        ready[name] = time.perf_counter() - start  # launch to ready: what a user waits for
+        print(f"{name}: serving at {url}, ready in {ready[name]:.1f} s", flush=True)
         if name in cfg.setups:
             reports[name] = run(cfg.load(url, concurrency=cfg.concurrency, warmup=cfg.warmup))
         if name in cfg.sweep_setups and cfg.request_rates:
@@ -160,10 +163,11 @@ def compare(cfg: CompareConfig) -> dict:
     print(f"server logs in {log_dir}", flush=True)
     reports: dict[str, dict] = {}
     sweeps: dict[str, dict] = {}
+    ready: dict[str, float] = {}
     errors: dict[str, str] = {}
     for name in cfg.order:
         try:
-            _measure(cfg, name, log_dir, reports, sweeps)
+            _measure(cfg, name, log_dir, reports, sweeps, ready)
         except (ServerError, httpx.HTTPError) as e:  # the report counts failed requests; these are worse
             print(f"compare: {name}: {e}", file=sys.stderr, flush=True)
             errors[name] = str(e).splitlines()[0]
@@ -174,6 +178,7 @@ def compare(cfg: CompareConfig) -> dict:
         "setups": reports,
         "ratios": ratios(reports),
         "sweep": sweeps,
+        "ready_seconds": ready,
         "errors": errors,
     }
     return jsonable(result)  # type: ignore[return-value]

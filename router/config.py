@@ -22,6 +22,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from shared.assets import DEMO_MODEL_DIR
@@ -73,7 +74,10 @@ class RouterConfig:
     patch_budget: int = flag(0, help="colocated: vision patches per forward (0: 4096 on cpu, 16384 on cuda)")
     image_cache_bytes: int = flag(1 << 30, help="colocated: bytes of the image embedding cache (0: off)")
     # --max-model-len is the context length in both modes; the other engine flags apply to colocated
-    engine: EngineConfig = flag(default_factory=EngineConfig, help="engine flags")
+    engine: EngineConfig = flag(
+        default_factory=partial(EngineConfig, compile_decode=True),  # colocated: the engine decodes
+        help="engine flags",
+    )
 
     def __post_init__(self) -> None:
         if min(self.max_images, self.max_image_bytes, self.max_inflight, self.max_per_worker) < 1:

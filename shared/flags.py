@@ -4,7 +4,9 @@ A config is a frozen dataclass whose fields are declared with ``flag(default, he
 field, its default and its help live in one place. ``parse_flags`` turns the fields into
 ``--kebab-case`` flags (bool fields become ``--x/--no-x``, ``Path`` fields are converted) and
 builds the config once at the entry point. A field whose type is itself a flags dataclass (the
-engine's ``EngineConfig``) is flattened: its fields become flags of the same command line.
+engine's ``EngineConfig``) is flattened: its fields become flags of the same command line, with
+the defaults of the instance its ``default_factory`` builds (so a service can change a default of
+the engine's, as the decode worker does for ``--compile-decode``).
 
 Precedence: flag, then environment variable (``<PREFIX><FIELD>``, e.g. ``PREFILL_NUM_BLOCKS=64``),
 then the dataclass default. A value the config rejects (its ``__post_init__`` raises
@@ -79,26 +81,35 @@ def parse_flags(cls: type[T], prog: str, description: str, env_prefix: str, argv
         raise  # unreachable: parser.error exits
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type, env_prefix: str) -> dict[str, type]:
-    """Add one flag per field of ``cls``; returns the flattened dataclass fields by name."""
+def _add_fields(
+    parser: argparse.ArgumentParser, cls: type, env_prefix: str, defaults: Any = None
+) -> dict[str, type]:
+    """Add one flag per field of ``cls`` (defaults from the instance ``defaults`` when given);
+    returns the flattened dataclass fields by name."""
     hints = typing.get_type_hints(cls)
     nested: dict[str, type] = {}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             nested[f.name] = tp
-            _add_fields(parser, tp, env_prefix)
+            base = f.default_factory() if f.default_factory is not MISSING else None
+            _add_fields(parser, tp, env_prefix, base)
             continue
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} is not declared with flag(..., help=...)")
-        _add_flag(parser, f, tp, os.environ.get(env_prefix + f.name.upper()))
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        else:
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+        _add_flag(parser, f, tp, default, os.environ.get(env_prefix + f.name.upper()))
     return nested
 
 
-def _add_flag(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any, env: str | None) -> None:
+def _add_flag(
+    parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any, default: Any, env: str | None
+) -> None:
     flag_name = "--" + f.name.replace("_", "-")
     kind = next((a for a in typing.get_args(tp) if a is not type(None)), tp)  # X | None -> X
-    default = f.default_factory() if f.default_factory is not MISSING else f.default
     if kind is bool:
         value = default if env is None else env.lower() in _TRUE
         parser.add_argument(

@@ -59,6 +59,7 @@ class BareInstall:
 
     def env(self) -> dict[str, str]:
         drop = {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV"}
+        drop |= {"DECODE_COMPILE_DECODE", "ROUTER_COMPILE_DECODE"}  # the users' defaults (tests/conftest.py)
         env = {k: v for k, v in os.environ.items() if k not in drop}
         dev_bin = Path(sys.executable).parent
         path = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != dev_bin]

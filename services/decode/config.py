@@ -10,6 +10,7 @@ import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from shared.engine import EngineConfig
 from shared.flags import ServiceFlags, flag, parse_flags
@@ -32,7 +33,12 @@ class DecodeConfig(ServiceFlags):
     )
     report_to: str = flag("", help="comma-separated router addresses that receive LoadReport messages")
     report_interval_s: float = flag(0.5, help="seconds between load reports (they double as heartbeats)")
-    engine: EngineConfig = flag(default_factory=EngineConfig, help="engine flags")
+    engine: EngineConfig = flag(
+        default_factory=partial(
+            EngineConfig, compile_decode=True
+        ),  # a decode worker's steps are decode steps
+        help="engine flags",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -19,6 +19,9 @@ class DecodeMetrics:
         )
         self.free_blocks = Gauge("decode_free_blocks", "Free KV blocks", registry=r)
         self.total_blocks = Gauge("decode_total_blocks", "KV blocks in the pool", registry=r)
+        self.graph_ready = Gauge(
+            "decode_graph_ready", "1 once decode steps run the compiled graph (--compile-decode)", registry=r
+        )
         self.tokens = Counter("decode_tokens", "Tokens generated", registry=r)
         self.imports = Counter("decode_imports", "KV transfers completed", registry=r)
         self.kv_bytes = Counter("decode_kv_bytes_received", "KV payload bytes received", registry=r)

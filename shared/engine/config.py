@@ -62,7 +62,12 @@ class EngineConfig:
     compile_decode: bool = flag(
         False,
         help="run decode-only steps as one compiled graph (torch.compile; a CUDA graph per batch "
-        "bucket on GPUs); compiled at start, which adds to the time to ready",
+        "bucket on GPUs; the decode worker and the colocated server turn it on by default)",
+    )
+    compile_in_background: bool = flag(
+        True,
+        help="on CPU, compile the decode graph in a background thread while decode steps run eager "
+        "(no wait at start); on GPUs the CUDA graphs are always captured before serving",
     )
 
     def __post_init__(self) -> None:

@@ -31,6 +31,9 @@ def test_compare_three_setups(ckpt: Path, tmp_path: Path, capsys: pytest.Capture
     print(printed)
     result = json.loads(out.read_text())
     assert result["errors"] == {} and list(result["setups"]) == list(SETUPS)
+    assert set(result["ready_seconds"]) == set(SETUPS) and all(
+        t > 0 for t in result["ready_seconds"].values()
+    )
     for name, report in result["setups"].items():
         (run,) = report["runs"]
         assert (run["completed"], run["failed"], run["concurrency"]) == (4, 0, 2), name

@@ -1,6 +1,7 @@
 """Greedy tokens through encoder -> prefill -> decode processes equal transformers' ``generate``.
 
-20 concurrent requests with 0 to 3 images over two decode workers; then prompts of >= 2,000
+20 concurrent requests with 0 to 3 images over two decode workers (one eager, one running the
+compiled decode graph); then prompts of >= 2,000
 tokens through a decode worker with room for one sequence at a time (the others queue at the
 reservation handshake; none is lost).
 """
@@ -45,7 +46,8 @@ def run_and_compare(cluster, hf, prompts, max_tokens, targets, timeout=120.0) ->
 
 @pytest.fixture(scope="module")
 def decodes(cluster):
-    return [cluster.decode(), cluster.decode()]
+    # One eager worker, one whose decode steps run the compiled graph (compiled before it serves).
+    return [cluster.decode(), cluster.decode("--compile-decode", "--no-compile-in-background")]
 
 
 def test_twenty_requests_match_transformers(cluster, decodes, hf):
@@ -62,6 +64,7 @@ def test_twenty_requests_match_transformers(cluster, decodes, hf):
     outcomes = run_and_compare(cluster, hf, prompts, max_tokens, [target(d) for d in decodes])
     used = {o.decode for o in outcomes.values()}
     assert used == {d.info["kv"] for d in decodes}
+    assert [d.metric("decode_graph_ready") for d in decodes] == [0, 1]  # eager, compiled
     imports = sum(d.metric("decode_imports_total") for d in decodes)
     print(
         f"decode imports: {imports:.0f}; prefill KV bytes sent: {cluster.prefill.metric('prefill_kv_bytes_sent_total'):.0f}"
