@@ -65,9 +65,10 @@ class EngineConfig:
         "bucket on GPUs; the decode worker and the colocated server turn it on by default)",
     )
     compile_in_background: bool = flag(
-        True,
+        False,
         help="on CPU, compile the decode graph in a background thread while decode steps run eager "
-        "(no wait at start); on GPUs the CUDA graphs are always captured before serving",
+        "(no wait at start; on by default where --compile-decode is); on GPUs the CUDA graphs are "
+        "always captured before serving",
     )
 
     def __post_init__(self) -> None:
