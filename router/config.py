@@ -74,9 +74,9 @@ class RouterConfig:
     patch_budget: int = flag(0, help="colocated: vision patches per forward (0: 4096 on cpu, 16384 on cuda)")
     image_cache_bytes: int = flag(1 << 30, help="colocated: bytes of the image embedding cache (0: off)")
     # --max-model-len is the context length in both modes; the other engine flags apply to colocated
-    # Colocated, the engine decodes: its decode steps compiled by default, in the background on CPU.
+    # Colocated, the engine decodes: its decode steps compiled by default.
     engine: EngineConfig = flag(
-        default_factory=partial(EngineConfig, compile_decode=True, compile_in_background=True),
+        default_factory=partial(EngineConfig, compile_decode=True),
         help="engine flags",
     )
 

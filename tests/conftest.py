@@ -13,10 +13,9 @@ from shared.checkpoint.tiny import cached_tiny_checkpoint
 
 # Several services share two cores in the tests; every process sizes its own thread pool.
 torch.set_num_threads(1)
-# The decode worker and the colocated server compile the decode graph by default (on CPU in a
-# background thread: 20-45 s of a core each). Services the tests start run eager unless a test
-# asks for the graph (the parity tests do, with --compile-decode), so that the ~8 processes on two
-# cores are not compiling as well; children inherit these.
+# The decode worker and the colocated server compile the decode graph before serving by default
+# (20-45 s on two cores). Services the tests start run eager unless a test asks for the graph (the
+# parity tests and the bare-wheel test do), so that clusters start in seconds; children inherit these.
 os.environ.setdefault("DECODE_COMPILE_DECODE", "0")
 os.environ.setdefault("ROUTER_COMPILE_DECODE", "0")
 

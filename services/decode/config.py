@@ -33,9 +33,9 @@ class DecodeConfig(ServiceFlags):
     )
     report_to: str = flag("", help="comma-separated router addresses that receive LoadReport messages")
     report_interval_s: float = flag(0.5, help="seconds between load reports (they double as heartbeats)")
-    # A decode worker's steps are decode steps: compiled by default, in the background on CPU.
+    # A decode worker's steps are decode steps: compiled by default.
     engine: EngineConfig = flag(
-        default_factory=partial(EngineConfig, compile_decode=True, compile_in_background=True),
+        default_factory=partial(EngineConfig, compile_decode=True),
         help="engine flags",
     )
 

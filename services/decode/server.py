@@ -64,8 +64,8 @@ class DecodeServer:
         self.handoff: dict[str, float] = {}  # imported, no token yet -> when the last layer came
         self.next_report = 0.0
         metrics.total_blocks.set(engine.blocks.num_blocks)
-        graph = engine.runner.graph  # compiled in the background on CPU: ready some seconds after start
-        metrics.graph_ready.set_function(lambda: float(graph is not None and graph.ready.is_set()))
+        graph = engine.runner.graph  # None with --no-compile-decode; not ready if compiling failed
+        metrics.graph_ready.set(float(graph is not None and graph.ready))
 
     # ----- the loop ------------------------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:

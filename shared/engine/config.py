@@ -62,13 +62,8 @@ class EngineConfig:
     compile_decode: bool = flag(
         False,
         help="run decode-only steps as one compiled graph (torch.compile; a CUDA graph per batch "
-        "bucket on GPUs; the decode worker and the colocated server turn it on by default)",
-    )
-    compile_in_background: bool = flag(
-        False,
-        help="on CPU, compile the decode graph in a background thread while decode steps run eager "
-        "(no wait at start; on by default where --compile-decode is); on GPUs the CUDA graphs are "
-        "always captured before serving",
+        "bucket on GPUs), compiled before serving; on by default in the decode worker and the "
+        "colocated server",
     )
 
     def __post_init__(self) -> None:

@@ -19,9 +19,12 @@ graph for every bucket); on CUDA the graph is compiled per batch bucket (``warmu
 replayed as CUDA graphs (``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets), recorded
 once per (bucket, width) met: why batches are padded to a few sizes rather than run at any size.
 
-When. ``warmup`` compiles before serving (on CUDA, always: capturing CUDA graphs while another
-thread launches kernels is unsafe); on the CPU ``warmup_in_background`` compiles in a thread while
-the engine runs eager steps, and ``fits`` turns true once it is done (``ready``).
+When. ``compile`` (``warmup``) compiles before the engine serves: on CUDA it captures every
+bucket. Compiling in a thread while the engine serves eager steps was tried and dropped: on the
+CPU the compiler holds the GIL for seconds at a time, every eager op of the serving thread then
+waits for it, and a decode worker under load stopped sending heartbeats (requests failed). Where
+compiling fails (Inductor finds no C++ compiler, say) ``compile`` logs why and decode steps stay
+eager.
 
 Shape legend: B real rows, Bp padded rows, W block-table width, N pool blocks (sink included),
 V vocabulary.
@@ -30,7 +33,6 @@ V vocabulary.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -212,9 +214,8 @@ class DecodeGraph:
         # fusion: the CPU FlexAttention kernel cannot take the padding rows' mask as its epilogue.
         self.steps = 0  # decode steps run through the graph
         self.warmup_seconds = 0.0
-        self.ready = threading.Event()  # set once compiled: until then ``fits`` is False (eager steps)
-        self.error: str | None = None  # why a compilation in the background failed
-        self.compiler: threading.Thread | None = None  # the background compilation, if any
+        self.ready = False  # compiled: until then (or if compiling failed) ``fits`` is False, steps eager
+        self.error: str | None = None  # why compiling failed
         options: dict[str, str | int | bool | Callable[..., Any]] = {
             "triton.cudagraphs": self.cuda,
             "epilogue_fusion": False,
@@ -225,7 +226,7 @@ class DecodeGraph:
         return next(b for b in self.buckets if b >= batch_size)
 
     def fits(self, batch: list[ScheduledSeq]) -> bool:
-        return self.ready.is_set() and len(batch) <= self.buckets[-1]
+        return self.ready and len(batch) <= self.buckets[-1]
 
     def pack(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         """The step's metadata [Bp, 6 + W] int32 on the host; padded rows aim at the sink block."""
@@ -280,29 +281,20 @@ class DecodeGraph:
             )
             self._call(meta)
         self.warmup_seconds = time.perf_counter() - start
-        self.ready.set()
+        self.ready = True
         return self.warmup_seconds
 
-    def warmup_in_background(self) -> None:
-        """Compile in a daemon thread while the caller serves with eager steps (CPU only: capturing
-        CUDA graphs while another thread launches kernels is unsafe). ``fits`` turns true when it is
-        done; a failure (no C++ compiler for Inductor, say) is logged and leaves the steps eager.
-        The thread touches only the graph and the pool's sink block, which no sequence owns."""
-        if self.cuda:
-            raise ValueError("CUDA graphs are captured before serving: call warmup()")
-
-        def compile_graph() -> None:
-            try:
-                seconds = self.warmup()
-            except Exception as e:  # noqa: BLE001 - any compiler failure: serve eager, say why
-                self.error = f"{type(e).__name__}: {e}".splitlines()[0]
-                log.warning("decode graph not compiled, decode steps stay eager: %s", self.error)
-                return
-            log.info("decode graph for batches up to %d compiled in the background in %.1f s",
-                     self.buckets[-1], seconds)  # fmt: skip
-
-        self.compiler = threading.Thread(target=compile_graph, name="decode-graph-compile", daemon=True)
-        self.compiler.start()
+    def compile(self) -> bool:
+        """``warmup``, logged; on failure (no C++ compiler for Inductor, say) the reason is logged and
+        kept in ``error``, and decode steps stay eager. Returns whether the graph is ready."""
+        try:
+            seconds = self.warmup()
+        except Exception as e:  # noqa: BLE001 - whatever the compiler raises: serve eager, say why
+            self.error = f"{type(e).__name__}: {e}".splitlines()[0]
+            log.warning("decode graph not compiled, decode steps stay eager: %s", self.error)
+            return False
+        log.info("decode graph for batches up to %d compiled in %.1f s", self.buckets[-1], seconds)
+        return True
 
     def _call(self, meta: torch.Tensor) -> torch.Tensor:
         # The mask's inputs travel as tensors of their own: the CPU kernel takes only graph inputs there.

@@ -20,9 +20,7 @@ The receiving side imports a sequence either whole (``import_sequence``: queued,
 pool when blocks are free) or layer by layer (``begin_import``, ``import_kv_layer``,
 ``finish_import``); it then decodes like any other sequence.
 
-Not thread-safe: one thread (the service's loop) calls every method, between steps. The one
-other thread an engine may start is the compiler of its decode graph (``compile_in_background``,
-CPU), which touches only the graph and the pool's sink block.
+Not thread-safe: one thread (the service's loop) calls every method, between steps.
 """
 
 from __future__ import annotations
@@ -73,12 +71,8 @@ class Engine:
         graph = (
             DecodeGraph(model, self.pool, config.max_num_seqs, attention) if config.compile_decode else None
         )
-        if graph is not None and config.compile_in_background and not graph.cuda:
-            graph.warmup_in_background()  # eager decode steps until it is ready
-        elif graph is not None:
-            log.info(
-                "decode graph for batches up to %d compiled in %.1f s", graph.buckets[-1], graph.warmup()
-            )
+        if graph is not None:
+            graph.compile()  # before serving; if it fails, decode steps stay eager (logged)
         self.runner = ModelRunner(model, self.pool, graph, attention)
         self.sampler = Sampler(config.seed, self.device)
         self.max_model_len = config.resolve_max_model_len(text)

@@ -14,10 +14,8 @@ pytestmark = pytest.mark.unit
 def test_a_decode_worker_compiles_its_decode_steps_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DECODE_COMPILE_DECODE", raising=False)  # the test suite turns it off for clusters
     monkeypatch.delenv("PREFILL_COMPILE_DECODE", raising=False)
-    library = EngineConfig()  # the library's default: nothing compiled unasked, and when asked, at once
-    assert library.compile_decode is False and library.compile_in_background is False
-    cfg = parse_config([])
-    assert cfg.engine.compile_decode and cfg.engine.compile_in_background
+    assert EngineConfig().compile_decode is False  # the library's default: nothing compiled unasked
+    assert parse_config([]).engine.compile_decode
     assert parse_prefill_config([]).engine.compile_decode is False  # a prefill worker never decodes
     assert not parse_config(["--no-compile-decode"]).engine.compile_decode
     monkeypatch.setenv("DECODE_COMPILE_DECODE", "0")

@@ -47,7 +47,7 @@ def run_and_compare(cluster, hf, prompts, max_tokens, targets, timeout=120.0) ->
 @pytest.fixture(scope="module")
 def decodes(cluster):
     # One eager worker, one whose decode steps run the compiled graph (compiled before it serves).
-    return [cluster.decode(), cluster.decode("--compile-decode", "--no-compile-in-background")]
+    return [cluster.decode(), cluster.decode("--compile-decode")]
 
 
 def test_twenty_requests_match_transformers(cluster, decodes, hf):

@@ -130,40 +130,18 @@ def _greedy(engine: Engine, prompts: list[list[int]]) -> dict[str, list[int]]:
     return out
 
 
-def test_background_compile_takes_over_from_eager_steps(lm):
-    """What a decode worker does by default on CPU: it serves eager steps at once, and decode steps
-    go through the graph once the compiler thread is done; the tokens are the eager engine's."""
-    g = torch.Generator().manual_seed(7)
-    prompts = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (9, 30, 17)]
-    common = dict(block_size=16, num_blocks=96, max_num_seqs=8, enable_prefix_cache=False)
-    expected = _greedy(Engine(lm, EngineConfig(**common)), prompts)
-    engine = Engine(lm, EngineConfig(**common, compile_decode=True, compile_in_background=True))
-    graph = engine.runner.graph
-    assert graph is not None and graph.compiler is not None and not graph.ready.is_set()  # not waited for
-    first = _greedy(engine, prompts)  # most likely all eager: compiling takes longer than this
-    graph.compiler.join(timeout=400)
-    assert graph.ready.is_set() and graph.error is None
-    second = _greedy(engine, prompts)
-    assert first == second == expected
-    assert graph.steps > 0
-    print(f"\ncompiled in the background in {graph.warmup_seconds:.1f} s; {graph.steps} compiled steps")
-
-
-def test_a_failed_background_compile_leaves_eager_steps(lm, monkeypatch, caplog):
+def test_a_failed_compile_leaves_eager_steps(lm, monkeypatch, caplog):
+    """Where Inductor cannot compile (no C++ compiler, as in the image), the engine serves eager."""
     from shared.engine.decode_graph import DecodeGraph
 
     def no_compiler(self):
         raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
 
     monkeypatch.setattr(DecodeGraph, "warmup", no_compiler)
-    config = EngineConfig(
-        block_size=16, num_blocks=96, max_num_seqs=8, compile_decode=True, compile_in_background=True
-    )
-    engine = Engine(lm, config)
+    engine = Engine(lm, EngineConfig(block_size=16, num_blocks=96, max_num_seqs=8, compile_decode=True))
     graph = engine.runner.graph
-    assert graph is not None and graph.compiler is not None
-    graph.compiler.join(timeout=60)
+    assert graph is not None and not graph.ready
     assert graph.error == "RuntimeError: InvalidCxxCompiler: No working C++ compiler found"
-    assert "decode steps stay eager" in caplog.text
+    assert "decode graph not compiled, decode steps stay eager" in caplog.text
     out = _greedy(engine, [[5, 6, 7, 8]])
     assert len(out["g0"]) == 24 and graph.steps == 0

@@ -121,13 +121,14 @@ def test_epd_up_serves_the_demo_model_from_the_bare_install(
         print(f"\nbare install: {bare_install.summary()}; cluster ready after {started:.0f} s; {answer!r}")
         assert "red" in answer.lower()
         check_loadgen_without_its_extra(bare_install, c.url, work)
-        # The decode worker's default: its decode graph compiled in the background while it served
-        # (or, where no C++ compiler is found, a warning that it stays eager).
-        decode_log = logs / "decode-0.log"
-        assert wait_for(lambda: "decode graph" in decode_log.read_text(errors="replace"), 240)
-        graph_line = next(ln for ln in decode_log.read_text().splitlines() if "decode graph" in ln)
-        print(f"decode worker: {graph_line.split('] ', 1)[-1]}")
-        assert "compiled in the background" in graph_line or "stay eager" in graph_line, graph_line
+        # The decode worker's default: its decode graph compiled before it served (or, where no C++
+        # compiler is found, a warning that its steps stay eager).
+        decode_log = (logs / "decode-0.log").read_text(errors="replace")
+        graph_line = next(
+            (ln for ln in decode_log.splitlines() if "decode graph" in ln), "no decode graph line"
+        )
+        print(f"decode worker: {graph_line.split(': ', 1)[-1]}")
+        assert " compiled in " in graph_line or "stay eager" in graph_line, decode_log[-3000:]
         # Ctrl-C: every service stops, and so does epd, with status 0.
         c.proc.send_signal(signal.SIGINT)
         assert c.proc.wait(60) == 0, (logs / "epd.out").read_text()

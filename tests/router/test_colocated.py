@@ -34,8 +34,7 @@ def server(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Epd
     with start_cluster(
         ckpt, tmp_path_factory.mktemp("colocated"), "--colocated", "--dtype", "float32",
         "--router-arg=--num-blocks=512", "--router-arg=--max-model-len=4096", "--router-arg=--max-images=4",
-        # the compiled decode graph, ready before the server is (the tests' default is eager)
-        "--router-arg=--compile-decode", "--router-arg=--no-compile-in-background",
+        "--router-arg=--compile-decode",  # the users' default (the tests' is eager: tests/conftest.py)
     ) as c:  # fmt: skip
         yield c
 
