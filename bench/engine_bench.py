@@ -130,8 +130,11 @@ def one_batch(
     }
     if compiled:
         fast = Engine(lm, dataclasses.replace(config, compile_decode=True))
-        assert fast.runner.graph is not None
-        print(f"<!-- batch {b}: decode graph compiled in {fast.runner.graph.warmup_seconds:.1f} s -->")
+        graph = fast.runner.graph
+        assert graph is not None
+        if not graph.ready:
+            raise SystemExit(f"--compiled: the decode graph did not compile: {graph.error}")
+        print(f"<!-- batch {b}: decode graph compiled in {graph.warmup_seconds:.1f} s -->")
         runs["cmp1"] = lambda: engine_generate(fast, rows, [1] * b)
         runs["cmpn"] = lambda: engine_generate(fast, rows, [1 + n] * b)
     t = best_alternating(runs, repeats)

@@ -661,6 +661,10 @@ def time_engine(rep: Report, bench: Bench, compile_ok: bool) -> None:
         f"- engine start with graph warm-up: {time.perf_counter() - start:.1f} s "
         "(first step ms below includes compiling a new batch bucket or table width)"
     )
+    graph = engine.runner.graph
+    if graph is not None and not getattr(graph, "ready", True):  # compiling failed: steps would be eager
+        rep.check(False, f"decode graph compiled: {graph.error}")
+        return
     bench.decode(rep, engine, per_token, fixed)
     rep.line()
     graph = engine.runner.graph
