@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from shared.engine.compiler_check import missing_compiler
 from shared.engine.flex_attention import NO_Q_BLOCKS
 from shared.engine.kv_pool import KVPool
 from shared.engine.scheduler import ScheduledSeq
@@ -287,6 +288,10 @@ class DecodeGraph:
     def compile(self) -> bool:
         """``warmup``, logged; on failure (no C++ compiler for Inductor, say) the reason is logged and
         kept in ``error``, and decode steps stay eager. Returns whether the graph is ready."""
+        if reason := missing_compiler(self.device):
+            self.error = reason
+            log.warning("decode graph not compiled, decode steps stay eager: %s", reason)
+            return False
         try:
             seconds = self.warmup()
         except Exception as e:  # noqa: BLE001 - whatever the compiler raises: serve eager, say why

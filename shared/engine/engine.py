@@ -32,6 +32,7 @@ from collections.abc import Iterable
 import torch
 
 from shared.engine.block_manager import BlockManager
+from shared.engine.compiler_check import missing_compiler
 from shared.engine.config import EngineConfig
 from shared.engine.decode_graph import DecodeGraph
 from shared.engine.kv_pool import KVPool
@@ -68,6 +69,11 @@ class Engine:
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_cache)
         self.scheduler = Scheduler(config, self.blocks, self.pool)
         attention = config.attention_for(self.device)
+        if attention == "flex" and (reason := missing_compiler(self.device)):
+            if config.attention_backend == "flex":
+                raise ValueError(f"--attention-backend flex compiles FlexAttention, but {reason}")
+            log.warning("paged attention: gather instead of flex, %s", reason)
+            attention = "gather"
         graph = (
             DecodeGraph(model, self.pool, config.max_num_seqs, attention) if config.compile_decode else None
         )

@@ -130,18 +130,37 @@ def _greedy(engine: Engine, prompts: list[list[int]]) -> dict[str, list[int]]:
     return out
 
 
-def test_a_failed_compile_leaves_eager_steps(lm, monkeypatch, caplog):
-    """Where Inductor cannot compile (no C++ compiler, as in the image), the engine serves eager."""
-    from shared.engine.decode_graph import DecodeGraph
+def test_without_a_compiler_the_engine_serves_eager(lm, monkeypatch, caplog):
+    """No C++ compiler on PATH (as in the image): the engine says so at once and decodes eager."""
+    import torch._inductor.cpp_builder as cpp_builder
 
-    def no_compiler(self):
-        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
-
-    monkeypatch.setattr(DecodeGraph, "warmup", no_compiler)
-    engine = Engine(lm, EngineConfig(block_size=16, num_blocks=96, max_num_seqs=8, compile_decode=True))
+    cpp_builder.cpp_compiler_search.cache_clear()  # Inductor caches the compiler it found
+    monkeypatch.setenv("PATH", "/nonexistent")
+    try:
+        engine = Engine(lm, EngineConfig(block_size=16, num_blocks=96, max_num_seqs=8, compile_decode=True))
+        with pytest.raises(ValueError, match="attention-backend flex compiles FlexAttention, but no C"):
+            Engine(lm, EngineConfig(num_blocks=96, max_num_seqs=8, attention_backend="flex"))
+    finally:
+        cpp_builder.cpp_compiler_search.cache_clear()
     graph = engine.runner.graph
-    assert graph is not None and not graph.ready
-    assert graph.error == "RuntimeError: InvalidCxxCompiler: No working C++ compiler found"
+    assert graph is not None and not graph.ready and graph.warmup_seconds == 0  # nothing traced
+    assert graph.error == "no C++ compiler for Inductor's CPU kernels (g++ on PATH, or CXX)"
     assert "decode graph not compiled, decode steps stay eager" in caplog.text
     out = _greedy(engine, [[5, 6, 7, 8]])
     assert len(out["g0"]) == 24 and graph.steps == 0
+
+
+def test_a_failed_compile_leaves_eager_steps(lm, monkeypatch, caplog):
+    """Whatever else compiling raises: logged, and the engine serves eager."""
+    from shared.engine.decode_graph import DecodeGraph
+
+    def broken(self):
+        raise RuntimeError("LoweringException: something new\nmore lines")
+
+    monkeypatch.setattr(DecodeGraph, "warmup", broken)
+    engine = Engine(lm, EngineConfig(block_size=16, num_blocks=96, max_num_seqs=8, compile_decode=True))
+    graph = engine.runner.graph
+    assert graph is not None and not graph.ready
+    assert graph.error == "RuntimeError: LoweringException: something new"
+    assert "decode graph not compiled, decode steps stay eager" in caplog.text
+    assert len(_greedy(engine, [[5, 6, 7, 8]])["g0"]) == 24 and graph.steps == 0
