@@ -55,7 +55,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from shared.engine.host import long_tensor
 from shared.engine.kv_pool import KVPool
-from shared.models.layers.attention import AttentionBackend
+from shared.engine.paged_attention import PagedBackend
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -160,33 +160,15 @@ def build_block_mask(
     )
 
 
-class FlexPagedAttention(AttentionBackend):
-    """Paged attention without gather; the constructor is ``PagedAttention``'s. The caller runs it
-    without autograd (``torch.inference_mode``): the compiled CPU kernel is inference only. The
-    block mask is built at the first layer, where q tells G, and serves every layer."""
+class FlexPagedAttention(PagedBackend):
+    """Paged attention without gather, built as ``PagedAttention`` is. The caller runs it without
+    autograd (``torch.inference_mode``): the compiled CPU kernel is inference only. The block mask
+    is built at the first layer, where q tells G, and serves every layer."""
 
-    def __init__(
-        self,
-        pool: KVPool,
-        query_lens: list[int],
-        seq_lens: list[int],  # context lengths including this step's tokens
-        block_tables: list[list[int]],
-        slot_mapping: torch.Tensor,  # [T] slot of each new token
-        scale: float,
-    ) -> None:
-        self.pool = pool
-        self.scale = scale
-        self.slot_mapping = slot_mapping
-        self.query_lens = query_lens
-        self.seq_lens = seq_lens
-        self.block_tables = block_tables
-        self.views = _layer_views(pool)
-        self.block_mask: BlockMask | None = None
+    block_mask: BlockMask | None = None
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        k_slots, v_slots = self.pool.slots(layer)  # [N*B, Hkv, D]
-        k_slots.index_copy_(0, self.slot_mapping, k)
-        v_slots.index_copy_(0, self.slot_mapping, v)
+        self.store(layer, k, v)
         t, hq, d = q.shape
         hkv = k.shape[1]
         g = hq // hkv
@@ -197,6 +179,6 @@ class FlexPagedAttention(AttentionBackend):
         rows = q.view(t, hkv, g, d).transpose(0, 1).reshape(1, hkv, t * g, d)  # [1, Hkv, T*G, D]
         if t * g > 1:  # its own symbol, never tied to an equal head count or D (a size of 1 specialises)
             torch._dynamo.mark_dynamic(rows, 2)
-        k_pool, v_pool = self.views[layer]  # [1, Hkv, N*B, D]
+        k_pool, v_pool = _layer_views(self.pool)[layer]  # [1, Hkv, N*B, D]
         out = _compiled_flex(rows, k_pool, v_pool, block_mask=self.block_mask, scale=self.scale)
         return out.view(hkv, t, g, d).transpose(0, 1).reshape(t, hq, d)

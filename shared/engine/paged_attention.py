@@ -98,7 +98,10 @@ class _Group:
         return out.transpose(1, 2).reshape(c * self.tpad, hq, d)
 
 
-class PagedAttention(AttentionBackend):
+class PagedBackend(AttentionBackend):
+    """What every paged backend is built from (a step's metadata) and how it stores a layer's new
+    K/V: each token's rows into its slot of the pool."""
+
     def __init__(
         self,
         pool: KVPool,
@@ -108,9 +111,30 @@ class PagedAttention(AttentionBackend):
         slot_mapping: torch.Tensor,  # [T] slot of each new token
         scale: float,
     ) -> None:
-        self.pool = pool
-        self.scale = scale
-        self.slot_mapping = slot_mapping
+        self.pool, self.scale, self.slot_mapping = pool, scale, slot_mapping
+        self.query_lens, self.seq_lens, self.block_tables = query_lens, seq_lens, block_tables
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v [T, Hkv, D] into the pool; returns the layer's slots [N*bs, Hkv, D] (K, V)."""
+        k_slots, v_slots = self.pool.slots(layer)
+        k_slots.index_copy_(0, self.slot_mapping, k)
+        v_slots.index_copy_(0, self.slot_mapping, v)
+        return k_slots, v_slots
+
+
+class PagedAttention(PagedBackend):
+    """Blocks gathered into padded groups, one SDPA call per group (the module docstring)."""
+
+    def __init__(
+        self,
+        pool: KVPool,
+        query_lens: list[int],
+        seq_lens: list[int],
+        block_tables: list[list[int]],
+        slot_mapping: torch.Tensor,
+        scale: float,
+    ) -> None:
+        super().__init__(pool, query_lens, seq_lens, block_tables, slot_mapping, scale)
         singles: list[tuple[int, int, int, list[int]]] = []  # (offset, q_len, length, blocks)
         chunks: list[tuple[int, int, int, list[int]]] = []
         offset = 0
@@ -128,9 +152,7 @@ class PagedAttention(AttentionBackend):
                 self.groups += [_Group([c], pool) for c in chunks]
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        k_slots, v_slots = self.pool.slots(layer)  # [N*bs, Hkv, D]
-        k_slots.index_copy_(0, self.slot_mapping, k)
-        v_slots.index_copy_(0, self.slot_mapping, v)
+        self.store(layer, k, v)
         only = self.groups[0] if len(self.groups) == 1 else None
         if only is not None and only.in_order and only.valid is None and len(only.rows) == self.num_tokens:
             return self.groups[0].attend(self.pool, layer, q, self.scale)  # e.g. a pure decode batch
