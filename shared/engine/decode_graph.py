@@ -12,9 +12,9 @@ sequence, no images). It is the same model code as the eager path, traced once w
   (``pack``); everything derived from it is computed in the graph.
 
 Static shapes: a batch is padded to a bucket of ``batch_buckets`` and, on CUDA, its block tables
-to a width bucket (powers of two; on the CPU, to the widest table and at least 2). Padded rows decode token 0 at position 0 into a sink block that the block
-allocator never hands out, attend to that block only, and their logits are dropped, so they never
-touch a real row. The width is compiled symbolic everywhere, and so is the batch on the CPU (one
+to a width bucket (powers of two; on the CPU, to the widest table and at least 2). Padded rows
+decode token 0 at position 0 into a sink block that the block allocator never hands out, attend
+to that block only, and their logits are dropped, so they never touch a real row. The width is compiled symbolic everywhere, and so is the batch on the CPU (one
 graph for every bucket); on CUDA the graph is compiled per batch bucket (``warmup`` does all) and
 replayed as CUDA graphs (``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets), recorded
 once per (bucket, width) met: why batches are padded to a few sizes rather than run at any size.
