@@ -1,4 +1,4 @@
-"""``bench/gpu_check.py`` on the CPU at tiny widths: every section reported, no check FAILED, nothing
+"""``python -m bench.gpu_check`` on the CPU at tiny widths: every section reported, no check FAILED, nothing
 but torch on its import path; and the pieces its numbers rest on (parameter counts, context fills).
 
 The script is run once, compiled paths included (FlexPagedAttention and the compiled decode step:
@@ -13,13 +13,9 @@ import sys
 import pytest
 import torch
 
-from bench.gpu_check import (
-    PRESETS,
-    Sizes,
-    fill,
-    model_config,
-    random_language_model,
-)
+from bench.gpu_check.common import PRESETS
+from bench.gpu_check.model import Sizes, model_config, random_language_model
+from bench.gpu_check.timing import fill
 from shared.engine import Engine, EngineConfig
 from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 from tests.repo import REPO_ROOT
@@ -39,7 +35,7 @@ FORBIDDEN = "{'fastapi','zmq','transformers','safetensors','msgpack','uvicorn'}"
 
 
 def test_tiny_cpu_run_reports_every_section_and_no_failure():
-    cmd = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--preset", "tiny", "--threads", "1"]
+    cmd = [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--preset", "tiny", "--threads", "1"]
     run = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=540)
     report = run.stdout
     print(report)
@@ -54,7 +50,7 @@ def test_tiny_cpu_run_reports_every_section_and_no_failure():
 
 def test_import_path_holds_no_service_package():
     code = (
-        "import sys; import bench.gpu_check; "
+        "import sys; import bench.gpu_check.__main__; "
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN}))"
     )
     run = subprocess.run(
