@@ -2,8 +2,10 @@
 # in docker-compose.yml); without a command it runs the whole cluster in one container (`epd up`).
 #
 # Two stages. The first builds the project's wheel (`pip wheel --no-deps .`) and installs that wheel
-# with its declared dependencies (no extras) into the venv /opt/venv; the second is the base image
-# plus that venv: no source tree, no tests.
+# with its declared dependencies and the mooncake extra (`--kv-transfer mooncake`) into the venv
+# /opt/venv; the second is the base image plus the Debian libraries that Mooncake's Transfer Engine
+# links (libibverbs1 librdmacm1 libnuma1 libcurl4, as `make deps`) plus that venv: no source tree,
+# no tests.
 #
 #   docker build -t epd:latest .                     CPU torch from the PyTorch index, the rest from PyPI
 #   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128   CUDA torch (compose `gpu` profile)
@@ -31,11 +33,26 @@ RUN set -eu; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install $torch_from torch==2.13.0; \
     /opt/venv/bin/pip wheel --no-deps $from --wheel-dir /wheels /src; \
-    /opt/venv/bin/pip install $from /wheels/*.whl; \
+    wheel=$(echo /wheels/*.whl); \
+    /opt/venv/bin/pip install $from "$wheel[mooncake]"; \
     /opt/venv/bin/pip check
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title=epd-serve
+# The Transfer Engine's libraries: apt-get only where the base lacks them (python:3.11-slim; on
+# trixie apt picks librdmacm1t64 and libcurl4t64 for the old names). docker/build-base.sh's offline
+# base has them already (mmdebstrap --include), so an offline build needs no Debian mirror here.
+RUN set -eu; \
+    for so in libibverbs.so.1 librdmacm.so.1 libnuma.so.1 libcurl.so.4; do \
+        ldconfig -p | grep -q "^[[:space:]]*$so " || missing="${missing:-} $so"; \
+    done; \
+    if [ -n "${missing:-}" ]; then \
+        echo "apt-get install for:$missing"; \
+        apt-get update -q; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            libibverbs1 librdmacm1 libnuma1 libcurl4; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 RUN useradd --system --create-home --home-dir /home/epd --shell /usr/sbin/nologin epd

@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: install install-dev test test-fast lint typecheck format up clean compose-check
+.PHONY: install install-dev deps test test-fast lint typecheck format up clean compose-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,6 +20,25 @@ $(RUNTIME): pyproject.toml | $(BIN)/python
 $(DEV): $(RUNTIME)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(DEV)
+
+# The Debian libraries that the mooncake extra's Transfer Engine links even over TCP (libcurl4 too:
+# its engine.so needs libcurl.so.4). Silent when ldconfig knows them all; else apt-get as root.
+DEB_LIBS := libibverbs1 librdmacm1 libnuma1 libcurl4
+DEB_SONAMES := libibverbs.so.1 librdmacm.so.1 libnuma.so.1 libcurl.so.4
+
+deps:
+	@missing=; for so in $(DEB_SONAMES); do \
+	    PATH="$$PATH:/usr/sbin:/sbin" ldconfig -p | grep -q "^[[:space:]]*$$so " || missing="$$missing $$so"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	echo "make deps: missing$$missing" >&2; \
+	if [ "$$(id -u)" != 0 ]; then \
+	    echo "make deps: run as root (or: sudo apt-get install $(DEB_LIBS))" >&2; exit 1; \
+	fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt_install() { apt-get install -y -q --no-install-recommends $(DEB_LIBS); }; \
+	if ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 && apt_install; then exit 0; fi; \
+	apt-get update -q && apt_install
 
 install: $(RUNTIME)
 
@@ -39,11 +58,11 @@ format: $(DEV)
 	$(BIN)/ruff format .
 
 # Everything: unit, parity, cluster and packaging tests (~20 min on 2 cores).
-test: lint
+test: deps lint
 	$(BIN)/python -m pytest -q
 
 # The inner loop: unit tests only (< 2 min on 2 cores).
-test-fast: $(DEV)
+test-fast: deps $(DEV)
 	$(BIN)/python -m pytest -q -m unit
 
 # The whole local cluster on the bundled demo model (flags: make up ARGS="--encoders 2").

@@ -122,20 +122,21 @@ trap finish EXIT
 trap 'exit 130' INT TERM
 
 say "base image $BASE_IMAGE"
-if podman image exists "$BASE_IMAGE"; then
+if [[ $BASE_IMAGE == localhost/epd-base:* ]]; then
+    "$ROOT/docker/build-base.sh" "$BASE_IMAGE" # a no-op when built already with today's packages
+elif podman image exists "$BASE_IMAGE"; then
     echo "present"
-elif [[ $BASE_IMAGE == localhost/epd-base:* ]]; then
-    "$ROOT/docker/build-base.sh" "$BASE_IMAGE"
 else
     podman_ pull "$BASE_IMAGE"
 fi
 
-say "wheelhouse $WHEELHOUSE: torch==2.13.0 and the declared dependencies of pyproject.toml (pip download)"
+say "wheelhouse $WHEELHOUSE: torch==2.13.0, the declared dependencies and the mooncake extra (pip download)"
 "$PYTHON" - >"$STATE/requirements.txt" <<'EOF'
 import tomllib
 
 project = tomllib.load(open("pyproject.toml", "rb"))
-print("\n".join(project["build-system"]["requires"] + project["project"]["dependencies"]))
+mooncake = project["project"]["optional-dependencies"]["mooncake"]  # the Dockerfile installs it
+print("\n".join(project["build-system"]["requires"] + project["project"]["dependencies"] + mooncake))
 EOF
 grep -qx 'torch==2.13.0' "$STATE/requirements.txt" || die "pyproject.toml no longer pins torch==2.13.0"
 mkdir -p "$WHEELHOUSE"

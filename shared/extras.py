@@ -11,7 +11,8 @@ installs the extra. The dependency check of the test suite (tests/packaging/test
 reads these calls: each module required must belong to a distribution of the named extra.
 
 Extras (``[project.optional-dependencies]`` in pyproject.toml): ``loadgen`` (matplotlib for the
-load generator's plots, tqdm for its progress bar).
+load generator's plots, tqdm for its progress bar); ``mooncake`` (Mooncake's Transfer Engine for
+``--kv-transfer mooncake``; it also needs the Debian libraries of ``make deps``).
 """
 
 from __future__ import annotations

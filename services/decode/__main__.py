@@ -10,7 +10,7 @@ from services.common.main import run_service
 from services.decode.config import parse_config
 from services.decode.metrics import DecodeMetrics
 from services.decode.server import DecodeServer
-from shared.transfer import ZmqKVReceiver
+from shared.transfer import build_receiver
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,7 +19,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def build(health: Health) -> tuple[DecodeServer, dict[str, str]]:
         engine = build_engine(cfg.model, cfg.device, cfg.dtype, cfg.engine)
-        receiver = ZmqKVReceiver(cfg.address(cfg.kv_port), name=cfg.name or "decode")
+        name = cfg.name or "decode"
+        receiver = build_receiver(
+            cfg.transfer, cfg.address(cfg.kv_port), engine.pool, cfg.reachable_host, name
+        )
         server = DecodeServer(cfg, engine, receiver, metrics, health)
         receiver.name = server.name
         return server, {"kv": receiver.address, "control": server.endpoint}

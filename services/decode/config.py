@@ -14,6 +14,7 @@ from functools import partial
 
 from shared.engine import EngineConfig
 from shared.flags import ServiceFlags, flag, parse_flags
+from shared.transfer import TransferConfig
 from shared.wire.messages import ADDRESS
 
 
@@ -29,7 +30,9 @@ class DecodeConfig(ServiceFlags):
     http_port: int = flag(8800, help="health and metrics HTTP port; 0 picks a free one")
     max_pending: int = flag(64, help="most KV reservations waiting for room (then refused as overloaded)")
     transfer_timeout_s: float = flag(
-        30.0, help="seconds from grant to the last layer before the transfer is dropped (prefill gone)"
+        30.0,
+        help="seconds a granted transfer may go without a message from prefill before it is dropped "
+        "(prefill gone)",
     )
     report_to: str = flag("", help="comma-separated router addresses that receive LoadReport messages")
     report_interval_s: float = flag(0.5, help="seconds between load reports (they double as heartbeats)")
@@ -38,6 +41,7 @@ class DecodeConfig(ServiceFlags):
         default_factory=partial(EngineConfig, compile_decode=True),
         help="engine flags",
     )
+    transfer: TransferConfig = flag(default_factory=TransferConfig, help="KV transfer flags")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,10 +57,17 @@ class DecodeConfig(ServiceFlags):
     def report_addresses(self) -> list[str]:
         return [a.strip() for a in self.report_to.split(",") if a.strip()]
 
+    @property
+    def reachable_host(self) -> str:
+        """The host others reach this worker by: --advertise-host, else the host name when bound to a
+        wildcard, else --host."""
+        return self.advertise_host or (
+            socket.gethostname() if self.host in ("0.0.0.0", "::", "*") else self.host
+        )
+
     def advertised(self, endpoint: str) -> str:
         """A bound endpoint as others reach it: a wildcard host becomes the advertised host."""
-        host = self.advertise_host or (socket.gethostname() if self.host in ("0.0.0.0", "::", "*") else "")
-        return f"tcp://{host}:{endpoint.rsplit(':', 1)[1]}" if host else endpoint
+        return f"tcp://{self.reachable_host}:{endpoint.rsplit(':', 1)[1]}"
 
 
 def parse_config(argv: Sequence[str] | None = None) -> DecodeConfig:

@@ -1,13 +1,16 @@
-"""Decode's side of KV transfers: the reservation handshake and layer-by-layer import.
+"""Decode's side of KV transfers: the reservation handshake and the import, chunk by chunk.
 
 A reservation is granted only when the engine can hold the sequence's KV now
-(``Engine.begin_import`` reserves its blocks); otherwise it waits in a bounded FIFO (the prefill
-worker is told ``queued`` and keeps its copy) until blocks free up or its deadline passes, and
-beyond that bound it is refused as ``overloaded``. Data is therefore never sent without room and
-never dropped. A state the engine cannot turn into a sequence is refused (``bad_request``) at
-once, and the other messages of the same batch are handled as usual. A granted transfer must
-finish within ``transfer_timeout_s``: otherwise the prefill worker is taken as gone, the blocks
-are freed and the router is told.
+(``Engine.begin_import`` reserves its blocks, and the grant names them); otherwise it waits in a
+bounded FIFO (the prefill worker is told ``queued`` and keeps its copy) until blocks free up or
+its deadline passes, and beyond that bound it is refused as ``overloaded``. Data is therefore
+never sent without room and never dropped. A state the engine cannot turn into a sequence is
+refused (``bad_request``) at once, and the other messages of the same batch are handled as
+usual. The KV then arrives while prefill still computes: as ``KVLayer`` pieces copied into the
+blocks (zmq), or written into them by the sender with ``KVProgress`` after each landed batch
+(mooncake; nothing is copied here). ``KVDone`` brings the first token and ends the import. A
+granted transfer must show progress every ``transfer_timeout_s``: otherwise the prefill worker is
+taken as gone, the blocks are freed and the router is told.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from shared.engine import Engine
 from shared.transfer import KVReceiver, state_from_reservation
 from shared.transfer.base import KVInbound
-from shared.wire.messages import ErrorKind, KVAbort, KVDone, KVLayer, KVReserve
+from shared.wire.messages import ErrorKind, KVAbort, KVDone, KVLayer, KVProgress, KVReserve
 
 log = logging.getLogger("decode")
 # What building a sequence from a handed-over state may raise: the engine refuses it (ValueError)
@@ -43,9 +46,10 @@ class Admission(enum.StrEnum):
 @dataclass
 class Import:
     msg: KVReserve
-    expires: float  # monotonic
-    nbytes: int = 0
-    layers: set[int] = field(default_factory=set)
+    expires: float  # monotonic; pushed back by every message of the transfer
+    nbytes: int = 0  # KV bytes stored (copied or written by the sender)
+    copied: int = 0  # of which copied here out of received frames
+    layers: set[int] = field(default_factory=set)  # layers that arrived as KVLayer
 
 
 class Importer:
@@ -61,6 +65,7 @@ class Importer:
         self.importing: dict[str, Import] = {}
         self.refused: dict[str, int] = {}
         self.bytes_received = 0
+        self.bytes_copied = 0  # received frames copied into the pool (stays 0 under one-sided writes)
         self.num_queued = 0  # reservations that had to wait for room, since start
         self.on_imported: Callable[[KVReserve, Import], None] = lambda msg, imp: None
 
@@ -73,6 +78,8 @@ class Importer:
                 self._reserve(msg)
             elif isinstance(msg, KVLayer):
                 self._layer(msg)
+            elif isinstance(msg, KVProgress):
+                self._progress(msg)
             elif isinstance(msg, KVDone):
                 self._done(msg)
             elif isinstance(msg, KVAbort):
@@ -94,15 +101,15 @@ class Importer:
 
     def _try_begin(self, msg: KVReserve) -> Admission:
         try:
-            ok = self.engine.begin_import(state_from_reservation(msg))
+            blocks = self.engine.begin_import(state_from_reservation(msg))
         except UNUSABLE_STATE as e:
             why = f"unusable sequence state: {type(e).__name__}: {e}"
             self._refuse(msg.request_id, ErrorKind.BAD_REQUEST, why)
             return Admission.REFUSED
-        if not ok:
+        if blocks is None:
             return Admission.FULL
         self.importing[msg.request_id] = Import(msg, time.monotonic() + self.transfer_timeout_s)
-        self.receiver.grant(msg.request_id)
+        self.receiver.grant(msg.request_id, blocks)
         return Admission.GRANTED
 
     def grant_waiting(self) -> None:
@@ -123,24 +130,37 @@ class Importer:
         if imp is None:
             return  # dropped meanwhile (abort, timeout)
         try:
-            self.engine.import_kv_layer(msg.request_id, msg.layer, msg.keys, msg.values)
+            self.engine.import_kv_layer(msg.request_id, msg.layer, msg.keys, msg.values, msg.start)
         except (KeyError, ValueError) as e:
             self._fail_import(imp, ErrorKind.BAD_REQUEST, f"bad KV layer {msg.layer}: {e}")
             return
         imp.layers.add(msg.layer)
-        imp.nbytes += msg.keys.nbytes + msg.values.nbytes
+        n = msg.keys.nbytes + msg.values.nbytes
+        imp.nbytes += n
+        imp.copied += n
+        imp.expires = time.monotonic() + self.transfer_timeout_s
+
+    def _progress(self, msg: KVProgress) -> None:
+        imp = self.importing.get(msg.request_id)
+        if imp is not None:
+            imp.expires = time.monotonic() + self.transfer_timeout_s
 
     def _done(self, msg: KVDone) -> None:
         imp = self.importing.get(msg.request_id)
         if imp is None:
             return
+        # Written by the sender when nothing arrived as frames and this receiver takes writes.
+        written = self.receiver.one_sided and not imp.layers
         try:
-            self.engine.finish_import(msg.request_id)
+            self.engine.finish_import(msg.request_id, list(msg.sampled), written=written)
         except ValueError as e:
             self._fail_import(imp, ErrorKind.BAD_REQUEST, str(e))
             return
+        if written:
+            imp.nbytes = self.engine.kv_bytes(len(imp.msg.token_ids))
         del self.importing[msg.request_id]
         self.bytes_received += imp.nbytes
+        self.bytes_copied += imp.copied
         self.receiver.ack(msg.request_id)
         self.on_imported(imp.msg, imp)
 

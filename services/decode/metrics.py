@@ -25,6 +25,11 @@ class DecodeMetrics:
         self.tokens = Counter("decode_tokens", "Tokens generated", registry=r)
         self.imports = Counter("decode_imports", "KV transfers completed", registry=r)
         self.kv_bytes = Counter("decode_kv_bytes_received", "KV payload bytes received", registry=r)
+        self.kv_copied = Counter(
+            "decode_kv_bytes_copied",
+            "KV bytes copied out of transfer frames into the pool (0 under one-sided writes)",
+            registry=r,
+        )
         self.refusals = Counter("decode_refusals", "Reservations refused, by kind", ["kind"], registry=r)
         self.step_seconds = Histogram(
             "decode_step_seconds", "Engine step time", buckets=LATENCY_BUCKETS, registry=r

@@ -6,15 +6,17 @@ continuous batching over imported sequences, and the reservations and imports of
 
 Sockets:
 * a ``KVReceiver`` (``shared.transfer``, a ROUTER at ``--kv-port``): prefill workers reserve
-  room, send layers, get grants and acks on the same connection.
+  room, send KV, get grants and acks on the same connection; with ``--kv-transfer mooncake`` the
+  pool is registered with Mooncake's Transfer Engine and prefill writes the KV into it directly.
 * ``PULL`` at ``--port`` (control): ``AbortRequest`` from routers.
 * ``PUSH`` to each request's ``reply_to`` (``PushPool``): one ``TokenBatch`` per step and router,
   or ``StageError``; ``LoadReport`` to every ``--report-to`` address each ``--report-interval-s``.
 * HTTP on ``--http-port``: /health, /ready (with the current load), /metrics.
 
 Life cycle of a request, one stage per step of the loop:
-1. receive: a reservation is granted when the pool has room (blocks reserved), else queued or
-   refused; layers are written into the reserved blocks as they arrive; on the last one the
+1. receive: a reservation is granted when the pool has room (blocks reserved and named in the
+   grant), else queued or refused; KV lands in the reserved blocks while prefill computes
+   (copied from KVLayer frames, or written by the sender); on KVDone, with the first token, the
    sequence joins the running batch and prefill is acked. Aborts end a request anywhere.
 2. schedule + run: one engine step over every running sequence (swapping out the newest under
    memory pressure: imported sequences cannot be recomputed here).
@@ -120,6 +122,7 @@ class DecodeServer:
         self.handoff[msg.request_id] = time.monotonic()
         self.metrics.imports.inc()
         self.metrics.kv_bytes.inc(imp.nbytes)
+        self.metrics.kv_copied.inc(imp.copied)
 
     # ----- 3. send -------------------------------------------------------------------------------
     def send(self, outputs: list[TokenOutput]) -> None:

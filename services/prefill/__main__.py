@@ -10,7 +10,7 @@ from services.common.main import run_service
 from services.prefill.config import parse_config
 from services.prefill.metrics import PrefillMetrics
 from services.prefill.server import PrefillServer
-from shared.transfer import ZmqKVSender
+from shared.transfer import build_sender
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,7 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def build(health: Health) -> tuple[PrefillServer, dict[str, str]]:
         engine = build_engine(cfg.model, cfg.device, cfg.dtype, cfg.engine)
-        server = PrefillServer(cfg, engine, ZmqKVSender(), metrics, health)
+        sender = build_sender(cfg.transfer, engine.pool, cfg.host)
+        server = PrefillServer(cfg, engine, sender, metrics, health)
         return server, {"zmq": server.endpoint, "inbox": server.inbox_endpoint}
 
     return run_service(cfg, "prefill", metrics, build)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from shared.engine import EngineConfig
 from shared.flags import ServiceFlags, flag, parse_flags
+from shared.transfer import TransferConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +28,13 @@ class PrefillConfig(ServiceFlags):
         5.0, help="seconds a decode worker may stay silent after a reserve or the last layer (then gone)"
     )
     grant_timeout_s: float = flag(60.0, help="seconds a reservation may wait in a full decode worker's queue")
+    kv_pipeline: bool = flag(
+        True,
+        help="reserve at the decode worker after a prompt's first chunk and ship each chunk's KV while "
+        "the next computes (--no-kv-pipeline: all of it after the first token)",
+    )
     engine: EngineConfig = flag(default_factory=EngineConfig, help="engine flags")
+    transfer: TransferConfig = flag(default_factory=TransferConfig, help="KV transfer flags")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -8,7 +8,8 @@ Sockets:
 * ``ROUTER`` at ``--host:--port``: routers (DEALER) send ``PrefillRequest`` and ``AbortRequest``;
   a malformed message is answered with ``StageError(bad_request)`` on it.
 * ``PULL`` at ``--inbox-port``: encoders push ``ImageEmbeddingResult`` (or ``StageError``).
-* a ``KVSender`` (``shared.transfer``): one DEALER per decode worker, replies on the same.
+* a ``KVSender`` (``shared.transfer``, ``--kv-transfer``): one DEALER per decode worker, replies
+  on the same; with mooncake, the KV itself goes as one-sided writes into the decode pool.
 * ``PUSH`` to each request's ``reply_to`` (``PushPool``): ``TokenBatch`` with the first token,
   or ``StageError``.
 * HTTP on ``--http-port``: /health, /ready, /metrics.
@@ -18,10 +19,12 @@ Life cycle of a request, one stage per step of the loop:
    its embeddings are there; an image error or its deadline fails it (what arrived is freed).
 2. admit: a complete request becomes an engine ``Request(prefill_only=True)``.
 3. run: one engine step (chunked prefill, prefix cache, deepstack).
-4. send: a sampled first token goes to the router at once; if the request goes on, its state is
-   offered to the decode worker (reserve); on a grant every layer is queued for sending (ZMQ
-   streams it while the next step computes); on the ack the blocks are freed (full blocks stay
-   in the prefix cache). Refusals and silent decode workers end the request with an error.
+4. send: a sampled first token goes to the router at once. KV hand-off, layer-pipelined: once a
+   request's first chunk is computed its prompt is offered to the decode worker (reserve); once
+   granted, the KV of each step's completed blocks ships (every layer) while the next chunk
+   computes; the first token completes the transfer; on the ack the blocks are freed (full
+   blocks stay in the prefix cache). Refusals, failed writes and silent decode workers end the
+   request with an error.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class PrefillServer:
         self.shipper = Shipper(
             engine,
             sender,
-            self._error,
+            self._transfer_failed,
             self.name,
             cfg.kv_reply_timeout_s,
             cfg.grant_timeout_s,
@@ -93,6 +96,8 @@ class PrefillServer:
         self.admit()
         outputs = self.engine.step() if self.engine.has_unfinished() else []
         self.send(outputs)
+        self.reserve_early()
+        self.shipper.advance()
         self.shipper.expire()
         m = self.metrics
         m.waiting.set(len(self.waiting))
@@ -208,23 +213,50 @@ class PrefillServer:
             msg, admitted = self.active.pop(out.request_id)
             by_router.setdefault(msg.reply_to, []).append(out)
             self.metrics.ttft.observe(time.monotonic() - admitted)
-            if out.finish_reason is FinishReason.PREFILLED:
+            rid = out.request_id
+            if out.finish_reason is not FinishReason.PREFILLED:  # finished at its first token
+                if rid in self.shipper.transfers:
+                    self.shipper.cancel(rid, f"finished at the first token ({out.finish_reason})")
+                else:
+                    self.engine.release(rid)
+                continue
+            if rid not in self.shipper.transfers:
                 if len(self.shipper) >= self.cfg.max_transfers:
-                    self.engine.abort(out.request_id)
-                    self._error(
-                        out.request_id, msg.reply_to, ErrorKind.OVERLOADED, "too many transfers waiting"
-                    )
+                    self.engine.abort(rid)
+                    self._error(rid, msg.reply_to, ErrorKind.OVERLOADED, "too many transfers waiting")
                     continue
-                self.shipper.start(out.request_id, msg.decode_address, msg.reply_to)
-            else:  # finished at its first token: nothing to decode
-                self.engine.release(out.request_id)
+                self.shipper.start(rid, msg.decode_address, msg.reply_to)
+            if rid in self.shipper.transfers:  # (start fails at once when the worker is unreachable)
+                self.shipper.prefilled(rid, [out.token_id])
         for reply_to, outs in by_router.items():
             self._push(reply_to, token_batch(self.name, outs))
+
+    def reserve_early(self) -> None:
+        """Offer prompts to their decode workers once their first chunk is computed, so that the KV
+        of later chunks ships while they compute (``--kv-pipeline``)."""
+        if not self.cfg.kv_pipeline:
+            return
+        for rid, (msg, _) in list(self.active.items()):
+            if len(self.shipper) >= self.cfg.max_transfers:
+                return
+            if (
+                rid not in self.shipper.transfers
+                and msg.sampling.max_tokens > 1
+                and self.engine.kv_progress(rid)[1] > 0
+            ):
+                self.shipper.start(rid, msg.decode_address, msg.reply_to)
 
     def _transferred(self, t: Transfer) -> None:
         self.metrics.kv_bytes.inc(t.nbytes)
         self.metrics.transfers_done.inc()
         self.metrics.transfer_seconds.observe(time.monotonic() - t.started)
+
+    def _transfer_failed(
+        self, request_id: str, reply_to: str, kind: ErrorKind, message: str, stage: Stage
+    ) -> None:
+        """The shipper gave up (its blocks are freed): the request may still be prefilling."""
+        self.active.pop(request_id, None)
+        self._error(request_id, reply_to, kind, message, stage)
 
     def _error(
         self, request_id: str, reply_to: str, kind: ErrorKind, message: str, stage: Stage = Stage.PREFILL

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -85,7 +85,8 @@ class Engine:
         self.eos_token_ids = frozenset(model.config.eos_token_ids)
         self.seqs: dict[str, Sequence] = {}  # every request the engine holds anything for
         self._importing: dict[str, Sequence] = {}  # layer-by-layer imports in progress
-        self._imported_layers: dict[str, set[int]] = {}
+        self._imported_layers: dict[str, list[int]] = {}  # tokens stored so far, per layer
+        self.on_preempt: Callable[[str], None] = lambda request_id: None
         self._arrivals = itertools.count()
 
     # ----- requests ---------------------------------------------------------------------------------
@@ -142,6 +143,8 @@ class Engine:
     # ----- the loop ---------------------------------------------------------------------------------
     def step(self) -> list[TokenOutput]:
         batch = self.scheduler.schedule()
+        for seq in batch.preempted:  # before the forward reuses their blocks
+            self.on_preempt(seq.request_id)
         if not batch:
             return []
         sampling, logits = self.runner.run(batch.scheduled)
@@ -195,6 +198,30 @@ class Engine:
             raise KeyError(f"request {request_id} has no exportable KV (unknown, waiting or mid-prefill)")
         return seq
 
+    def kv_bytes(self, num_tokens: int) -> int:
+        """Bytes of K and V, all layers, of ``num_tokens`` tokens."""
+        k = self.pool.k
+        return 2 * num_tokens * k.shape[0] * k.shape[3] * k.shape[4] * k.element_size()
+
+    def kv_progress(self, request_id: str) -> tuple[list[int], int]:
+        """The block table of a request being prefilled (or prefilled) and how many of its prompt
+        tokens have KV in those blocks now; no blocks and 0 while it waits (preempted ones too)."""
+        seq = self.seqs.get(request_id)
+        if seq is None:
+            raise KeyError(f"no request {request_id}")
+        if seq.status is Status.WAITING:
+            return [], 0
+        return seq.block_table, min(seq.num_computed_tokens, seq.num_prompt_tokens)
+
+    def prompt_state(self, request_id: str) -> SequenceState:
+        """The state of a request being prefilled, as far as its prompt (no sampled token yet)."""
+        seq = self.seqs.get(request_id)
+        if seq is None:
+            raise KeyError(f"no request {request_id}")
+        state = SequenceState.of(seq)
+        state.token_ids = state.token_ids[: seq.num_prompt_tokens]
+        return state
+
     def export_state(self, request_id: str) -> SequenceState:
         return SequenceState.of(self._resident(request_id))
 
@@ -220,31 +247,57 @@ class Engine:
         self.seqs[seq.request_id] = seq
         self.scheduler.add(seq)
 
-    def begin_import(self, state: SequenceState) -> bool:
-        """Reserve blocks for a sequence whose KV arrives layer by layer; False if the pool is full now."""
-        seq = self._new_import(state)
-        if not self.blocks.can_grow(seq, seq.num_tokens):
-            return False
-        self.blocks.grow(seq, seq.num_tokens)
+    def begin_import(self, state: SequenceState) -> list[int] | None:
+        """Reserve blocks for a sequence whose KV, of every token in ``state``, arrives later (layer by
+        layer, or written into the blocks by a transfer engine), with room for the token sampled after
+        them. Returns the reserved block ids in order, or None while the pool is full."""
+        self._check_new(state.request_id, state.num_prompt_tokens, state.params.max_tokens)
+        seq = state.pending_sequence(next(self._arrivals), self.device)
+        if not self.blocks.can_grow(seq, seq.num_tokens + 1):
+            return None
+        self.blocks.grow(seq, seq.num_tokens + 1)
         self._importing[seq.request_id] = seq
-        self._imported_layers[seq.request_id] = set()
-        return True
+        self._imported_layers[seq.request_id] = [0] * self.model_config.text.num_hidden_layers
+        return list(seq.block_table)
 
-    def import_kv_layer(self, request_id: str, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    def import_kv_layer(
+        self, request_id: str, layer: int, k: torch.Tensor, v: torch.Tensor, start: int = 0
+    ) -> None:
+        """Store one layer's K, V ``[n, Hkv, D]`` of tokens ``[start, start + n)``; a layer's tokens
+        arrive in order, so ``start`` is where its previous piece ended."""
         seq = self._importing[request_id]
         text = self.model_config.text
         if not 0 <= layer < text.num_hidden_layers:
             raise ValueError(f"layer {layer} out of range")
-        check_layer(layer, k, v, seq.num_computed_tokens, text.num_key_value_heads, text.head_dim)
-        self.pool.write_layer(seq.block_table, layer, k, v)
-        self._imported_layers[request_id].add(layer)
+        have = self._imported_layers[request_id][layer]
+        if start != have:
+            raise ValueError(f"layer {layer}: tokens from {start} arrived, {have} expected next")
+        n = k.shape[0] if k.dim() == 3 else -1
+        if not 0 < n <= seq.num_computed_tokens - start:
+            raise ValueError(
+                f"layer {layer}: {n} tokens from {start} overrun the {seq.num_computed_tokens} reserved"
+            )
+        check_layer(layer, k, v, n, text.num_key_value_heads, text.head_dim)
+        self.pool.write_layer(seq.block_table, layer, k, v, start)
+        self._imported_layers[request_id][layer] = start + n
 
-    def finish_import(self, request_id: str) -> None:
-        """All layers arrived: the sequence joins the queue (it already holds its blocks)."""
-        missing = set(range(self.model_config.text.num_hidden_layers)) - self._imported_layers[request_id]
-        if missing:
-            raise ValueError(f"request {request_id}: layers {sorted(missing)} not imported")
-        seq = self._importing.pop(request_id)
-        del self._imported_layers[request_id]
+    def finish_import(self, request_id: str, sampled: list[int], written: bool = False) -> None:
+        """The KV is complete: the sequence continues from ``sampled`` (the token(s) prefill sampled)
+        and joins the queue, holding its blocks. ``written``: a transfer engine wrote the blocks
+        itself, so no layer went through ``import_kv_layer``."""
+        seq = self._importing[request_id]
+        if not written:
+            have = self._imported_layers[request_id]
+            missing = [i for i, n in enumerate(have) if n != seq.num_computed_tokens]
+            if missing:
+                raise ValueError(f"request {request_id}: layers {missing} incomplete")
+        if not sampled:
+            raise ValueError(f"request {request_id}: no sampled token to continue from")
+        seq.token_ids.extend(sampled)
+        if not self.blocks.can_grow(seq, seq.num_tokens):
+            raise ValueError(f"request {request_id}: no room for {len(sampled)} sampled tokens")
+        self.blocks.grow(seq, seq.num_tokens)
+        seq.num_computed_tokens = seq.num_tokens - 1
+        del self._importing[request_id], self._imported_layers[request_id]
         self.seqs[request_id] = seq
         self.scheduler.add(seq)

@@ -60,19 +60,23 @@ class KVPool:
 
     # ----- one sequence, contiguous ----------------------------------------------------------------
     def read_layer(
-        self, block_table: list[int], length: int, layer: int
+        self, block_table: list[int], length: int, layer: int, start: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V [length, Hkv, D] of the first ``length`` tokens of a sequence, copied out."""
-        blocks = torch.tensor(block_table[: -(-length // self.block_size)], device=self.device)
+        """K, V [length - start, Hkv, D] of tokens [start, length) of a sequence, copied out."""
+        first = start // self.block_size
+        blocks = torch.tensor(block_table[first : -(-length // self.block_size)], device=self.device)
         k, v = self.gather(layer, blocks)
-        return k[:length], v[:length]  # [L, Hkv, D]
+        skip = first * self.block_size
+        return k[start - skip : length - skip], v[start - skip : length - skip]  # [L, Hkv, D]
 
-    def write_layer(self, block_table: list[int], layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store K, V [L, Hkv, D] as the first L tokens of a sequence whose blocks cover them."""
-        length = k.shape[0]
-        if len(block_table) * self.block_size < length:
-            raise ValueError(f"{len(block_table)} blocks cannot hold {length} tokens")
-        slots = torch.tensor(self.slot_ids(block_table, 0, length), device=self.device)
+    def write_layer(
+        self, block_table: list[int], layer: int, k: torch.Tensor, v: torch.Tensor, start: int = 0
+    ) -> None:
+        """Store K, V [n, Hkv, D] as tokens [start, start + n) of a sequence whose blocks cover them."""
+        end = start + k.shape[0]
+        if len(block_table) * self.block_size < end:
+            raise ValueError(f"{len(block_table)} blocks cannot hold {end} tokens")
+        slots = torch.tensor(self.slot_ids(block_table, start, end), device=self.device)
         ks, vs = self.slots(layer)
         # From pinned host memory the copy runs on the stream, ordered before the index_copy_.
         ks.index_copy_(0, slots, k.to(device=self.device, dtype=self.dtype, non_blocking=True))

@@ -44,8 +44,16 @@ class SequenceState:
         )
 
     def to_sequence(self, arrival: int, device: torch.device) -> Sequence:
+        """The sequence of a whole import: KV for every token but the last, a sampled one."""
         if len(self.token_ids) <= self.num_prompt_tokens:
             raise ValueError(f"sequence {self.request_id}: no sampled token to continue from")
+        seq = self.pending_sequence(arrival, device)
+        seq.num_computed_tokens = self.num_kv_tokens
+        return seq
+
+    def pending_sequence(self, arrival: int, device: torch.device) -> Sequence:
+        """The sequence of a layer-by-layer import: the KV of every token in ``token_ids`` is on its
+        way; the engine appends the sampled token(s) when it is complete (``Engine.finish_import``)."""
         seq = Sequence(
             self.request_id,
             list(self.token_ids),
@@ -57,7 +65,7 @@ class SequenceState:
         )
         if self.params.seed is not None:
             seq.generator = torch.Generator(device)
-        seq.num_computed_tokens = self.num_kv_tokens
+        seq.num_computed_tokens = len(self.token_ids)
         return seq
 
 

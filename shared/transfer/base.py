@@ -2,17 +2,20 @@
 
 Protocol of one transfer (see ``shared.wire.messages.kv`` for the messages)::
 
-    sender.reserve(dest, KVReserve)      receiver.poll() -> KVReserve
-                                         receiver.grant / queued / refuse
-    sender.poll() -> TransferReply: ReplyEvent GRANTED | QUEUED (GRANTED later) | REFUSED
-    sender.send_layer(...) x num_layers  receiver.poll() -> KVLayer (each)
-    sender.finish(...)                   receiver.poll() -> KVDone; receiver.ack
-    sender.poll() -> ReplyEvent.ACKED    (the sender may now free its blocks)
+    sender.reserve(dest, KVReserve)        receiver.poll() -> KVReserve
+                                           receiver.grant(blocks) / queued / refuse
+    sender.poll() -> TransferReply: GRANTED (with the grant) | QUEUED (GRANTED later) | REFUSED
+    sender.send(dest, grant, ...) per step receiver.poll() -> KVLayer per layer (zmq), or
+                                           KVProgress once one-sided writes landed (mooncake)
+    sender.finish(dest, KVDone)            receiver.poll() -> KVDone; receiver.ack
+    sender.poll() -> ACKED                 (the sender may now free its blocks)
 
-Either side may give up: ``sender.abort`` reaches the receiver as ``KVAbort``; a receiver that
-gives up answers ``refuse`` (before the layers) or simply never acks: the sender's deadline
-catches it. Nothing here waits without a timeout, and neither side ever trusts the other to be
-alive: the service loops own the deadlines.
+``send`` ships every layer's KV of a range of prompt tokens, as soon as they are computed: the
+hand-off is layer-pipelined with the prefill's chunks. Either side may give up: ``sender.abort``
+reaches the receiver as ``KVAbort``; a receiver that gives up answers ``refuse`` (before the
+data) or simply never acks: the sender's deadline catches it. A sender whose writes fail reports
+FAILED. Nothing here waits without a timeout, and neither side ever trusts the other to be alive:
+the service loops own the deadlines.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-import torch
 import zmq
 
-from shared.wire.messages import ErrorKind, KVAbort, KVDone, KVLayer, KVReserve
+from shared.engine.kv_pool import KVPool
+from shared.wire.messages import ErrorKind, KVAbort, KVDone, KVGrant, KVLayer, KVProgress, KVReserve
 
-KVInbound = KVReserve | KVLayer | KVDone | KVAbort
+KVInbound = KVReserve | KVLayer | KVProgress | KVDone | KVAbort
 
 
 class ReplyEvent(enum.StrEnum):
@@ -36,6 +39,7 @@ class ReplyEvent(enum.StrEnum):
     QUEUED = "queued"  # no room yet: a grant or a refusal follows
     REFUSED = "refused"  # no room before the deadline, or the transfer is unacceptable
     ACKED = "acked"  # every layer is stored: the sender may free its copy
+    FAILED = "failed"  # the sender's own writes did not land (the receiver is gone or refused them)
 
 
 @dataclass(frozen=True)
@@ -44,27 +48,39 @@ class TransferReply:
 
     request_id: str
     event: ReplyEvent
-    kind: ErrorKind | None = None  # refused: why
+    kind: ErrorKind | None = None  # refused or failed: why
     message: str = ""
+    grant: KVGrant | None = None  # granted: where the KV goes
 
 
 class KVSender(ABC):
-    """Prefill's side. Obligations of the caller: ``reserve`` first; send layers only after
-    GRANTED, every layer exactly once, then ``finish``; keep the source KV until ACKED (an RDMA
-    engine reads the prefill pool directly until then); ``abort`` a transfer it gives up."""
+    """Prefill's side, reading the KV out of ``pool``. Obligations of the caller: ``reserve`` first;
+    ``send`` only after GRANTED, each token range once, in order, starting at a block boundary;
+    then ``finish``; keep the source blocks until ACKED (one-sided engines read them until then),
+    and call ``settle`` before they are freed or reused for any other reason; ``abort`` a
+    transfer it gives up."""
+
+    def __init__(self, pool: KVPool) -> None:
+        self.pool = pool
 
     @abstractmethod
     def reserve(self, dest: str, msg: KVReserve, timeout: float) -> None: ...
 
     @abstractmethod
-    def send_layer(
-        self, dest: str, request_id: str, layer: int, keys: torch.Tensor, values: torch.Tensor, timeout: float
+    def send(
+        self, dest: str, grant: KVGrant, block_table: list[int], start: int, end: int, timeout: float
     ) -> int:
-        """Queue one layer ``[L, Hkv, D]`` for sending; returns the payload bytes. May return before
-        the bytes left (the tensors are kept alive until then)."""
+        """Ship every layer's KV of tokens ``[start, end)`` (source blocks ``block_table``) into the
+        granted blocks; returns the payload bytes. May return before the bytes left. Raises
+        WireError when they cannot be sent at all."""
 
     @abstractmethod
-    def finish(self, dest: str, request_id: str, num_layers: int, timeout: float) -> None: ...
+    def finish(self, dest: str, msg: KVDone, timeout: float) -> None:
+        """Send ``msg`` once everything sent before it for the transfer has landed."""
+
+    def settle(self, request_id: str, timeout: float) -> bool:
+        """Wait until nothing in flight still reads the transfer's source blocks (False: timed out)."""
+        return True
 
     @abstractmethod
     def abort(self, dest: str, request_id: str, reason: str) -> None:
@@ -89,9 +105,11 @@ class KVSender(ABC):
 
 class KVReceiver(ABC):
     """Decode's side. Obligations of the caller: answer every ``KVReserve`` (grant, queued, or
-    refuse), ``ack`` after the last layer is stored, ``forget`` a transfer it ends."""
+    refuse), ``ack`` after ``KVDone``, ``forget`` a transfer it ends."""
 
     address: str  # where senders reach this receiver (``PrefillRequest.decode_address``)
+    name: str  # named in the errors it sends
+    one_sided = False  # True: senders write the KV into the pool; no KVLayer carries it
 
     @abstractmethod
     def poll(self, timeout: float) -> list[KVInbound]:
@@ -99,7 +117,8 @@ class KVReceiver(ABC):
         ones are answered (where the sender is known) or dropped, never returned or raised."""
 
     @abstractmethod
-    def grant(self, request_id: str) -> None: ...
+    def grant(self, request_id: str, blocks: list[int]) -> None:
+        """Tell the sender to go ahead: ``blocks`` (reserved, in order) will hold the KV."""
 
     @abstractmethod
     def queued(self, request_id: str, position: int) -> None: ...

@@ -1,10 +1,12 @@
 """The KV transfer over ZMQ TCP: works across machines, needs nothing but the network.
 
-The sender keeps one DEALER per decode worker it talks to; the receiver binds one ROUTER. Layer
-frames go out without copying (the exported ``[L, Hkv, D]`` tensors stay alive inside ZMQ until
-sent), so the service loop continues computing while ZMQ's I/O thread streams them: that is the
-overlap of transfer with compute this engine allows. Replies travel back over the same
-connection, so the receiver answers whoever reserved, with no address in the messages.
+The sender keeps one DEALER per decode worker it talks to; the receiver binds one ROUTER. Each
+``send`` copies the token range out of the pool (one gather per layer) and queues one
+``KVLayer`` per layer; the frames go out without further copies while the service loop computes
+the next chunk (ZMQ's I/O thread streams them). The receiver copies each layer into the reserved
+blocks. Replies travel back over the same connection, so the receiver answers whoever reserved,
+with no address in the messages. ``shared.transfer.mooncake`` reuses both classes for its control
+messages.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-import torch
 import zmq
 
+from shared.engine.kv_pool import KVPool
 from shared.transfer.base import KVInbound, KVReceiver, KVSender, ReplyEvent, TransferReply
 from shared.wire import DealerSocket, RouterSocket, Stage, StageError, WireError
 from shared.wire.messages import (
@@ -27,6 +29,7 @@ from shared.wire.messages import (
     KVDone,
     KVGrant,
     KVLayer,
+    KVProgress,
     KVQueued,
     KVRefuse,
     KVReserve,
@@ -48,7 +51,8 @@ def _wait(socks: list[zmq.Socket], timeout: float) -> list[zmq.Socket]:
 
 
 class ZmqKVSender(KVSender):
-    def __init__(self, max_destinations: int = 64) -> None:
+    def __init__(self, pool: KVPool, max_destinations: int = 64) -> None:
+        super().__init__(pool)
         self.max_destinations = max_destinations
         self._dealers: OrderedDict[str, DealerSocket] = OrderedDict()
 
@@ -66,14 +70,18 @@ class ZmqKVSender(KVSender):
     def reserve(self, dest: str, msg: KVReserve, timeout: float) -> None:
         self._dealer(dest).send(msg, timeout)
 
-    def send_layer(
-        self, dest: str, request_id: str, layer: int, keys: torch.Tensor, values: torch.Tensor, timeout: float
+    def send(
+        self, dest: str, grant: KVGrant, block_table: list[int], start: int, end: int, timeout: float
     ) -> int:
-        self._dealer(dest).send(KVLayer(request_id, layer, keys.contiguous(), values.contiguous()), timeout)
-        return keys.nbytes + values.nbytes
+        dealer, nbytes = self._dealer(dest), 0
+        for layer in range(self.pool.num_layers):
+            k, v = self.pool.read_layer(block_table, end, layer, start)  # [end - start, Hkv, D], copies
+            dealer.send(KVLayer(grant.request_id, layer, k, v, start), timeout)
+            nbytes += k.nbytes + v.nbytes
+        return nbytes
 
-    def finish(self, dest: str, request_id: str, num_layers: int, timeout: float) -> None:
-        self._dealer(dest).send(KVDone(request_id, num_layers), timeout)
+    def finish(self, dest: str, msg: KVDone, timeout: float) -> None:
+        self._dealer(dest).send(msg, timeout)
 
     def abort(self, dest: str, request_id: str, reason: str) -> None:
         try:
@@ -119,7 +127,7 @@ def _reply(msg: KVGrant | KVQueued | KVRefuse | KVAck | StageError) -> TransferR
         case KVRefuse():
             return TransferReply(msg.request_id, ReplyEvent.REFUSED, msg.kind, msg.message)
         case KVGrant():
-            return TransferReply(msg.request_id, ReplyEvent.GRANTED)
+            return TransferReply(msg.request_id, ReplyEvent.GRANTED, grant=msg)
         case KVQueued():
             return TransferReply(msg.request_id, ReplyEvent.QUEUED)
         case KVAck():
@@ -130,7 +138,7 @@ class ZmqKVReceiver(KVReceiver):
     def __init__(self, address: str, name: str = "decode") -> None:
         self.name = name
         self._sock = RouterSocket(
-            address, bind=True, accept=(KVReserve, KVLayer, KVDone, KVAbort), hwm=HWM,
+            address, bind=True, accept=(KVReserve, KVLayer, KVProgress, KVDone, KVAbort), hwm=HWM,
             max_frame_bytes=MAX_FRAME_BYTES,
         )  # fmt: skip
         self.address = self._sock.endpoint
@@ -178,8 +186,8 @@ class ZmqKVReceiver(KVReceiver):
         if peer is not None:
             self._send(peer, msg)
 
-    def grant(self, request_id: str) -> None:
-        self._answer(request_id, KVGrant(request_id))
+    def grant(self, request_id: str, blocks: list[int]) -> None:
+        self._answer(request_id, KVGrant(request_id, blocks))
 
     def queued(self, request_id: str, position: int) -> None:
         self._answer(request_id, KVQueued(request_id, position))

@@ -8,9 +8,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import torch
 
 from services.decode.imports import Importer
 from shared.engine import Engine, EngineConfig, SamplingParams, SequenceState
+from shared.engine.kv_pool import KVPool
 from shared.models.loader import load_model
 from shared.transfer import ReplyEvent, TransferReply, ZmqKVReceiver, ZmqKVSender, reservation
 from shared.transfer.base import KVInbound
@@ -29,7 +31,8 @@ def lm(tiny_checkpoint):
 
 @pytest.fixture
 def link() -> Iterator[tuple[ZmqKVSender, ZmqKVReceiver]]:
-    sender, receiver = ZmqKVSender(), ZmqKVReceiver("tcp://127.0.0.1:0")
+    pool = KVPool(3, 4, 8, 2, 16, torch.float32, torch.device("cpu"))
+    sender, receiver = ZmqKVSender(pool), ZmqKVReceiver("tcp://127.0.0.1:0")
     yield sender, receiver
     sender.close()
     receiver.close()

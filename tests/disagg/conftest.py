@@ -1,4 +1,5 @@
-"""A disaggregated cluster on loopback for the tests: one encoder, one prefill, decode workers.
+"""A disaggregated cluster on loopback for the tests: one encoder, one prefill, decode workers,
+moving KV over ZMQ or Mooncake (TCP), as the test module's ``cluster`` parameter says.
 
 The test plays the router (``DisaggClient``). Processes start once per module and are always
 stopped in teardown. Prompts are built here with real PNG images; the reference is transformers'
@@ -24,6 +25,7 @@ from tests.encoder.conftest import png
 from tests.engine.conftest import SPEC
 from tests.engine.prompts import hf_greedy
 
+TRANSFERS = ["zmq", "mooncake"]
 COMMON = ("--torch-threads", "1", "--dtype", "float32", "--http-port", "0")
 
 
@@ -46,8 +48,10 @@ def target(proc: ServiceProcess) -> DecodeTarget:
 
 
 class Cluster:
-    def __init__(self, ckpt: Path, log_dir: Path, prefill_args: tuple[str, ...] = ()) -> None:
-        self.ckpt, self.log_dir = ckpt, log_dir
+    def __init__(
+        self, ckpt: Path, log_dir: Path, prefill_args: tuple[str, ...] = (), transfer: str = "zmq"
+    ) -> None:
+        self.ckpt, self.log_dir, self.transfer = ckpt, log_dir, transfer
         self.config: ModelConfig = load_config(ckpt)
         self.procs: list[ServiceProcess | EncoderProcess] = []
         try:
@@ -55,7 +59,7 @@ class Cluster:
             self.procs.append(self.encoder)
             self.prefill = start_service(
                 "services.prefill", ckpt, *COMMON, "--port", "0", "--inbox-port", "0", "--num-blocks", "1024",
-                "--kv-reply-timeout-s", "3", *prefill_args, log_dir=log_dir,
+                "--kv-reply-timeout-s", "3", "--kv-transfer", transfer, *prefill_args, log_dir=log_dir,
             )  # fmt: skip
             self.procs.append(self.prefill)
             self.client = self.new_client()
@@ -71,7 +75,8 @@ class Cluster:
         )  # fmt: skip
 
     def decode(self, *args: str, report_to: str | None = None) -> ServiceProcess:
-        proc = start_decode(self.ckpt, report_to or self.client.reply_to, self.log_dir, *args)
+        transfer = ("--kv-transfer", self.transfer)
+        proc = start_decode(self.ckpt, report_to or self.client.reply_to, self.log_dir, *transfer, *args)
         self.procs.append(proc)
         return proc
 
@@ -88,9 +93,10 @@ def ckpt(tiny_checkpoint) -> Path:
     return tiny_checkpoint(**SPEC)
 
 
-@pytest.fixture(scope="module")
-def cluster(ckpt, tmp_path_factory) -> Iterator[Cluster]:
-    c = Cluster(ckpt, tmp_path_factory.mktemp("cluster"))
+@pytest.fixture(scope="module", params=TRANSFERS)
+def cluster(ckpt, tmp_path_factory, request) -> Iterator[Cluster]:
+    """Every test of a module that uses it runs over each KV transfer (``--kv-transfer``)."""
+    c = Cluster(ckpt, tmp_path_factory.mktemp("cluster"), transfer=request.param)
     try:
         yield c
     finally:

@@ -1,7 +1,9 @@
-"""Failures: a decode worker killed mid-run, a decode worker that never existed, bad messages.
+"""Failures: a decode worker killed mid-run, a decode worker that never existed, bad messages, a
+prefill worker gone mid-transfer.
 
 The killed worker's requests end with errors within the router's heartbeat deadline, the others
-finish, and prefill ends with every KV block free.
+finish, and prefill ends with every KV block free; a decode worker whose prefill died frees what
+it had reserved.
 """
 
 from __future__ import annotations
@@ -9,12 +11,16 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from bench.clients.prefill import DecodeTarget
 from shared.engine import SamplingParams
+from shared.engine.kv_pool import KVPool
 from shared.multimodal.vision_inputs import ImageProcessorConfig
-from shared.wire import DealerSocket, StageError
-from shared.wire.messages import ErrorKind
+from shared.transfer import ReplyEvent, sampling_to_wire
+from shared.transfer.config import TransferConfig, build_sender
+from shared.wire import DealerSocket, PullSocket, StageError
+from shared.wire.messages import ErrorKind, KVReserve, LoadReport
 from tests.cluster import wait_for
 from tests.disagg.conftest import make_prompt, target
 
@@ -102,3 +108,46 @@ def test_malformed_request_gets_an_error_and_prefill_keeps_serving(cluster):
         sock.close()
     status, _ = cluster.prefill.get("/health")
     assert status == 200
+
+
+def test_prefill_gone_mid_transfer_frees_the_decode_reservation(cluster):
+    """A prefill worker dies after its reservation was granted and part of the KV arrived: the
+    decode worker drops the import once it has heard nothing for --transfer-timeout-s, frees its
+    blocks and tells the router. This test plays that prefill worker with the real sender (a
+    killed process would race its own transfer, which tiny models finish in milliseconds)."""
+    cfg, text = cluster.config, cluster.config.text
+    inbox = PullSocket("tcp://127.0.0.1:0", bind=True, accept=[StageError, LoadReport])
+    pool = KVPool(
+        text.num_hidden_layers, 256, 16, text.num_key_value_heads, text.head_dim, torch.float32,
+        torch.device("cpu"),
+    )  # fmt: skip
+    sender = build_sender(TransferConfig(kv_transfer=cluster.transfer), pool, "127.0.0.1")
+    try:
+        decode = cluster.decode("--transfer-timeout-s", "2", report_to=inbox.endpoint)
+        total = decode.metric("decode_total_blocks")
+        kv = target(decode).kv
+        prompt = make_prompt(cfg, ImageProcessorConfig.from_checkpoint(cluster.ckpt), 5, [200]).ids
+        reserve = KVReserve(
+            "orphaned", prompt, len(prompt), 0, sampling_to_wire(SHORT), text.num_hidden_layers,
+            inbox.endpoint, time.time() + 60, "prefill@test",
+        )  # fmt: skip
+        sender.reserve(kv, reserve, 5.0)
+        deadline, replies = time.monotonic() + 30, []
+        while not replies and time.monotonic() < deadline:
+            replies = sender.poll(0.1)
+        assert [r.event for r in replies] == [ReplyEvent.GRANTED], replies
+        grant = replies[0].grant
+        assert grant is not None and len(grant.blocks) >= 200 // 16
+        sender.send(kv, grant, list(range(len(grant.blocks))), 0, 64, 5.0)  # 4 of 13 blocks, then silence
+        assert wait_for(lambda: decode.metric("decode_free_blocks") < total, 10, 0.02)
+        assert wait_for(lambda: decode.metric("decode_free_blocks") == total, 15, 0.05), cluster.logs()
+        assert decode.metric("decode_errors_total", 'kind="unavailable"') == 1
+        error = None
+        while error is None and (msg := inbox.recv(5.0)) is not None:
+            error = msg if isinstance(msg, StageError) else None
+        assert error is not None and error.request_id == "orphaned", error
+        assert error.kind is ErrorKind.UNAVAILABLE and "did not finish" in error.message
+        assert decode.get("/health")[0] == 200
+    finally:
+        sender.close()
+        inbox.close()

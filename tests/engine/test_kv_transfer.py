@@ -1,6 +1,6 @@
 """Moving a sequence between engines: what prefill ships and decode receives.
 
-A sequence exported mid-generation (whole or layer by layer) and imported into a second engine,
+A sequence exported mid-generation (whole, layer by layer, or each layer in pieces) and imported into a second engine,
 with another block size, continues with the same tokens, greedy or seeded sampling alike; its
 state is plain numbers (no generator state), and a swapped-out import waits in host memory.
 """
@@ -42,21 +42,30 @@ def filler(lm, rid: str, n: int) -> Request:
     )
 
 
-def move(src: Engine, dst: Engine, rid: str, layerwise: bool) -> SequenceState:
+def pending(state: SequenceState) -> SequenceState:
+    """What a reservation carries: the tokens whose KV moves (all but the last sampled one)."""
+    return dataclasses.replace(state, token_ids=state.token_ids[:-1])
+
+
+def move(src: Engine, dst: Engine, rid: str, layerwise: bool, piece: int | None = None) -> SequenceState:
+    """``piece``: send each layer in pieces of that many tokens, as a pipelined prefill does."""
     state = src.export_state(rid)
     if layerwise:
-        assert dst.begin_import(state)
+        assert dst.begin_import(pending(state)) is not None
         for layer in range(src.pool.num_layers):
-            dst.import_kv_layer(rid, layer, *src.export_kv_layer(rid, layer))
-        dst.finish_import(rid)
+            k, v = src.export_kv_layer(rid, layer)
+            step = piece or len(k)
+            for start in range(0, len(k), step):
+                dst.import_kv_layer(rid, layer, k[start : start + step], v[start : start + step], start)
+        dst.finish_import(rid, state.token_ids[-1:])
     else:
         dst.import_sequence(state, src.export_kv(rid))
     return state
 
 
-@pytest.mark.parametrize("layerwise", [False, True], ids=["whole", "layerwise"])
+@pytest.mark.parametrize("how", ["whole", "layerwise", "pieces"])
 @pytest.mark.parametrize("params", [GREEDY, SEEDED, SEED7], ids=["greedy", "seeded", "seed7"])
-def test_export_mid_generation_continues_elsewhere(params, layerwise, lm, vision):
+def test_export_mid_generation_continues_elsewhere(params, how, lm, vision):
     ref = tokens_alone(lm, make_request(lm, vision, params))
     src = Engine(lm, EngineConfig(block_size=16, num_blocks=64, prefill_chunk_size=32))
     dst = Engine(lm, EngineConfig(block_size=8, num_blocks=64))
@@ -66,7 +75,7 @@ def test_export_mid_generation_continues_elsewhere(params, layerwise, lm, vision
     got: list[int] = []
     while len(got) < 6:
         got += [o.token_id for o in src.step() if o.request_id == "moving"]
-    state = move(src, dst, "moving", layerwise)
+    state = move(src, dst, "moving", how != "whole", 13 if how == "pieces" else None)
     assert state.num_kv_tokens == len(state.token_ids) - 1 and state.token_ids[-6:] == got
     src.abort("moving")
     outs = []
@@ -162,13 +171,32 @@ def test_begin_import_refuses_when_full(lm, vision):
     list(iter_outputs(src))
     dst = Engine(lm, EngineConfig(block_size=8, num_blocks=8))  # 9 blocks needed
     with pytest.raises(ValueError, match="blocks"):
-        dst.begin_import(src.export_state("moving"))
+        dst.begin_import(pending(src.export_state("moving")))
     dst = Engine(lm, EngineConfig(block_size=8, num_blocks=30))
     dst.add_request(filler(lm, "big", 190))
     dst.step()
-    assert not dst.begin_import(src.export_state("moving"))
+    assert dst.begin_import(pending(src.export_state("moving"))) is None
     with pytest.raises(ValueError, match="layers"):
         dst.import_sequence(src.export_state("moving"), src.export_kv("moving").__class__(1))
+
+
+def test_pieces_arrive_in_order_and_complete_every_layer(lm, vision):
+    """A layer's pieces must continue where the last one ended; done needs every layer complete."""
+    src = Engine(lm, EngineConfig(num_blocks=64))
+    src.add_request(make_request(lm, vision, GREEDY, prefill_only=True))
+    list(iter_outputs(src))
+    state = src.export_state("moving")
+    dst = Engine(lm, EngineConfig(block_size=8, num_blocks=30))
+    assert dst.begin_import(pending(state)) is not None
+    k, v = src.export_kv_layer("moving", 0)
+    with pytest.raises(ValueError, match="tokens from 8 arrived, 0 expected"):
+        dst.import_kv_layer("moving", 0, k[8:16], v[8:16], 8)
+    dst.import_kv_layer("moving", 0, k[:8], v[:8], 0)
+    with pytest.raises(ValueError, match="overrun"):
+        dst.import_kv_layer("moving", 0, k, v, 8)
+    with pytest.raises(ValueError, match="incomplete"):
+        dst.finish_import("moving", state.token_ids[-1:])
+    assert dst.abort("moving") and dst.num_free_blocks == 30
 
 
 def iter_outputs(engine: Engine):
@@ -183,13 +211,14 @@ def test_abort_during_a_layerwise_import_frees_its_blocks(lm, vision, layers_don
     src.add_request(make_request(lm, vision, GREEDY, prefill_only=True))
     list(iter_outputs(src))
     dst = Engine(lm, EngineConfig(block_size=8, num_blocks=30))
-    assert dst.begin_import(src.export_state("moving"))
+    state = src.export_state("moving")
+    assert dst.begin_import(pending(state)) is not None
     assert dst.num_free_blocks < 30
     n = src.pool.num_layers if layers_done == "all" else layers_done
     for layer in range(n):
         dst.import_kv_layer("moving", layer, *src.export_kv_layer("moving", layer))
     if layers_done == "all":
-        dst.finish_import("moving")
+        dst.finish_import("moving", state.token_ids[-1:])
     assert dst.abort("moving")
     assert dst.num_free_blocks == 30 and not dst.has_unfinished() and not dst.abort("moving")
     move(src, dst, "moving", layerwise=True)  # the same id can come again

@@ -39,7 +39,7 @@ PROJECT = "epd-serve"
 ALIASES = {
     "PIL": "pillow",
     "zmq": "pyzmq",
-    "mooncake": "mooncake-transfer-engine",
+    "mooncake": "mooncake-transfer-engine-non-cuda",
     "opentelemetry": "opentelemetry-api",
     "av": "av",
 }

@@ -27,7 +27,18 @@ from shared.wire.messages.common import (
     StageError,
 )
 from shared.wire.messages.encode import CacheMiss, EncodeRequest, ImageEmbeddingResult, ImageInput
-from shared.wire.messages.kv import KVAbort, KVAck, KVDone, KVGrant, KVLayer, KVQueued, KVRefuse, KVReserve
+from shared.wire.messages.kv import (
+    KVAbort,
+    KVAck,
+    KVDone,
+    KVGrant,
+    KVLayer,
+    KVProgress,
+    KVQueued,
+    KVRefuse,
+    KVRegion,
+    KVReserve,
+)
 from shared.wire.messages.prefill import (
     AbortRequest,
     ImagePlacement,
@@ -60,8 +71,10 @@ __all__ = [
     "KVDone",
     "KVGrant",
     "KVLayer",
+    "KVProgress",
     "KVQueued",
     "KVRefuse",
+    "KVRegion",
     "KVReserve",
     "LoadReport",
     "MRopeSegment",
