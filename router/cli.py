@@ -91,12 +91,13 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
             "--http-port",
             port(1100 + i),
         )
-        prefill = (*placed("prefill", i), *flags, *args.prefill_arg)
+        prefill = (*placed("prefill", i), *flags, "--kv-transfer", args.kv_transfer, *args.prefill_arg)
         specs.append(ServiceSpec(f"prefill-{i}", "services.prefill", prefill))
     for i in range(args.decodes):
         flags = ("--port", port(200 + 2 * i), "--kv-port", port(201 + 2 * i), "--http-port", port(1200 + i))
         report = ("--report-to", f"tcp://{args.host}:{inbox}")
-        decode = (*placed("decode", i), *flags, *report, *args.decode_arg)
+        kv = ("--kv-transfer", args.kv_transfer)
+        decode = (*placed("decode", i), *flags, *report, *kv, *args.decode_arg)
         specs.append(ServiceSpec(f"decode-{i}", "services.decode", decode))
     ready = [str(log_dir / f"{s.name}.ready.json") for s in specs]
     router = (
@@ -207,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
             "i mod the list's length (default: --device)",
         )
     p.add_argument("--dtype", default="auto")
+    p.add_argument(
+        "--kv-transfer",
+        default="zmq",
+        choices=("zmq", "mooncake"),
+        help="how prefill workers hand KV to decode workers (mooncake: the mooncake extra and `make deps`)",
+    )
     for stage in ("prefill", "decode", "router"):
         p.add_argument(
             f"--{stage}-arg", action="append", default=[], help=f"extra flag for every {stage} (repeatable)"

@@ -1,4 +1,4 @@
-"""``epd up`` places each worker on its device: the command lines it builds, without starting them."""
+"""``epd up`` builds each worker's command line: its device, its KV transfer; without starting them."""
 
 from __future__ import annotations
 
@@ -52,3 +52,11 @@ def test_bad_devices_are_usage_errors(argv, error, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["up", *argv])
     assert exit_.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_kv_transfer_reaches_prefill_and_decode_workers(tmp_path):
+    specs = cluster_specs(
+        build_parser().parse_args(["up", "--kv-transfer", "mooncake", "--decodes", "2"]), tmp_path
+    )
+    kv = {s.name: s.args[s.args.index("--kv-transfer") + 1] for s in specs if "--kv-transfer" in s.args}
+    assert kv == {"prefill-0": "mooncake", "decode-0": "mooncake", "decode-1": "mooncake"}
