@@ -2,7 +2,8 @@
 # in docker-compose.yml); without a command it runs the whole cluster in one container (`epd up`).
 #
 # Two stages. The first builds the project's wheel (`pip wheel --no-deps .`) and installs that wheel
-# with its declared dependencies and the mooncake extra (`--kv-transfer mooncake`) into the venv
+# with its declared dependencies and the mooncake and tracing extras (`--kv-transfer mooncake`,
+# `--otlp-traces-endpoint`) into the venv
 # /opt/venv; the second is the base image plus the Debian libraries that Mooncake's Transfer Engine
 # links (libibverbs1 librdmacm1 libnuma1 libcurl4, as `make deps`) plus that venv: no source tree,
 # no tests.
@@ -34,7 +35,7 @@ RUN set -eu; \
     /opt/venv/bin/pip install $torch_from torch==2.13.0; \
     /opt/venv/bin/pip wheel --no-deps $from --wheel-dir /wheels /src; \
     wheel=$(echo /wheels/*.whl); \
-    /opt/venv/bin/pip install $from "$wheel[mooncake]"; \
+    /opt/venv/bin/pip install $from "$wheel[mooncake,tracing]"; \
     /opt/venv/bin/pip check
 
 FROM ${BASE_IMAGE}

@@ -130,13 +130,14 @@ else
     podman_ pull "$BASE_IMAGE"
 fi
 
-say "wheelhouse $WHEELHOUSE: torch==2.13.0, the declared dependencies and the mooncake extra (pip download)"
+say "wheelhouse $WHEELHOUSE: torch==2.13.0, the declared dependencies, the mooncake and tracing extras (pip download)"
 "$PYTHON" - >"$STATE/requirements.txt" <<'EOF'
 import tomllib
 
 project = tomllib.load(open("pyproject.toml", "rb"))
-mooncake = project["project"]["optional-dependencies"]["mooncake"]  # the Dockerfile installs it
-print("\n".join(project["build-system"]["requires"] + project["project"]["dependencies"] + mooncake))
+extras = project["project"]["optional-dependencies"]  # the Dockerfile installs these two
+wanted = extras["mooncake"] + extras["tracing"]
+print("\n".join(project["build-system"]["requires"] + project["project"]["dependencies"] + wanted))
 EOF
 grep -qx 'torch==2.13.0' "$STATE/requirements.txt" || die "pyproject.toml no longer pins torch==2.13.0"
 mkdir -p "$WHEELHOUSE"

@@ -12,7 +12,8 @@ reads these calls: each module required must belong to a distribution of the nam
 
 Extras (``[project.optional-dependencies]`` in pyproject.toml): ``loadgen`` (matplotlib for the
 load generator's plots, tqdm for its progress bar); ``mooncake`` (Mooncake's Transfer Engine for
-``--kv-transfer mooncake``; it also needs the Debian libraries of ``make deps``).
+``--kv-transfer mooncake``; it also needs the Debian libraries of ``make deps``); ``tracing``
+(the OpenTelemetry SDK and OTLP exporter for ``--otlp-traces-endpoint``).
 """
 
 from __future__ import annotations

@@ -58,6 +58,9 @@ class ServiceFlags:
     name: str = flag("", help="name used in errors and logs (default: the service's bound address)")
     ready_file: Path | None = flag(None, help="write a JSON file with the bound endpoints once serving")
     log_level: str = flag("INFO", help="DEBUG, INFO, WARNING or ERROR")
+    otlp_traces_endpoint: str = flag(
+        "", help="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces (empty: no tracing)"
+    )
 
     def __post_init__(self) -> None:
         check_device(self.device, self.dtype)

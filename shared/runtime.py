@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import time
 
 
 def freeze_startup_heap() -> None:
@@ -13,3 +15,19 @@ def freeze_startup_heap() -> None:
     leaves once several processes share a CPU. (vLLM and SGLang freeze their heaps likewise.)"""
     gc.collect()
     gc.freeze()
+
+
+SKEW_ENV = "EPD_FAKE_CLOCK_SKEW_S"
+
+
+def skew_wall_clock() -> float:
+    """Fault injection for tests: with ``EPD_FAKE_CLOCK_SKEW_S=S`` set, this process's wall clock
+    (``time.time``, ``time.time_ns``, so log lines and anything else that reads it) runs S seconds
+    off, as on a machine whose clock disagrees with its peers'. Monotonic clocks are left alone.
+    Returns the skew (0.0 when unset)."""
+    skew = float(os.environ.get(SKEW_ENV, "0") or 0)
+    if skew:
+        real, real_ns = time.time, time.time_ns
+        time.time = lambda: real() + skew
+        time.time_ns = lambda: real_ns() + int(skew * 1e9)
+    return skew

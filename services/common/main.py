@@ -23,7 +23,7 @@ import zmq
 from services.common.http import Health, HealthServer
 from shared.about import banner
 from shared.ready import write_ready_file
-from shared.runtime import freeze_startup_heap
+from shared.runtime import SKEW_ENV, freeze_startup_heap, skew_wall_clock
 
 
 class ServingLoop(Protocol):
@@ -38,6 +38,7 @@ def run_service(
     cfg: Any, name: str, metrics: Any, build: Callable[[Health], tuple[ServingLoop, dict[str, str]]]
 ) -> int:
     """``build(health)`` -> (the serving loop, its endpoints by name for the ready file)."""
+    skew = skew_wall_clock()
     logging.basicConfig(
         level=cfg.log_level.upper(),
         stream=sys.stderr,
@@ -45,6 +46,8 @@ def run_service(
     )
     log = logging.getLogger(name)
     log.info("%s", banner(f"services.{name}"))  # where this code was loaded from
+    if skew:
+        log.warning("%s=%s: this process's wall clock is skewed by %+.1f s", SKEW_ENV, skew, skew)
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     stop = threading.Event()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.engine import Engine
+from shared.timeline import RequestClock
 from shared.transfer import KVReceiver, state_from_reservation
 from shared.transfer.base import KVInbound
 from shared.wire.messages import ErrorKind, KVAbort, KVDone, KVLayer, KVProgress, KVReserve
@@ -47,6 +48,8 @@ class Admission(enum.StrEnum):
 class Import:
     msg: KVReserve
     expires: float  # monotonic; pushed back by every message of the transfer
+    clock: RequestClock  # the request's, pinned when the reservation arrived
+    granted: float  # monotonic
     nbytes: int = 0  # KV bytes stored (copied or written by the sender)
     copied: int = 0  # of which copied here out of received frames
     layers: set[int] = field(default_factory=set)  # layers that arrived as KVLayer
@@ -62,6 +65,7 @@ class Importer:
         self.max_pending = max_pending
         self.transfer_timeout_s = transfer_timeout_s
         self.pending: OrderedDict[str, KVReserve] = OrderedDict()  # waiting for room, FIFO
+        self.clocks: dict[str, RequestClock] = {}  # the pending ones' (the request's clock)
         self.importing: dict[str, Import] = {}
         self.refused: dict[str, int] = {}
         self.bytes_received = 0
@@ -90,16 +94,17 @@ class Importer:
         if self.known(rid):
             self._refuse(rid, ErrorKind.BAD_REQUEST, "request id already in use here")
             return
-        if not self.pending and self._try_begin(msg) is not Admission.FULL:
+        clock = RequestClock.received(msg.trace)
+        if not self.pending and self._try_begin(msg, clock) is not Admission.FULL:
             return
         if len(self.pending) >= self.max_pending:
             self._refuse(rid, ErrorKind.OVERLOADED, f"no room and {len(self.pending)} reservations waiting")
             return
-        self.pending[rid] = msg
+        self.pending[rid], self.clocks[rid] = msg, clock
         self.num_queued += 1
         self.receiver.queued(rid, len(self.pending) - 1)
 
-    def _try_begin(self, msg: KVReserve) -> Admission:
+    def _try_begin(self, msg: KVReserve, clock: RequestClock) -> Admission:
         try:
             blocks = self.engine.begin_import(state_from_reservation(msg))
         except UNUSABLE_STATE as e:
@@ -108,22 +113,22 @@ class Importer:
             return Admission.REFUSED
         if blocks is None:
             return Admission.FULL
-        self.importing[msg.request_id] = Import(msg, time.monotonic() + self.transfer_timeout_s)
+        now = time.monotonic()
+        self.importing[msg.request_id] = Import(msg, now + self.transfer_timeout_s, clock, now)
         self.receiver.grant(msg.request_id, blocks)
         return Admission.GRANTED
 
     def grant_waiting(self) -> None:
         """Grant queued reservations in arrival order while room lasts; refuse the expired ones."""
-        now = time.time()
         for rid, msg in list(self.pending.items()):
-            if now > msg.deadline:
-                del self.pending[rid]
+            if self.clocks[rid].now() > msg.deadline:
+                del self.pending[rid], self.clocks[rid]
                 self._refuse(rid, ErrorKind.OVERLOADED, "no room before the reservation's deadline")
         while self.pending:
             rid, msg = next(iter(self.pending.items()))
-            if self._try_begin(msg) is Admission.FULL:
+            if self._try_begin(msg, self.clocks[rid]) is Admission.FULL:
                 return
-            del self.pending[rid]
+            del self.pending[rid], self.clocks[rid]
 
     def _layer(self, msg: KVLayer) -> None:
         imp = self.importing.get(msg.request_id)
@@ -174,6 +179,7 @@ class Importer:
     def drop(self, request_id: str, why: str) -> bool:
         """End a pending or importing transfer without telling prefill (it asked, or is gone)."""
         found = self.pending.pop(request_id, None) is not None
+        self.clocks.pop(request_id, None)
         if self.importing.pop(request_id, None) is not None:
             self.engine.abort(request_id)
             found = True

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from services.common.http import Health
 from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
@@ -37,12 +38,24 @@ from services.decode.config import DecodeConfig
 from services.decode.imports import Import, Importer
 from services.decode.metrics import DecodeMetrics
 from shared.engine import Engine, TokenOutput
+from shared.timeline import RequestClock, Service, StageName, Tracer, observe
 from shared.transfer import KVReceiver
 from shared.wire import PullSocket, PushPool, StageError, WireError
-from shared.wire.messages import AbortRequest, ErrorKind, KVReserve, LoadReport, Stage, TokenBatch
+from shared.wire.messages import AbortRequest, ErrorKind, KVReserve, LoadReport, Stage, StageStamp, TokenBatch
 from shared.wire.poll import wait_readable
 
 log = logging.getLogger("decode")
+
+
+@dataclass
+class Timing:
+    """A running request's timeline here: monotonic times, placed by the request's ``clock``."""
+
+    clock: RequestClock
+    traceparent: str
+    imported: float  # the import finished
+    stamps: list[StageStamp]  # not sent yet (the hand-off's, until the first token)
+    decoding: float | None = None  # the step of its first token began
 
 
 class DecodeServer:
@@ -63,7 +76,8 @@ class DecodeServer:
         self.importer = Importer(engine, receiver, self._error, cfg.max_pending, cfg.transfer_timeout_s)
         self.importer.on_imported = self._imported
         self.routes: dict[str, str] = {}  # running request -> its router's token inbox
-        self.handoff: dict[str, float] = {}  # imported, no token yet -> when the last layer came
+        self.timing: dict[str, Timing] = {}  # running requests' timelines
+        self.tracer = Tracer(Service.DECODE, cfg.otlp_traces_endpoint, self.name)
         self.next_report = 0.0
         metrics.total_blocks.set(engine.blocks.num_blocks)
         graph = engine.runner.graph  # None with --no-compile-decode; not ready if compiling failed
@@ -83,16 +97,17 @@ class DecodeServer:
         self.importer.expire()
         self.importer.grant_waiting()
         if self.engine.has_unfinished():
-            start = time.perf_counter()
+            start = time.monotonic()
             outputs = self.engine.step()
-            self.metrics.step_seconds.observe(time.perf_counter() - start)
-            self.send(outputs)
+            self.metrics.step_seconds.observe(time.monotonic() - start)
+            self.send(outputs, start)
         self.report()
 
     def close(self) -> None:
         self.control.close()
         self.receiver.close()
         self.outbox.close()
+        self.tracer.shutdown()
 
     # ----- 1. receive ----------------------------------------------------------------------------
     def receive(self, timeout: float) -> None:
@@ -114,33 +129,54 @@ class DecodeServer:
         rid = msg.request_id
         found = self.importer.drop(rid, f"aborted: {msg.reason}") | self.engine.abort(rid)
         self.routes.pop(rid, None)
-        self.handoff.pop(rid, None)
+        self.timing.pop(rid, None)
         log.info("[%s] aborted%s", rid, "" if found else " (not here)")
 
     def _imported(self, msg: KVReserve, imp: Import) -> None:
         self.routes[msg.request_id] = msg.reply_to
-        self.handoff[msg.request_id] = time.monotonic()
+        now, c = time.monotonic(), imp.clock
+        stamps = [
+            c.stamp(StageName.KV_WAIT, c.mono, imp.granted),
+            c.stamp(StageName.KV_TRANSFER, imp.granted, now),
+        ]
+        self.timing[msg.request_id] = Timing(c, msg.trace.traceparent if msg.trace else "", now, stamps)
         self.metrics.imports.inc()
         self.metrics.kv_bytes.inc(imp.nbytes)
         self.metrics.kv_copied.inc(imp.copied)
 
     # ----- 3. send -------------------------------------------------------------------------------
-    def send(self, outputs: list[TokenOutput]) -> None:
+    def send(self, outputs: list[TokenOutput], step_start: float) -> None:
         by_router: dict[str, list[TokenOutput]] = {}
+        stamps: dict[str, list[StageStamp]] = {}
         now = time.monotonic()
         for out in outputs:
             reply_to = self.routes.get(out.request_id)
             if reply_to is None:
                 continue
             by_router.setdefault(reply_to, []).append(out)
-            came = self.handoff.pop(out.request_id, None)
-            if came is not None:
-                self.metrics.handoff_seconds.observe(now - came)
+            if (t := self.timing.get(out.request_id)) is not None:
+                stamps[out.request_id] = self._stamp(out, t, step_start, now)
             if out.finished:
                 del self.routes[out.request_id]
         self.metrics.tokens.inc(len(outputs))
         for reply_to, outs in by_router.items():
-            self._push(reply_to, token_batch(self.name, outs))
+            self._push(reply_to, token_batch(self.name, outs, stamps))
+
+    def _stamp(self, out: TokenOutput, t: Timing, step_start: float, now: float) -> list[StageStamp]:
+        """The stamps that go with this token: the hand-off and queue with the first, ``decode``
+        with the last (both for a request that ends at its first decode step)."""
+        if t.decoding is None:
+            t.decoding = step_start
+            self.metrics.handoff_seconds.observe(now - t.imported)
+            t.stamps.append(t.clock.stamp(StageName.DECODE_QUEUE, t.imported, step_start))
+        if out.finished:
+            t.stamps.append(t.clock.stamp(StageName.DECODE, t.decoding, now))
+            del self.timing[out.request_id]
+        sent, t.stamps = t.stamps, []
+        if sent:
+            observe(self.metrics.stages, sent)
+            self.tracer.export(t.traceparent, out.request_id, sent)
+        return sent
 
     def load(self) -> LoadReport:
         s = self.engine.scheduler
@@ -170,6 +206,7 @@ class DecodeServer:
     def _error(self, request_id: str, reply_to: str, kind: ErrorKind, message: str) -> None:
         self.metrics.errors.labels(kind.value).inc()
         self.routes.pop(request_id, None)
+        self.timing.pop(request_id, None)
         log.info("[%s] %s: %s", request_id, kind.value, message)
         self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name, Stage.DECODE))
 

@@ -9,6 +9,8 @@ from prometheus_client import (
     Histogram,
 )
 
+from shared.timeline import stage_histogram
+
 PATCH_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 IMAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -62,3 +64,4 @@ class EncoderMetrics:
         self.send_failures = Counter(
             "encoder_send_failures", "Results or errors that could not be delivered", registry=r
         )
+        self.stages = stage_histogram("encoder", r)  # shared.timeline: this worker's stages

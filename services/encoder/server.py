@@ -36,6 +36,7 @@ from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
 from services.encoder.config import EncoderConfig
 from services.encoder.metrics import EncoderMetrics
 from shared.multimodal.image import ImageError, image_hash
+from shared.timeline import RequestClock, Service, StageName, Tracer, observe
 from shared.vision.batcher import PatchBatcher, PendingImage, Waiter
 from shared.vision.cache import CachedEmbedding, EmbeddingCache
 from shared.vision.runner import VisionRunner
@@ -72,6 +73,8 @@ class EncoderServer:
         self.outbox = PushPool()
         self.endpoint = self.requests.endpoint
         self.name = cfg.name or f"encoder@{self.endpoint}"
+        self.tracer = Tracer(Service.ENCODER, cfg.otlp_traces_endpoint, self.name)
+        self.batch_started = 0.0  # time.monotonic() when the batch being sent started its forward
 
     # ----- the loop ------------------------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:
@@ -98,6 +101,7 @@ class EncoderServer:
     def close(self) -> None:
         self.requests.close()
         self.outbox.close()
+        self.tracer.shutdown()
 
     # ----- 1. receive ----------------------------------------------------------------------------
     def receive(self, timeout: float) -> None:
@@ -131,9 +135,12 @@ class EncoderServer:
         self.metrics.requests.inc()
         self.metrics.images.inc(len(req.images))
         arrived, misses = time.monotonic(), []
+        clock = RequestClock.received(req.trace)
+        deadline = clock.local_deadline(req.deadline)
+        traceparent = req.trace.traceparent if req.trace else ""
         for image in req.images:
-            waiter = Waiter(req.request_id, image.index, req.reply_to, req.deadline, arrived)
-            if time.time() > req.deadline:
+            waiter = Waiter(req.request_id, image.index, req.reply_to, deadline, arrived, clock, traceparent)
+            if time.time() > deadline:
                 self._fail(waiter, ErrorKind.DEADLINE_EXCEEDED, "deadline passed before the image was queued")
                 continue
             key = self.runner.cache_key(image.content_hash)
@@ -194,7 +201,7 @@ class EncoderServer:
     # ----- 3. run --------------------------------------------------------------------------------
     def run(self, batch: list[PendingImage]) -> list[CachedEmbedding] | None:
         patches = sum(im.num_patches for im in batch)
-        start = time.perf_counter()
+        start = self.batch_started = time.monotonic()
         try:
             outputs = self.runner.run(batch)
         except Exception as e:  # a failed forward fails its images, never the service
@@ -203,7 +210,7 @@ class EncoderServer:
                 for waiter in image.waiters:
                     self._fail(waiter, ErrorKind.INTERNAL, f"vision forward failed: {type(e).__name__}: {e}")
             return None
-        self.metrics.forward_seconds.observe(time.perf_counter() - start)
+        self.metrics.forward_seconds.observe(time.monotonic() - start)
         self.metrics.forwards.inc()
         self.metrics.batch_images.observe(len(batch))
         self.metrics.batch_patches.observe(patches)
@@ -222,9 +229,17 @@ class EncoderServer:
                 self._deliver(waiter, image.content_hash, output, from_cache=False)
 
     def _deliver(self, waiter: Waiter, content_hash: str, out: CachedEmbedding, from_cache: bool) -> None:
+        stamps = []
+        if (
+            waiter.clock is not None
+        ):  # queued until its batch started (a cache hit: until now), then the forward
+            c, started = waiter.clock, self.batch_started if not from_cache else time.monotonic()
+            stamps.append(c.stamp(StageName.ENCODE_QUEUE, waiter.received_at, started))
+            if not from_cache:
+                stamps.append(c.stamp(StageName.VISION, started))
         result = ImageEmbeddingResult(
             waiter.request_id, waiter.image_index, content_hash, out.grid_thw, out.embeds, out.deepstack,
-            from_cache, self.name,
+            from_cache, self.name, stamps,
         )  # fmt: skip
         try:
             self.outbox.send(waiter.reply_to, result, self.cfg.send_timeout_s)
@@ -241,6 +256,10 @@ class EncoderServer:
         self.metrics.bytes_shipped.inc(out.nbytes)
         self.metrics.results.labels(str(from_cache).lower()).inc()
         self.metrics.encode_latency.observe(time.monotonic() - waiter.received_at)
+        observe(self.metrics.stages, stamps)
+        self.tracer.export(
+            waiter.traceparent, waiter.request_id, stamps, **{"epd.image_index": waiter.image_index}
+        )
 
     def _fail(self, waiter: Waiter, kind: ErrorKind, message: str) -> None:
         """Tell the waiter's prefill inbox that this image failed."""

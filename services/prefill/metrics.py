@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.timeline import stage_histogram
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -32,3 +34,4 @@ class PrefillMetrics:
         self.transfer_seconds = Histogram(
             "prefill_transfer_seconds", "Grant to ack of one KV transfer", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.stages = stage_histogram("prefill", r)  # shared.timeline: this worker's stages

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from services.common.http import Health
 from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
@@ -42,12 +43,29 @@ from services.prefill.requests import build_request
 from services.prefill.shipper import Shipper, Transfer
 from services.prefill.waiting import Waiting, WaitingRoom
 from shared.engine import Engine, FinishReason, TokenOutput
+from shared.timeline import RequestClock, Service, StageName, Tracer, observe
 from shared.transfer import KVSender
 from shared.wire import ImageEmbeddingResult, PullSocket, PushPool, RouterSocket, StageError, WireError
-from shared.wire.messages import AbortRequest, ErrorKind, PrefillRequest, Stage, TokenBatch
+from shared.wire.messages import AbortRequest, ErrorKind, PrefillRequest, Stage, StageStamp, TokenBatch
 from shared.wire.poll import wait_readable
 
 log = logging.getLogger("prefill")
+
+
+@dataclass
+class Active:
+    """A request in the engine, and its timeline so far (monotonic times; ``clock`` places them)."""
+
+    msg: PrefillRequest
+    clock: RequestClock
+    admitted: float
+    encoders: list[StageStamp]  # the encoders' stamps of its images, sent on with the first token
+    waited: list[StageStamp]  # its embedding wait (none for a prompt without images)
+    started: float | None = None  # its first chunk's step began
+
+    @property
+    def traceparent(self) -> str:
+        return self.msg.trace.traceparent if self.msg.trace else ""
 
 
 class PrefillServer:
@@ -76,7 +94,8 @@ class PrefillServer:
         )
         self.shipper.on_done = self._transferred
         self.sender = sender
-        self.active: dict[str, tuple[PrefillRequest, float]] = {}  # in the engine: request, admitted at
+        self.active: dict[str, Active] = {}  # in the engine
+        self.tracer = Tracer(Service.PREFILL, cfg.otlp_traces_endpoint, self.name)
         metrics.total_blocks.set(engine.blocks.num_blocks)
 
     # ----- the loop ------------------------------------------------------------------------------
@@ -94,7 +113,9 @@ class PrefillServer:
         self.health.tick()
         self.receive(0.0 if self.engine.has_unfinished() else IDLE_POLL_S)
         self.admit()
+        started = time.monotonic()
         outputs = self.engine.step() if self.engine.has_unfinished() else []
+        self.mark_started(started)
         self.send(outputs)
         self.reserve_early()
         self.shipper.advance()
@@ -111,6 +132,7 @@ class PrefillServer:
         self.inbox.close()
         self.outbox.close()
         self.sender.close()
+        self.tracer.shutdown()
 
     # ----- 1. receive ----------------------------------------------------------------------------
     def receive(self, timeout: float) -> None:
@@ -194,7 +216,7 @@ class PrefillServer:
             text = f"image {e.image_index} failed at {e.source}: {e.message}" if e else w.problem
             self._error(msg.request_id, msg.reply_to, kind, text, e.stage if e else Stage.PREFILL)
             return
-        if time.time() > msg.deadline:
+        if w.clock.now() > msg.deadline:
             self._error(msg.request_id, msg.reply_to, ErrorKind.DEADLINE_EXCEEDED, "deadline passed")
             return
         try:
@@ -203,17 +225,31 @@ class PrefillServer:
         except ValueError as e:
             self._error(msg.request_id, msg.reply_to, ErrorKind.BAD_REQUEST, str(e))
             return
-        self.active[msg.request_id] = (msg, time.monotonic())
+        now = time.monotonic()
+        encoders = [st for r in w.images.ordered() for st in r.stamps]
+        waited = [w.clock.stamp(StageName.EMBEDDING_WAIT, w.clock.mono, now)] if msg.images else []
+        self.active[msg.request_id] = Active(msg, w.clock, now, encoders, waited)
         self.metrics.prompt_tokens.inc(len(msg.prompt_token_ids))
+
+    # ----- 3. run --------------------------------------------------------------------------------
+    def mark_started(self, step_start: float) -> None:
+        """Requests whose first chunk ran in the step that began at ``step_start``."""
+        for a in self.active.values():
+            if a.started is None and self.engine.kv_progress(a.msg.request_id)[0]:
+                a.started = step_start
 
     # ----- 4. send -------------------------------------------------------------------------------
     def send(self, outputs: list[TokenOutput]) -> None:
         by_router: dict[str, list[TokenOutput]] = {}
+        stamps: dict[str, list[StageStamp]] = {}
         for out in outputs:
-            msg, admitted = self.active.pop(out.request_id)
+            a = self.active.pop(out.request_id)
+            msg = a.msg
             by_router.setdefault(msg.reply_to, []).append(out)
-            self.metrics.ttft.observe(time.monotonic() - admitted)
+            now = time.monotonic()
+            self.metrics.ttft.observe(now - a.admitted)
             rid = out.request_id
+            stamps[rid] = self._stamp_prefill(a, now)
             if out.finish_reason is not FinishReason.PREFILLED:  # finished at its first token
                 if rid in self.shipper.transfers:
                     self.shipper.cancel(rid, f"finished at the first token ({out.finish_reason})")
@@ -225,26 +261,38 @@ class PrefillServer:
                     self.engine.abort(rid)
                     self._error(rid, msg.reply_to, ErrorKind.OVERLOADED, "too many transfers waiting")
                     continue
-                self.shipper.start(rid, msg.decode_address, msg.reply_to)
+                self.shipper.start(rid, msg.decode_address, msg.reply_to, a.clock.trace(a.traceparent))
             if rid in self.shipper.transfers:  # (start fails at once when the worker is unreachable)
                 self.shipper.prefilled(rid, [out.token_id])
         for reply_to, outs in by_router.items():
-            self._push(reply_to, token_batch(self.name, outs))
+            self._push(reply_to, token_batch(self.name, outs, stamps))
+
+    def _stamp_prefill(self, a: Active, now: float) -> list[StageStamp]:
+        """The first token is out: the request's stages here, with the encoders' before them."""
+        started = a.started if a.started is not None else a.admitted
+        own = [
+            *a.waited,
+            a.clock.stamp(StageName.PREFILL_QUEUE, a.admitted, started),
+            a.clock.stamp(StageName.PREFILL, started, now),
+        ]
+        observe(self.metrics.stages, own)
+        self.tracer.export(a.traceparent, a.msg.request_id, own)
+        return a.encoders + own
 
     def reserve_early(self) -> None:
         """Offer prompts to their decode workers once their first chunk is computed, so that the KV
         of later chunks ships while they compute (``--kv-pipeline``)."""
         if not self.cfg.kv_pipeline:
             return
-        for rid, (msg, _) in list(self.active.items()):
+        for rid, a in list(self.active.items()):
             if len(self.shipper) >= self.cfg.max_transfers:
                 return
             if (
                 rid not in self.shipper.transfers
-                and msg.sampling.max_tokens > 1
+                and a.msg.sampling.max_tokens > 1
                 and self.engine.kv_progress(rid)[1] > 0
             ):
-                self.shipper.start(rid, msg.decode_address, msg.reply_to)
+                self.shipper.start(rid, a.msg.decode_address, a.msg.reply_to, a.clock.trace(a.traceparent))
 
     def _transferred(self, t: Transfer) -> None:
         self.metrics.kv_bytes.inc(t.nbytes)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from shared.engine import Engine
 from shared.transfer import KVSender, ReplyEvent, TransferReply, reservation
 from shared.wire import WireError
-from shared.wire.messages import ErrorKind, KVDone, KVGrant, Stage
+from shared.wire.messages import ErrorKind, KVDone, KVGrant, Stage, TraceContext
 
 log = logging.getLogger("prefill")
 MIN_BANDWIDTH = 100e6  # bytes/s: an ack may take kv_reply_timeout_s plus the transfer at this rate
@@ -83,16 +83,18 @@ class Shipper:
     def __len__(self) -> int:
         return len(self.transfers)
 
-    def start(self, request_id: str, dest: str, reply_to: str) -> None:
-        """Ask ``dest`` for room for the prompt's KV (its first chunk, or all of it, is computed)."""
+    def start(self, request_id: str, dest: str, reply_to: str, trace: TraceContext | None = None) -> None:
+        """Ask ``dest`` for room for the prompt's KV (its first chunk, or all of it, is computed);
+        ``trace``: the request's clock now and its trace, handed on to the decode worker."""
         now = time.monotonic()
         state = self.engine.prompt_state(request_id)
         t = Transfer(
             request_id, dest, reply_to, Phase.RESERVING, now + self.reply_timeout_s, now, len(state.token_ids)
         )
         self.transfers[request_id] = t
+        sent_at = trace.clock if trace is not None else time.time()
         msg = reservation(
-            state, self.engine.pool.num_layers, reply_to, time.time() + self.grant_timeout_s, self.name
+            state, self.engine.pool.num_layers, reply_to, sent_at + self.grant_timeout_s, self.name, trace
         )
         try:
             self.sender.reserve(dest, msg, self.send_timeout_s)

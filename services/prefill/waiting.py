@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from shared.timeline import RequestClock
 from shared.wire import ImageEmbeddingResult, StageError
 from shared.wire.assembly import ImageSet
 from shared.wire.messages import PrefillRequest
@@ -20,7 +21,7 @@ from shared.wire.messages import PrefillRequest
 class Waiting:
     msg: PrefillRequest
     images: ImageSet
-    arrived: float = field(default_factory=time.monotonic)
+    clock: RequestClock = field(default_factory=RequestClock.here)  # pinned on arrival
     problem: str = ""  # set when an embedding could not be accepted
 
     @property
@@ -47,7 +48,8 @@ class WaitingRoom:
             raise KeyError(f"request {msg.request_id} is already waiting")
         if len(self.requests) >= self.max_requests:
             raise OverflowError(f"{len(self.requests)} requests already wait for embeddings")
-        w = self.requests[msg.request_id] = Waiting(msg, ImageSet(msg.request_id, len(msg.images)))
+        w = Waiting(msg, ImageSet(msg.request_id, len(msg.images)), RequestClock.received(msg.trace))
+        self.requests[msg.request_id] = w
         for _, early in self.orphans.pop(msg.request_id, []):
             self.orphan_bytes -= _nbytes(early)
             self._add(w, early)
@@ -80,8 +82,7 @@ class WaitingRoom:
 
     def expire(self) -> list[Waiting]:
         """Requests past their deadline (removed); orphans older than the TTL are dropped."""
-        now = time.time()
-        late = [w for w in self.requests.values() if now > w.msg.deadline]
+        late = [w for w in self.requests.values() if w.clock.now() > w.msg.deadline]
         for w in late:
             del self.requests[w.msg.request_id]
         cutoff = time.monotonic() - self.orphan_ttl_s

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.engine import SamplingParams, SequenceState
-from shared.wire.messages import KVReserve, Sampling
+from shared.wire.messages import KVReserve, Sampling, TraceContext
 
 
 def sampling_to_wire(p: SamplingParams) -> Sampling:
@@ -22,11 +22,16 @@ def sampling_from_wire(s: Sampling) -> SamplingParams:
 
 
 def reservation(
-    state: SequenceState, num_layers: int, reply_to: str, deadline: float, source: str
+    state: SequenceState,
+    num_layers: int,
+    reply_to: str,
+    deadline: float,
+    source: str,
+    trace: TraceContext | None = None,
 ) -> KVReserve:
     return KVReserve(
         state.request_id, list(state.token_ids), state.num_prompt_tokens, state.mrope_delta,
-        sampling_to_wire(state.params), num_layers, reply_to, deadline, source,
+        sampling_to_wire(state.params), num_layers, reply_to, deadline, source, trace,
     )  # fmt: skip
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shared.timeline import RequestClock
+
 # Patches per forward when none is configured. CPU (measured in docs/BENCHMARKS.md): past ~4096
 # patches a forward loses cache locality; a GPU wants large batches to fill its SMs.
 CPU_PATCH_BUDGET, GPU_PATCH_BUDGET = 4096, 16384
@@ -37,6 +39,8 @@ class Waiter:
     reply_to: str
     deadline: float
     received_at: float  # time.monotonic() when the request arrived
+    clock: RequestClock | None = None  # the request's clock (stamps); None: not stamped
+    traceparent: str = ""  # the request's trace ("": not traced)
 
 
 @dataclass(eq=False)  # identity: the queue removes by object, and tensors have no ==

@@ -32,6 +32,7 @@ from shared.wire.messages import (
     SequenceTokens,
     StageStamp,
     TokenBatch,
+    TraceContext,
 )
 
 pytestmark = pytest.mark.unit
@@ -351,6 +352,25 @@ def test_token_records_are_checked(record: SequenceTokens, match: str) -> None:
         encode(TokenBatch("d", [record]))
 
 
+@pytest.mark.parametrize(
+    ("traceparent", "match"),
+    [
+        ("00-abc-def-01", "not a W3C trace context"),
+        ("x" * 56, "length"),
+        ("00-" + "A" * 32 + "-" + "b" * 16 + "-01", "W3C"),
+    ],
+)
+def test_a_trace_context_must_be_w3c(traceparent: str, match: str) -> None:
+    msg = EncodeRequest(
+        "r", [ImageInput(0, "a" * 64, b"x")], "tcp://h:1", 1.0, TraceContext(traceparent, 1.0)
+    )
+    with pytest.raises(WireError, match=match):
+        encode(msg)
+    ok = EncodeRequest("r", [ImageInput(0, "a" * 64, b"x")], "tcp://h:1", 1.0, TraceContext("", 2.5))
+    got = decode(encode(ok)).trace
+    assert got is not None and (got.traceparent, got.clock) == ("", 2.5)  # not traced; the clock travels
+
+
 def test_token_batch_checks_the_batch_and_the_finish_reason() -> None:
     with pytest.raises(WireError, match="records: length 0"):
         encode(TokenBatch("d", []))
@@ -392,7 +412,8 @@ def test_mrope_layout_text_runs_have_no_grid() -> None:
 def test_a_seeded_reservation_carries_no_generator_state() -> None:
     """A seeded request's randomness is its seed and its sampled tokens: no generator bytes travel."""
     state = SequenceState("chatcmpl-7", [5, 6, 7, 8], 3, -2, SamplingParams(temperature=1.0, seed=7))
-    msg = reservation(state, 3, "tcp://10.0.0.7:7001", time.time() + 5, "prefill@tcp://10.0.0.5:5700")
+    trace = TraceContext("00-" + "ab" * 16 + "-" + "cd" * 8 + "-01", time.time())
+    msg = reservation(state, 3, "tcp://10.0.0.7:7001", time.time() + 5, "prefill@tcp://10.0.0.5:5700", trace)
     header, data = header_and_frames(msg)
     assert data == [] and header["frames"] == []  # no tensor of any kind
     got = decode(encode(msg))
@@ -400,7 +421,12 @@ def test_a_seeded_reservation_carries_no_generator_state() -> None:
     assert {f.name: type(getattr(got, f.name)) for f in dataclasses.fields(got)} == {
         "request_id": str, "token_ids": list, "num_prompt_tokens": int, "mrope_delta": int,
         "sampling": Sampling, "num_layers": int, "reply_to": str, "deadline": float, "source": str,
+        "trace": TraceContext,
     }  # fmt: skip
+    assert got.trace is not None and (got.trace.traceparent, got.trace.clock) == (
+        trace.traceparent,
+        trace.clock,
+    )
     assert got.sampling.seed == 7 and all(type(t) is int for t in got.token_ids)
     header["body"]["rng_state"] = list(range(16))  # what an older prefill worker would send
     with pytest.raises(WireError, match="unknown field"):

@@ -1,12 +1,12 @@
 """Every message exchanged between services, one module per channel.
 
 * ``common``: identifier patterns, limits, ``ErrorKind``, ``Stage``, ``StageError`` (any stage ->
-  downstream)
+  downstream), the timeline's ``StageStamp`` and ``TraceContext``
 * ``encode``: router -> encoder -> prefill (``EncodeRequest``, ``CacheMiss``, ``ImageEmbeddingResult``)
 * ``prefill``: router -> prefill / decode (``PrefillRequest``, ``AbortRequest``)
 * ``kv``: prefill <-> decode, the KV transfer (``KVReserve`` ... ``KVAck``)
 * ``tokens``: prefill / decode -> router (``TokenBatch`` of ``SequenceTokens`` records, ``FinishReason``,
-  ``StageStamp``, ``LoadReport``)
+  ``LoadReport``)
 
 Identifiers are validated by pattern; deadlines are absolute Unix times in seconds (``time.time()``),
 so every hop can tell whether a request is still worth working on.
@@ -25,6 +25,8 @@ from shared.wire.messages.common import (
     ErrorKind,
     Stage,
     StageError,
+    StageStamp,
+    TraceContext,
 )
 from shared.wire.messages.encode import CacheMiss, EncodeRequest, ImageEmbeddingResult, ImageInput
 from shared.wire.messages.kv import (
@@ -46,7 +48,7 @@ from shared.wire.messages.prefill import (
     PrefillRequest,
     Sampling,
 )
-from shared.wire.messages.tokens import FinishReason, LoadReport, SequenceTokens, StageStamp, TokenBatch
+from shared.wire.messages.tokens import FinishReason, LoadReport, SequenceTokens, TokenBatch
 
 __all__ = [
     "ADDRESS",
@@ -85,4 +87,5 @@ __all__ = [
     "StageError",
     "StageStamp",
     "TokenBatch",
+    "TraceContext",
 ]

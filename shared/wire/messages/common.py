@@ -1,10 +1,12 @@
-"""What every channel shares: identifier patterns, limits, error kinds, stages and ``StageError``."""
+"""What every channel shares: identifier patterns, limits, error kinds, stages, ``StageError``, and
+the timeline's ``StageStamp`` and ``TraceContext``."""
 
 from __future__ import annotations
 
 import enum
+import re
 
-from shared.wire.schema import message, rule
+from shared.wire.schema import message, rule, struct
 
 REQUEST_ID = r"[A-Za-z0-9._:@-]{1,128}"
 CONTENT_HASH = r"[0-9a-f]{64}"  # SHA-256 hex of the raw image bytes (shared.multimodal.image.image_hash)
@@ -18,6 +20,8 @@ MAX_PROMPT_TOKENS = 1 << 20
 MAX_TOKEN_ID = (1 << 31) - 1
 SOURCE = 256  # max length of a service's name in messages
 STAGE_NAME = r"[a-z][a-z0-9_]{0,63}"  # a stage in timings (``StageStamp``): "prefill", "kv_transfer"
+# W3C trace context: version-traceid-parentid-flags (https://www.w3.org/TR/trace-context/)
+TRACEPARENT = r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"
 
 
 class ErrorKind(enum.StrEnum):
@@ -59,3 +63,31 @@ class StageError:
     message: str = rule(max_len=4096)
     source: str = rule(max_len=256)  # which service reported it, e.g. "encoder@tcp://10.0.0.5:5600"
     stage: Stage
+
+
+# ----- the request's timeline (shared.timeline) --------------------------------------------------------
+@struct
+class StageStamp:
+    """A stage (``shared.timeline.StageName``) of one request, as the service that owns it measured
+    it: ``start`` on the request's clock (seconds, the router's wall clock: see ``TraceContext``),
+    ``duration`` on the stamping service's monotonic clock."""
+
+    stage: str = rule(pattern=STAGE_NAME)
+    start: float = rule(ge=0)
+    duration: float = rule(ge=0)
+
+
+@struct
+class TraceContext:
+    """Carried by each message that starts work on a request in another service (encode, prefill,
+    KV reserve). ``clock`` is the sender's reading of the request's clock when it sent the message:
+    the receiver pins it to its monotonic clock, so its stamps need no agreement between wall
+    clocks. ``traceparent`` is the W3C trace context of the request's trace, empty when it is not
+    traced (OpenTelemetry off at the router)."""
+
+    traceparent: str = rule(max_len=55)
+    clock: float = rule(ge=0)
+
+    def validate(self) -> None:
+        if self.traceparent and not re.fullmatch(TRACEPARENT, self.traceparent):
+            raise ValueError(f"traceparent {self.traceparent!r} is not a W3C trace context")

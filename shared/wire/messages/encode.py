@@ -20,6 +20,8 @@ from shared.wire.messages.common import (
     MAX_IMAGE_INDEX,
     MAX_IMAGES_PER_REQUEST,
     REQUEST_ID,
+    StageStamp,
+    TraceContext,
 )
 from shared.wire.schema import message, rule, struct
 
@@ -43,6 +45,7 @@ class EncodeRequest:
     images: list[ImageInput] = rule(min_len=1, max_len=MAX_IMAGES_PER_REQUEST)
     reply_to: str = rule(pattern=ADDRESS)  # the prefill worker's embedding inbox
     deadline: float = rule(ge=0)
+    trace: TraceContext | None = None  # None: not from a router (stamps use this machine's clock)
 
     def validate(self) -> None:
         indexes = [im.index for im in self.images]
@@ -78,6 +81,7 @@ class ImageEmbeddingResult:
     deepstack: torch.Tensor = rule(dtypes=FLOAT_DTYPES, ndim=3)  # [S, n, H]
     cached: bool = False  # served from the encoder's cache (informational)
     source: str = rule(max_len=256, default="")
+    stamps: list[StageStamp] = rule(max_len=8, default_factory=list)  # the encoder's stages
 
     def validate(self) -> None:
         n, h = self.embeds.shape

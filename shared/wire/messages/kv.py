@@ -34,6 +34,7 @@ from shared.wire.messages.common import (
     REQUEST_ID,
     SOURCE,
     ErrorKind,
+    TraceContext,
 )
 from shared.wire.messages.prefill import Sampling
 from shared.wire.schema import message, rule, struct
@@ -55,6 +56,7 @@ class KVReserve:
     reply_to: str = rule(pattern=ADDRESS)  # the router's token inbox
     deadline: float = rule(ge=0)  # give up the reservation (and tell prefill) past this time
     source: str = rule(max_len=SOURCE)
+    trace: TraceContext | None = None  # the request's clock and trace, handed on from prefill
 
     def validate(self) -> None:
         if self.num_prompt_tokens > len(self.token_ids):

@@ -20,6 +20,7 @@ from shared.wire.messages.common import (
     MAX_TOKEN_ID,
     REQUEST_ID,
     SOURCE,
+    TraceContext,
 )
 from shared.wire.schema import message, rule, struct
 
@@ -84,6 +85,7 @@ class PrefillRequest:
     decode_address: str = rule(pattern=ADDRESS)  # the chosen decode worker's KV port
     reply_to: str = rule(pattern=ADDRESS)  # the router's token inbox (TokenBatch, StageError)
     deadline: float = rule(ge=0)  # absolute Unix time: no first token by then -> error
+    trace: TraceContext | None = None  # None: not from a router (stamps use this machine's clock)
 
     def validate(self) -> None:
         t = len(self.prompt_token_ids)

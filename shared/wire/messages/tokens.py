@@ -9,15 +9,16 @@
 
 A ``TokenBatch`` holds one ``SequenceTokens`` record per sequence. A record carries a list of
 tokens (one today; several once a sender coalesces steps) with their logprobs and top-n, the
-finish reason (None: the request goes on) and ``StageStamp``s, room for the per-request timeline
-of the stages that produced the tokens (no sender fills them yet).
+finish reason (None: the request goes on) and the ``StageStamp``s of the stages that produced the
+tokens (prefill's first token: the encoders' and its own; decode: the hand-off and queue with its
+first token, ``decode`` with its last), which the router assembles into the request's timeline.
 """
 
 from __future__ import annotations
 
 import enum
 
-from shared.wire.messages.common import ADDRESS, MAX_TOKEN_ID, REQUEST_ID, SOURCE, STAGE_NAME
+from shared.wire.messages.common import ADDRESS, MAX_TOKEN_ID, REQUEST_ID, SOURCE, StageStamp
 from shared.wire.schema import message, rule, struct
 
 MAX_BATCH = 4096  # records in one batch
@@ -32,17 +33,6 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # a stop token or the model's end-of-sequence token
     LENGTH = "length"  # max_tokens or the engine's max_model_len
     ABORT = "abort"
-
-
-@struct
-class StageStamp:
-    """When a stage worked on the record's tokens, as the sender measured it: ``start`` is its
-    wall clock (``time.time()``, comparable across machines only as far as their clocks agree),
-    ``duration`` seconds on its monotonic clock."""
-
-    stage: str = rule(pattern=STAGE_NAME)
-    start: float = rule(ge=0)
-    duration: float = rule(ge=0)
 
 
 @struct
