@@ -28,13 +28,15 @@ from router.prepare import Preparer
 from router.workers import Encoder, Prefill, Workers
 from shared.about import banner
 from shared.ready import write_ready_file
-from shared.runtime import freeze_startup_heap
+from shared.runtime import SKEW_ENV, freeze_startup_heap, skew_wall_clock
+from shared.timeline import Service, Tracer
 
 log = logging.getLogger("router")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(argv)
+    skew = skew_wall_clock()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(
@@ -42,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.basicConfig(level=cfg.log_level.upper(), handlers=[handler])
     log.info("%s", banner("router"))  # where this code was loaded from
+    if skew:
+        log.warning("%s=%s: this process's wall clock is skewed by %+.1f s", SKEW_ENV, skew, skew)
     limits = FetchLimits(
         cfg.max_image_bytes, cfg.fetch_timeout_s, cfg.allow_private_urls, cfg.allow_file_urls
     )
@@ -75,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             merge_size=merge_size, max_inflight=cfg.max_inflight, max_per_worker=cfg.max_per_worker,
             max_retries=cfg.max_retries,
         )  # fmt: skip
+    orch.tracer = Tracer(Service.ROUTER, cfg.otlp_traces_endpoint, "router")
     app = create_app(cfg, workers, orch, prep)
     freeze_startup_heap()  # the tokenizer, and with --colocated the model
     sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)

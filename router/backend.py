@@ -15,6 +15,7 @@ from typing import Protocol
 
 from router.jobs import Job
 from router.metrics import RouterMetrics
+from shared.timeline import Service, Tracer
 
 
 class Overloaded(Exception):
@@ -56,6 +57,8 @@ class Backend:
     command) and releases a job's slot when the job ends."""
 
     reply_to = ""  # the ZMQ inbox workers answer to; empty when there is none
+    colocated = False  # whether the model's stages run in this process (names the stages' owner)
+    tracer = Tracer(Service.ROUTER)  # no tracing unless the entry point sets one
 
     def __init__(self, metrics: RouterMetrics, max_inflight: int, thread_name: str) -> None:
         self.metrics = metrics
@@ -92,6 +95,7 @@ class Backend:
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(5.0)
+        self.tracer.shutdown()
 
     def _run(self) -> None:
         raise NotImplementedError

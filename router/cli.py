@@ -3,6 +3,7 @@
     epd up [--model DIR] [--encoders N] [--prefills N] [--decodes N] [--port 8000] [--log-dir DIR]
     epd up --prefills 2 --decodes 2 --prefill-devices cuda:0,cuda:1 --decode-devices cuda:2,cuda:3
     epd up --colocated [--model DIR] [--device cuda] [--router-arg=--num-blocks=4096 ...]
+    epd up --otlp-traces-endpoint http://127.0.0.1:4318/v1/traces --service-env decode-0:KEY=VALUE
     epd loadgen --base-url http://127.0.0.1:8000/v1 ...   (the load generator: shared/loadgen)
     epd make-tiny-checkpoint DIR ...                      (a tiny random checkpoint: shared/checkpoint)
 
@@ -56,6 +57,27 @@ def device_list(text: str) -> tuple[str, ...]:
     return devices
 
 
+def service_env(text: str) -> tuple[str, str, str]:
+    """``prefill-0:KEY=VALUE`` -> ("prefill-0", "KEY", "VALUE")."""
+    name, sep, assignment = text.partition(":")
+    key, eq, value = assignment.partition("=")
+    if not (sep and eq and name and key):
+        raise argparse.ArgumentTypeError(f"expected SERVICE:KEY=VALUE (such as decode-0:KEY=1), got {text!r}")
+    return name, key, value
+
+
+def with_env(specs: list[ServiceSpec], assignments: list[tuple[str, str, str]]) -> list[ServiceSpec]:
+    """``--service-env`` applied; a name that is no service here is an error."""
+    names = {s.name for s in specs}
+    if unknown := sorted({n for n, _, _ in assignments} - names):
+        raise ValueError(
+            f"--service-env names {', '.join(unknown)}; the services are {', '.join(sorted(names))}"
+        )
+    for name, key, value in assignments:
+        next(s for s in specs if s.name == name).env[key] = value
+    return specs
+
+
 def worker_device(args: argparse.Namespace, stage: str, i: int) -> str:
     """Worker i of ``stage``: element i mod n of ``--<stage>-devices``, else ``--device``."""
     devices = getattr(args, f"{stage}_devices") or (args.device,)
@@ -68,7 +90,15 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
     Ports from ``--base-port`` B: encoder i B+i (HTTP B+1000+i), prefill i B+100+2i and B+101+2i
     (HTTP B+1100+i), decode i B+200+2i and B+201+2i (HTTP B+1200+i), the router's inbox B+300.
     B = 0: free ports everywhere (the router's HTTP port too, unless --port is given)."""
-    common = ("--model", str(args.model), "--host", args.host, "--torch-threads", str(args.torch_threads))
+    common: tuple[str, ...] = (
+        "--model",
+        str(args.model),
+        "--host",
+        args.host,
+        "--torch-threads",
+        str(args.torch_threads),
+    )
+    common += ("--otlp-traces-endpoint", args.otlp_traces_endpoint) if args.otlp_traces_endpoint else ()
     b = args.base_port
 
     def placed(stage: str, i: int) -> tuple[str, ...]:
@@ -105,6 +135,7 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
         "--inbox-host", args.host, "--inbox-port", str(inbox),
         "--encoders", ",".join(r for r in ready if "encoder-" in r),
         "--prefills", ",".join(r for r in ready if "prefill-" in r),
+        *(("--otlp-traces-endpoint", args.otlp_traces_endpoint) if args.otlp_traces_endpoint else ()),
         *args.router_arg,
     )  # fmt: skip
     specs.append(ServiceSpec("router", "router", router))
@@ -116,6 +147,7 @@ def colocated_specs(args: argparse.Namespace) -> list[ServiceSpec]:
     router = (
         "--model", str(args.model), "--host", args.http_host, "--port", str(_http_port(args)), "--colocated",
         "--device", args.device, "--dtype", args.dtype, "--torch-threads", str(args.torch_threads),
+        *(("--otlp-traces-endpoint", args.otlp_traces_endpoint) if args.otlp_traces_endpoint else ()),
         *args.router_arg,
     )  # fmt: skip
     return [ServiceSpec("router", "router", router)]
@@ -135,6 +167,11 @@ def up(args: argparse.Namespace) -> int:
         return 2
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="epd-"))
     specs = colocated_specs(args) if args.colocated else cluster_specs(args, log_dir)
+    try:
+        specs = with_env(specs, args.service_env)
+    except ValueError as e:
+        print(f"epd up: {e}", file=sys.stderr)
+        return 2
     supervisor = Supervisor(specs, log_dir)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -226,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder i listens on base+i, HTTP on base+1000+i; 0: free ports",
     )
     p.add_argument("--torch-threads", type=int, default=1, help="torch threads per service process")
+    p.add_argument(
+        "--otlp-traces-endpoint",
+        default="",
+        help="OTLP/HTTP traces URL every service exports to, e.g. http://127.0.0.1:4318/v1/traces "
+        "(the tracing extra; empty: no traces)",
+    )
+    p.add_argument(
+        "--service-env",
+        type=service_env,
+        action="append",
+        default=[],
+        metavar="SERVICE:KEY=VALUE",
+        help="an environment variable of one service, e.g. decode-0:CUDA_VISIBLE_DEVICES=1 (repeatable)",
+    )
     p.add_argument("--log-dir", type=Path, default=None)
     p.add_argument("--start-timeout", type=float, default=300.0)
     return parser

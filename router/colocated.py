@@ -44,6 +44,7 @@ from shared.engine import Engine, ImageInput, Request, TokenOutput
 from shared.models.loader import load_model
 from shared.multimodal.image import ImageError
 from shared.multimodal.mrope import mrope_layout
+from shared.timeline import StageName
 from shared.vision.cache import CachedEmbedding
 from shared.vision.runner import VisionRunner
 from shared.wire.messages import ErrorKind, FinishReason
@@ -68,9 +69,13 @@ class Live:
     first: float = 0.0
     last: float = 0.0
     tokens: int = 0
+    ready: float = 0.0  # monotonic: every image encoded (the timeline's marks)
+    started: float = 0.0  # its first prefill chunk's step began
 
 
 class ColocatedBackend(Backend):
+    colocated = True
+
     def __init__(
         self, engine: Engine, vision: VisionStage, metrics: RouterMetrics, *, image_token_id: int,
         merge_size: int, max_inflight: int, torch_threads: int = 0,
@@ -136,6 +141,7 @@ class ColocatedBackend(Backend):
             self.slots.release()
             return
         live = self.live[job.rid] = Live(job)
+        job.timing.stamp(StageName.ADMISSION, job.submitted, live.submitted)
         try:
             images = self.vision.add(job.rid, job.images)
         except ImageError as e:
@@ -162,9 +168,9 @@ class ColocatedBackend(Backend):
                 self._ready(live, [f for f in job.features if f is not None])
 
     def _ready(self, live: Live, features: list[CachedEmbedding]) -> None:
-        live.state, live.features = JobState.READY, features
-        if features:
-            self.metrics.stage_latency.labels("encoder").observe(time.monotonic() - live.submitted)
+        live.state, live.features, live.ready = JobState.READY, features, time.monotonic()
+        if features:  # queued for and run through the vision stage
+            live.job.timing.stamp(StageName.VISION, live.submitted, live.ready)
 
     def _admit(self) -> None:
         for live in [v for v in self.live.values() if v.state is JobState.READY]:
@@ -185,7 +191,7 @@ class ColocatedBackend(Backend):
 
     # ----- 3. step, send ----------------------------------------------------------------------
     def _step(self) -> None:
-        start = time.perf_counter()
+        start, began = time.perf_counter(), time.monotonic()
         try:
             outputs = self.engine.step()
         except Exception as e:
@@ -196,7 +202,17 @@ class ColocatedBackend(Backend):
             return
         self.steps, self.step_tokens = self.steps + 1, self.step_tokens + len(outputs)
         self.step_seconds += time.perf_counter() - start
+        for live in self.live.values():
+            if live.state is JobState.RUNNING and not live.started and self._scheduled(live.job.rid):
+                live.started = began
         self._send(outputs)
+
+    def _scheduled(self, rid: str) -> bool:
+        """Whether the engine has run (part of) the request's prompt: it holds blocks, or is done."""
+        try:
+            return bool(self.engine.kv_progress(rid)[0])
+        except KeyError:
+            return True
 
     def _send(self, outputs: list[TokenOutput]) -> None:
         now = time.monotonic()
@@ -206,7 +222,13 @@ class ColocatedBackend(Backend):
                 continue
             # No request here is prefill_only, so the engine's reason is one the wire knows.
             finish = None if out.finish_reason is None else FinishReason(out.finish_reason.value)
-            self.metrics.token(live, now, finish is not None)
+            t = live.job.timing
+            if live.tokens == 0:
+                t.stamp(StageName.PREFILL_QUEUE, live.ready, live.started or live.ready)
+                t.stamp(StageName.PREFILL, live.started or live.ready, now)
+            if finish is not None and live.tokens > 0:
+                t.stamp(StageName.DECODE, live.first, now)
+            self.metrics.token(live, now)
             top = [list(out.top_logprobs)] if out.top_logprobs is not None else []
             live.job.sink(Event([(out.token_id, out.logprob)], top=top, finish=finish))
             if finish is not None:  # the engine has freed the request already

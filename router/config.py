@@ -65,6 +65,9 @@ class RouterConfig:
     start_timeout_s: float = flag(300.0, help="seconds to wait for the workers' ready files")
     ready_file: Path | None = flag(None, help="write a JSON file with the HTTP URL once the cluster is ready")
     log_level: str = flag("INFO", help="DEBUG, INFO, WARNING or ERROR")
+    otlp_traces_endpoint: str = flag(
+        "", help="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces (empty: no tracing)"
+    )
     colocated: bool = flag(
         False, help="run the whole model and one engine in this process (no encoders, prefill, decode)"
     )

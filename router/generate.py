@@ -21,6 +21,8 @@ from router.detokenize import Detokenizer, StopStrings
 from router.jobs import Event, Job
 from router.prepare import Prepared
 from router.protocol import APIError, overloaded
+from router.timing import RequestTiming
+from shared.timeline import StageName
 from shared.wire.messages import ErrorKind, FinishReason
 
 _STATUS = {
@@ -59,8 +61,13 @@ class Piece:
 
 
 class Generation:
-    def __init__(self, orch: Backend, tokenizer: Any, prep: Prepared, rid: str, timeout_s: float) -> None:
+    def __init__(
+        self, orch: Backend, tokenizer: Any, prep: Prepared, rid: str, timeout_s: float,
+        timing: RequestTiming | None = None,
+    ) -> None:  # fmt: skip
         self.orch, self.tokenizer, self.prep, self.rid = orch, tokenizer, prep, rid
+        self.timing = timing or RequestTiming.untraced()
+        self.timeline: dict[str, Any] | None = None  # the request's, once it finished (``timing.py``)
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.detok = Detokenizer(tokenizer)
         self.stops = StopStrings(prep.stops)
@@ -77,7 +84,16 @@ class Generation:
         def sink(ev: Event) -> None:  # called from the backend's thread
             loop.call_soon_threadsafe(self.events.put_nowait, ev)
 
-        job = Job(self.rid, self.prep.prompt_ids, self.prep.images, self.prep.params, self.deadline, sink)
+        self.timing.stamp(StageName.PREPROCESS, self.timing.clock.mono)
+        job = Job(
+            self.rid,
+            self.prep.prompt_ids,
+            self.prep.images,
+            self.prep.params,
+            self.deadline,
+            sink,
+            self.timing,
+        )
         try:
             self.orch.submit(job)
         except Overloaded as e:
@@ -118,6 +134,8 @@ class Generation:
             if ended:
                 text += self.detok.flush()
             out, stopped = self.stops.push(text, final=ended)
+            if stopped or ended:
+                self.timeline = self.timing.finish(self.orch.metrics, self.rid)
             if stopped:
                 yield Piece(out, lps, "stop")
                 return  # close() aborts the request in the workers

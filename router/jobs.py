@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from router.timing import RequestTiming
 from shared.engine import SamplingParams
 from shared.multimodal.mrope import GridTHW, mrope_layout
 from shared.transfer import sampling_to_wire
@@ -43,11 +44,14 @@ class Job:
     params: SamplingParams
     deadline: float  # time.monotonic()
     sink: Callable[[Event], None]  # thread-safe: hands an event to the HTTP side
+    timing: RequestTiming = field(default_factory=RequestTiming.untraced)
+    submitted: float = field(default_factory=time.monotonic)
 
 
 def prefill_request(
     job: Job, wire_id: str, image_token_id: int, merge_size: int, decode_kv: str, reply_to: str
 ) -> PrefillRequest:
+    trace = job.timing.trace()
     grids = [im.grid for im in job.images]
     layout = mrope_layout(job.prompt_ids, grids, image_token_id, merge_size) if grids else None
     segments = layout.segments if layout else []
@@ -64,13 +68,14 @@ def prefill_request(
         sampling=sampling_to_wire(job.params),
         decode_address=decode_kv,
         reply_to=reply_to,
-        deadline=time.time() + max(0.1, job.deadline - time.monotonic()),
+        deadline=trace.clock + max(0.1, job.deadline - time.monotonic()),
+        trace=trace,
     )
 
 
 def encode_request(job: Job, wire_id: str, indexes: list[int], inbox: str, with_bytes: bool) -> EncodeRequest:
     """Images ``indexes`` of ``job`` for one encoder; without their bytes when it caches them."""
     images = [ImageInput(i, job.images[i].hash, job.images[i].data if with_bytes else None) for i in indexes]
-    return EncodeRequest(
-        wire_id, images, inbox, deadline=time.time() + max(0.1, job.deadline - time.monotonic())
-    )
+    trace = job.timing.trace()
+    deadline = trace.clock + max(0.1, job.deadline - time.monotonic())
+    return EncodeRequest(wire_id, images, inbox, deadline, trace)

@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.timeline import stage_histogram
+
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -29,21 +31,17 @@ class RouterMetrics:
         self.queue = Gauge(
             "router_queue_depth", "Requests waiting or running, by stage", ["stage"], registry=r
         )
-        self.stage_latency = Histogram(
-            "router_stage_latency_seconds", "Time spent per stage", ["stage"], buckets=_LATENCY, registry=r
-        )
+        # every stage of the requests that finished, as their services stamped them (shared.timeline)
+        self.stage_latency = stage_histogram("router", r)
         self.inflight = Gauge("router_inflight_requests", "Requests in the cluster", registry=r)
 
-    def token(self, live: Any, now: float, finished: bool) -> None:
-        """One token of a request streamed at ``now``: TTFT or inter-token time, the prefill and decode
-        stage latencies. ``live`` has ``submitted``, ``first``, ``last`` (monotonic) and ``tokens``."""
+    def token(self, live: Any, now: float) -> None:
+        """One token of a request streamed at ``now``: TTFT or inter-token time. ``live`` has
+        ``submitted``, ``first``, ``last`` (monotonic) and ``tokens``."""
         if live.tokens == 0:
             live.first = now
             self.ttft.observe(now - live.submitted)
-            self.stage_latency.labels("prefill").observe(now - live.submitted)
         else:
             self.itl.observe(now - live.last)
         live.tokens, live.last = live.tokens + 1, now
         self.tokens.inc()
-        if finished:
-            self.stage_latency.labels("decode").observe(now - live.first)

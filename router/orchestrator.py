@@ -38,6 +38,7 @@ from router.backend import Abort, Backend, Snapshot, Submit
 from router.jobs import Event, Job, encode_request, prefill_request
 from router.metrics import RouterMetrics
 from router.workers import Decode, Prefill, Workers
+from shared.timeline import StageName
 from shared.wire import CacheMiss, DealerSocket, PullSocket, PushPool, StageError, WireError
 from shared.wire.messages import AbortRequest, ErrorKind, LoadReport, Stage, TokenBatch
 
@@ -175,6 +176,8 @@ class Orchestrator(Backend):
         hashes = [im.hash for im in job.images]
         known = {h for h in hashes if h in self.workers.image_home}
         plan = self.workers.assign_images(hashes) if job.images else {}
+        if attempt == 0:
+            job.timing.stamp(StageName.ADMISSION, job.submitted, now)
         live = Live(job, wire_id, attempt, prefill, decode, plan, tried=tried)
         self.live[wire_id], self.by_rid[job.rid] = live, live
         prefill.inflight += 1
@@ -209,9 +212,10 @@ class Orchestrator(Backend):
                 continue
             if live.tokens == 0:
                 self._release_prefill(live)
+            live.job.timing.add(rec.stamps)
             n, ended = len(rec.token_ids), rec.finish_reason is not None
-            for i in range(n):
-                self.metrics.token(live, now, ended and i == n - 1)
+            for _ in range(n):
+                self.metrics.token(live, now)
             lps: list[float | None] = list(rec.logprobs) if rec.logprobs is not None else [None] * n
             top = [
                 list(zip(ids, lp, strict=True))

@@ -42,6 +42,14 @@ async def collect(gen: Generation, request: Request) -> tuple[str, str, list[Tok
     return "".join(text), finish, lps
 
 
+def with_timeline(body: dict[str, Any], gen: Generation) -> dict[str, Any]:
+    """``body`` with the finished request's ``timeline`` (an extra field: seconds end to end, per
+    stage, and each stage's span; see docs/ARCHITECTURE.md)."""
+    if gen.timeline is not None:
+        body["timeline"] = gen.timeline
+    return body
+
+
 def _event(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
@@ -57,7 +65,8 @@ async def sse(
         try:
             async for piece in gen.pieces():
                 if piece.text or piece.logprobs or piece.finish:
-                    yield _event(chunk(piece.text, piece.finish, piece.logprobs))
+                    body = chunk(piece.text, piece.finish, piece.logprobs)
+                    yield _event(with_timeline(body, gen) if piece.finish else body)
         except APIError as e:
             yield _event(e.body())
         if tail is not None:

@@ -3,6 +3,8 @@ stream of ``chat.completion.chunk``s out, with per-token logprobs on request.
 
 The id is ``chatcmpl-<request id>``. A stream opens with the assistant role, then carries the text
 deltas and the finish reason; with ``stream_options.include_usage`` a last chunk carries the usage.
+The answer (or the stream's chunk with the finish reason) carries the request's ``timeline``
+(seconds per stage, ``router/timing.py``), an extra field OpenAI clients ignore.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from router.api.deps import BackendDep, ConfigDep, HttpDep, PreparerDep
 from router.generate import Generation
 from router.protocol import ChatCompletionRequest, chat_chunk, chat_logprobs, chat_response, usage
-from router.responses import collect, sse
+from router.responses import collect, sse, with_timeline
+from router.timing import RequestTiming
 
 router = APIRouter()
 
@@ -25,15 +28,18 @@ async def chat(
 ) -> Response:  # fmt: skip
     prepared = await prep.chat(req, http)
     rid = "chatcmpl-" + request.state.rid
-    gen = Generation(backend, prep.tokenizer, prepared, rid, cfg.request_timeout_s)
+    timing = RequestTiming(
+        request.state.clock, backend.tracer, "POST /v1/chat/completions", request.headers.get("traceparent", ""),
+        backend.colocated,
+    )  # fmt: skip
+    gen = Generation(backend, prep.tokenizer, prepared, rid, cfg.request_timeout_s, timing)
     await gen.start()
     n_prompt, model = len(prepared.prompt_ids), cfg.model_name
     if not req.stream:
         text, finish, lps = await collect(gen, request)
         logprobs = chat_logprobs(lps) if req.logprobs else None
-        return JSONResponse(
-            chat_response(rid, model, text, finish, n_prompt, gen.completion_tokens, logprobs)
-        )
+        body = chat_response(rid, model, text, finish, n_prompt, gen.completion_tokens, logprobs)
+        return JSONResponse(with_timeline(body, gen))
 
     def chunk(text: str | None, finish: str | None, lps: list) -> dict:
         delta = {} if text is None else {"content": text}

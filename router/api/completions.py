@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from router.api.deps import BackendDep, ConfigDep, PreparerDep
 from router.generate import Generation
 from router.protocol import CompletionRequest, completion_body, completion_choice, legacy_logprobs, usage
-from router.responses import collect, sse
+from router.responses import collect, sse, with_timeline
+from router.timing import RequestTiming
 
 router = APIRouter()
 
@@ -24,7 +25,11 @@ async def completions(
 ) -> Response:
     prepared = await prep.completion(req)
     rid = "cmpl-" + request.state.rid
-    gen = Generation(backend, prep.tokenizer, prepared, rid, cfg.request_timeout_s)
+    timing = RequestTiming(
+        request.state.clock, backend.tracer, "POST /v1/completions", request.headers.get("traceparent", ""),
+        backend.colocated,
+    )  # fmt: skip
+    gen = Generation(backend, prep.tokenizer, prepared, rid, cfg.request_timeout_s, timing)
     await gen.start()
     n_prompt, model = len(prepared.prompt_ids), cfg.model_name
     offset = 0
@@ -40,7 +45,8 @@ async def completions(
     if not req.stream:
         text, finish, lps = await collect(gen, request)
         choice = completion_choice(text, finish, legacy(lps))
-        return JSONResponse(completion_body(rid, model, choice, usage(n_prompt, gen.completion_tokens)))
+        body = completion_body(rid, model, choice, usage(n_prompt, gen.completion_tokens))
+        return JSONResponse(with_timeline(body, gen))
 
     def chunk(text: str | None, finish: str | None, lps: list) -> dict:
         return completion_body(

@@ -1,7 +1,7 @@
 """What happens to every request before its route: its id, the API key check, the access log line
 and the request counter.
 
-The id is the client's ``X-Request-Id`` when it is well formed, else a new one. It is echoed in
+The request's clock (``shared.timeline``) starts here. The id is the client's ``X-Request-Id`` when it is well formed, else a new one. It is echoed in
 the response, kept on ``request.state.rid`` (the routes build the OpenAI ids from it) and set in
 the ``request_id`` contextvar, which ``RequestIdFilter`` (installed by ``router/__main__.py``)
 puts on every log line written while the request runs. With ``--api-keys``, ``/v1/`` routes need
@@ -23,6 +23,7 @@ from router.api.deps import metrics
 from router.api.errors import error_response
 from router.generate import new_id
 from router.protocol import APIError
+from shared.timeline import RequestClock
 
 log = logging.getLogger("router")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -38,6 +39,7 @@ class RequestIdFilter(logging.Filter):
 
 
 async def ids_and_auth(request: Request, call_next: RequestResponseEndpoint) -> Response:
+    request.state.clock = RequestClock.here()  # the request's clock starts now (shared.timeline)
     given = request.headers.get("x-request-id", "")
     rid = given if _ID.fullmatch(given) else new_id()
     request_id.set(rid)
