@@ -15,8 +15,11 @@ requests first) -> for the setups in ``--sweep-setups``, a Poisson sweep over ``
 the same server -> stop it. Every setup gets the identical ``LoadConfig`` (same seed: the same
 prompts and the same distinct images), and every server process the same ``--dtype`` and
 ``--torch-threads``. Then: a table per setup, ratios between setups (throughputs: above 1 the first
-is better; latency medians: below 1 the first is faster), the JSON (``config``, ``environment``,
-``setups``: loadgen reports, ``ratios``, ``sweep``, ``errors``) and plots (both in ``bench/compare_report.py``).
+is better; latency medians: below 1 the first is faster), the stage breakdown (p50/p99 of each
+stage of the answers' ``timeline``, per setup side by side; only setups whose server sends one:
+cluster and colocated, not transformers), the JSON (``config``, ``environment``, ``setups``:
+loadgen reports, ``ratios``, ``stages``, ``sweep``, ``errors``) and plots (both in
+``bench/compare_report.py``).
 
 Exit status: 0; 1 when a server did not start or a run completed no request (failed requests are
 counted in the reports, not raised).
@@ -41,6 +44,7 @@ from bench.compare_report import render
 from bench.servers import Server, ServerError, serve
 from shared.assets import DEMO_MODEL_DIR as DEMO_MODEL
 from shared.loadgen import LoadConfig, run
+from shared.loadgen.metrics import stage_order
 from shared.loadgen.runner import environment, jsonable
 
 SETUPS = ("cluster", "colocated", "transformers")
@@ -130,6 +134,21 @@ def ratios(setups: dict[str, dict]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def stage_breakdown(stages: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict | None]]:
+    """setup -> its run's ``stages_ms`` (stage -> statistics) => stage -> setup -> {count, p50, p99} (ms),
+    or None where that setup did not report the stage. Stages in the timeline's order; setups in
+    the given order, those without any stage (no timeline: transformers, older servers) left out."""
+    with_stages = {name: per_stage for name, per_stage in stages.items() if per_stage}
+    names = stage_order({stage for per_stage in with_stages.values() for stage in per_stage})
+    return {
+        stage: {
+            name: None if (s := per_stage.get(stage)) is None else {k: s[k] for k in ("count", "p50", "p99")}
+            for name, per_stage in with_stages.items()
+        }
+        for stage in names
+    }
+
+
 def machine() -> dict:
     """Where the numbers come from: the loadgen's environment plus CPU model and torch version."""
     cpu = ""
@@ -177,6 +196,7 @@ def compare(cfg: CompareConfig) -> dict:
         "environment": machine(),
         "setups": reports,
         "ratios": ratios(reports),
+        "stages": stage_breakdown({name: r["runs"][0].get("stages_ms", {}) for name, r in reports.items()}),
         "sweep": sweeps,
         "ready_seconds": ready,
         "errors": errors,

@@ -1,6 +1,8 @@
 """How a ``bench.compare`` result reads: the text tables and the PNG plots.
 
-Tables: one row per setup (closed loop), the ratios between setups, one row per setup and rate
+Tables: one row per setup (closed loop), the ratios between setups, the stage breakdown (one row
+per stage of the answers' ``timeline``, p50 and p99 per setup side by side, "-" where a setup did
+not report the stage; only when some setup's server sends timelines), one row per setup and rate
 (sweep). Plots (``write_plots``): latency_cdf.png (TTFT, TPOT, E2E CDFs, one curve per setup),
 sweep_<setup>.png (``shared.loadgen.plots.sweep`` per swept setup) and, for two swept setups or
 more, sweep_compare.png (throughput and p50/p99 latencies against the request rate, per setup).
@@ -76,6 +78,8 @@ def render(result: dict) -> str:
                 [pair, *("-" if values[k] is None else f"{values[k]:.2f}x" for _, k in RATIO_COLUMNS)]
             )
         lines += _grid(rows)
+    if result.get("stages"):
+        lines += ["", *_stages(result)]
     if result["sweep"]:
         lines += ["", "Poisson sweep"]
         rows = [["setup", "rate", *titles, "failed"]]
@@ -85,6 +89,29 @@ def render(result: dict) -> str:
     for name, error in result["errors"].items():
         lines.append(f"{name}: FAILED: {error}")
     return "\n".join(lines)
+
+
+def _stages(result: dict) -> list[str]:
+    """The stage breakdown: per stage, p50 and p99 of each setup that sent timelines."""
+    breakdown = result["stages"]
+    names = list(next(iter(breakdown.values())))
+    lines = ["stages (closed loop, p50 / p99 over the requests that crossed the stage)"]
+    rows = [["stage", *(f"{name} {pct}" for name in names for pct in ("p50", "p99"))]]
+    for stage, per_setup in breakdown.items():
+        cells = [
+            "-" if (s := per_setup[name]) is None or s[pct] is None else format(s[pct], ".1f")
+            for name in names
+            for pct in ("p50", "p99")
+        ]
+        rows.append([stage, *cells])
+    lines += _grid(rows)
+    counts = [
+        f"{name} {run.get('timelines', 0)}/{run['completed']}"
+        for name, report in result["setups"].items()
+        for run in report["runs"][:1]
+    ]
+    lines.append("answers with a timeline: " + ", ".join(counts))
+    return lines
 
 
 def _rate(run: dict) -> str:

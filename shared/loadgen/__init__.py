@@ -17,9 +17,10 @@ first and are not measured. Workload: every image is generated (shapes and noise
 background) and distinct, so no cache helps, unless ``--image-repeat K`` uses each K times.
 Distributions: ``V``, ``A-B`` (uniform integers), ``V1,V2`` or weighted ``V1:w1,V2:w2``.
 
-Output: a summary table on stdout; ``--out`` the JSON report (``config``, ``environment``,
-``model``, ``warmup``, ``runs``: per run its figures and, unless ``--no-records``, every
-request's record); ``--plots DIR`` latency CDFs and, for a sweep, throughput and p50/p99 latency
+Output: a summary table on stdout (with a p50/p99 row per stage when the server sends a
+per-request ``timeline``, as epd's router does); ``--out`` the JSON report (``config``,
+``environment``, ``model``, ``warmup``, ``runs``: per run its figures, ``timelines`` and
+``stages_ms`` included, and, unless ``--no-records``, every request's record, ``stages_s`` included); ``--plots DIR`` latency CDFs and, for a sweep, throughput and p50/p99 latency
 against the swept value. Metric definitions: ``shared/loadgen/metrics.py`` and ``client.py``.
 The exit status is 1 when some run completed no request, 2 when the model list is unreachable.
 

@@ -24,7 +24,8 @@ examples:
 
 metrics: TTFT to the first content chunk; ITL between content chunks; TPOT per request
 (E2E - TTFT) / (output tokens - 1); percentiles over completed requests; goodput counts the
-requests meeting every SLO. Details: shared/loadgen/metrics.py.
+requests meeting every SLO; stages: p50/p99 of each stage of the answers' timeline (epd's
+router sends one; other servers: no stage rows). Details: shared/loadgen/metrics.py.
 """
 
 

@@ -7,6 +7,10 @@ per-chunk figure while TPOT (from the token count) is per token. E2E ends when t
 Token counts come from the final ``usage`` chunk; without one, completion tokens = content chunks.
 A request never raises: HTTP errors, error events, timeouts and broken connections become a failed
 record with an ``error_kind`` (``http_503``, ``stream_error``, ``timeout``, ``ReadError``, ...).
+
+A server that sends a ``timeline`` (epd's router: in the chunk with the ``finish_reason``) has its
+``stages`` kept in ``stages_s``. A server that answers with one JSON object although streaming was
+asked for (``Content-Type: application/json``) is read whole: TTFT = E2E, one content chunk.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from shared.loadgen.sse import parse_line
+from shared.loadgen.sse import Chunk, parse_completion, parse_line
 
 
 @dataclass
@@ -42,6 +46,7 @@ class RequestRecord:
     status: int | None = None
     error_kind: str | None = None
     error: str | None = None
+    stages_s: dict[str, float] | None = None  # the response's timeline.stages; None: no timeline
 
     @property
     def tpot_s(self) -> float | None:
@@ -61,10 +66,16 @@ def _error_message(status: int, body: bytes) -> str:
     return f"HTTP {status}: {text[:300]}"
 
 
+def _take_usage(rec: RequestRecord, chunk: Chunk) -> None:
+    if chunk.usage:
+        rec.usage_reported = True
+        rec.prompt_tokens = chunk.usage.get("prompt_tokens", rec.prompt_tokens)
+        rec.completion_tokens = chunk.usage.get("completion_tokens") or rec.completion_tokens
+
+
 async def _stream(
     client: httpx.AsyncClient, url: str, payload: bytes, headers: dict, rec: RequestRecord, start: float
 ) -> None:
-    last = start
     async with client.stream("POST", url, content=payload, headers=headers) as resp:
         rec.status = resp.status_code
         if resp.status_code != 200:
@@ -73,27 +84,12 @@ async def _stream(
                 _error_message(resp.status_code, await resp.aread()),
             )
             return
-        async for line in resp.aiter_lines():
-            now = time.perf_counter()
-            chunk = parse_line(line)
-            if chunk is None:
-                continue
-            if chunk.done:
-                break
-            if chunk.error is not None:
-                rec.error_kind, rec.error = "stream_error", chunk.error[:300]
-                return
-            if chunk.usage:
-                rec.usage_reported = True
-                rec.prompt_tokens = chunk.usage.get("prompt_tokens", rec.prompt_tokens)
-                rec.completion_tokens = chunk.usage.get("completion_tokens") or rec.completion_tokens
-            if chunk.content:
-                if rec.ttft_s is None:
-                    rec.ttft_s = now - start
-                else:
-                    rec.itl_s.append(now - last)
-                last = now
-                rec.content_chunks += 1
+        if resp.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+            await _whole(resp, rec, start)
+        else:
+            await _events(resp, rec, start)
+    if rec.error_kind is not None:
+        return
     rec.e2e_s = time.perf_counter() - start
     if rec.ttft_s is None:
         rec.error_kind, rec.error = "no_content", "the stream ended without any content"
@@ -101,6 +97,43 @@ async def _stream(
     if not rec.usage_reported:
         rec.completion_tokens = rec.content_chunks
     rec.success = True
+
+
+async def _whole(resp: httpx.Response, rec: RequestRecord, start: float) -> None:
+    """A non-streamed answer: one JSON object, its content counted as one chunk."""
+    chunk = parse_completion(await resp.aread())
+    if chunk.error is not None:
+        rec.error_kind, rec.error = "stream_error", chunk.error[:300]
+        return
+    _take_usage(rec, chunk)
+    rec.stages_s = chunk.stages
+    if chunk.content:
+        rec.ttft_s, rec.content_chunks = time.perf_counter() - start, 1
+
+
+async def _events(resp: httpx.Response, rec: RequestRecord, start: float) -> None:
+    """A server-sent-event stream: TTFT, inter-chunk gaps, usage and the timeline, chunk by chunk."""
+    last = start
+    async for line in resp.aiter_lines():
+        now = time.perf_counter()
+        chunk = parse_line(line)
+        if chunk is None:
+            continue
+        if chunk.done:
+            break
+        if chunk.error is not None:
+            rec.error_kind, rec.error = "stream_error", chunk.error[:300]
+            return
+        _take_usage(rec, chunk)
+        if chunk.stages is not None:
+            rec.stages_s = chunk.stages
+        if chunk.content:
+            if rec.ttft_s is None:
+                rec.ttft_s = now - start
+            else:
+                rec.itl_s.append(now - last)
+            last = now
+            rec.content_chunks += 1
 
 
 async def send(

@@ -7,13 +7,20 @@ Definitions (latencies in ms in the output, records in seconds):
     for requests with at least two output tokens; ITL: every inter-chunk gap of every completed request;
   - percentiles interpolate linearly between order statistics (numpy's default);
   - goodput: completed requests meeting every SLO given, per second, and as a fraction of all
-    requests sent (failed ones count as missing). A one-token answer meets any TPOT SLO.
+    requests sent (failed ones count as missing). A one-token answer meets any TPOT SLO;
+  - stages (``stages_ms``): from the ``timeline.stages`` a server may send with its answer (epd's
+    router does), per stage the statistics above plus ``count``, over the completed requests whose
+    timeline has that stage (a request that did not cross a stage is not a zero); stages in
+    ``shared.timeline.stages.StageName`` order, names it does not know after them, sorted.
+    ``timelines`` counts the completed requests whose answer carried a timeline (0: none did, and
+    ``stages_ms`` is empty: vLLM, older servers).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from functools import cache
 
 import numpy as np
 
@@ -36,6 +43,28 @@ def latency_stats(values_s: Sequence[float]) -> dict[str, float | None]:
     }
     out |= {"std": ms.std(), "min": ms.min(), "max": ms.max()}
     return {k: float(out[k]) for k in keys}
+
+
+@cache
+def _known_stages() -> tuple[str, ...]:
+    from shared.timeline.stages import StageName  # on first use: shared.timeline loads the wire models
+
+    return tuple(s.value for s in StageName)
+
+
+def stage_order(names: Iterable[str]) -> list[str]:
+    """``names`` in the timeline's stage order; names it does not know (a newer server) last, sorted."""
+    given, known = set(names), _known_stages()
+    return [s for s in known if s in given] + sorted(given - set(known))
+
+
+def stage_stats(records: Sequence[RequestRecord]) -> dict[str, dict[str, float | None]]:
+    """stage -> ``count`` and ``latency_stats`` (ms) over the records whose timeline has that stage."""
+    samples: dict[str, list[float]] = {}
+    for r in records:
+        for stage, seconds in (r.stages_s or {}).items():
+            samples.setdefault(stage, []).append(seconds)
+    return {s: {"count": len(samples[s]), **latency_stats(samples[s])} for s in stage_order(samples)}
 
 
 def meets_slo(rec: RequestRecord, slo_ms: dict[str, float]) -> bool:
@@ -80,5 +109,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float, slo_ms: dict[
         "tpot_ms": latency_stats([t for r in ok if (t := r.tpot_s) is not None]),
         "itl_ms": latency_stats([g for r in ok for g in r.itl_s]),
         "e2e_ms": latency_stats([r.e2e_s for r in ok if r.e2e_s is not None]),
+        "timelines": sum(r.stages_s is not None for r in ok),
+        "stages_ms": stage_stats(ok),
         "goodput": goodput(records, duration_s, slo_ms),
     }

@@ -47,6 +47,9 @@ def test_compare_three_setups(ckpt: Path, tmp_path: Path, capsys: pytest.Capture
     assert set(result["ratios"]) == {f"{a}/{b}" for a, b in PAIRS}
     for values in result["ratios"].values():
         assert set(values) == set(RATIO_FIGURES) and all(v > 0 for v in values.values())
+    stages = {s for report in result["setups"].values() for s in report["runs"][0]["stages_ms"]}
+    assert set(result["stages"]) == stages  # empty until the servers send timelines
+    assert not any("transformers" in per_setup for per_setup in result["stages"].values())
     (run,) = result["sweep"]["cluster"]["runs"]
     assert list(result["sweep"]) == ["cluster"] and run["request_rate"] == 4.0 and run["completed"] == 4
     env = result["environment"]

@@ -44,6 +44,9 @@ def check_run(entry: dict, n: int, max_tokens: int) -> None:
         assert r["success"] and r["completion_tokens"] == max_tokens and r["usage_reported"]
         assert 0 < r["ttft_s"] <= r["e2e_s"] and len(r["itl_s"]) == r["content_chunks"] - 1
         assert r["prompt_tokens"] > 0 and r["n_images"] == 1
+    assert entry["timelines"] in (0, n)  # every answer carries the router's timeline, or none yet
+    if entry["timelines"]:
+        assert entry["stages_ms"]["gap"]["count"] == n and all(r["stages_s"] for r in entry["records"])
 
 
 def test_loadgen_closed_loop_and_sweep(cluster: EpdCluster, tmp_path: Path) -> None:
