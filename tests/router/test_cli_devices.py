@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.cli import build_parser, cluster_specs, main
+from router.cli import build_parser, cluster_specs, main, with_env
 
 pytestmark = pytest.mark.unit
 
@@ -60,3 +60,24 @@ def test_kv_transfer_reaches_prefill_and_decode_workers(tmp_path):
     )
     kv = {s.name: s.args[s.args.index("--kv-transfer") + 1] for s in specs if "--kv-transfer" in s.args}
     assert kv == {"prefill-0": "mooncake", "decode-0": "mooncake", "decode-1": "mooncake"}
+
+
+def test_service_env_and_the_traces_endpoint_reach_their_services(tmp_path):
+    argv = ["up", "--otlp-traces-endpoint", "http://127.0.0.1:4318/v1/traces"]
+    argv += ["--service-env", "prefill-0:EPD_FAKE_CLOCK_SKEW_S=-45", "--service-env", "router:A=b=c"]
+    args = build_parser().parse_args(argv)
+    specs = {s.name: s for s in with_env(cluster_specs(args, tmp_path), args.service_env)}
+    assert specs["prefill-0"].env == {"EPD_FAKE_CLOCK_SKEW_S": "-45"} and specs["router"].env == {"A": "b=c"}
+    assert specs["decode-0"].env == {} and specs["encoder-0"].env == {}
+    for spec in specs.values():
+        i = spec.args.index("--otlp-traces-endpoint")
+        assert spec.args[i + 1] == "http://127.0.0.1:4318/v1/traces"
+    with pytest.raises(ValueError, match="names decode-7"):
+        with_env(cluster_specs(args, tmp_path), [("decode-7", "K", "v")])
+
+
+@pytest.mark.parametrize("text", ["prefill-0", "prefill-0:KEY", ":K=v", "prefill-0:=v"])
+def test_a_malformed_service_env_is_a_usage_error(text, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--service-env", text])
+    assert "SERVICE:KEY=VALUE" in capsys.readouterr().err
