@@ -94,20 +94,23 @@ class Timeline:
     colocated: bool = False
     stamps: list[StageStamp] = field(default_factory=list)
     end: float | None = None
+    path: list[Segment] = field(default_factory=list)  # set by ``finish``
 
     def add(self, stamps: list[StageStamp]) -> None:
         self.stamps.extend(stamps)
 
     def finish(self, end: float) -> list[Segment]:
+        """The request ended at ``end``: its critical path (kept for ``report``)."""
         self.end = end
-        return critical_path(self.stamps, self.start, end, self.colocated)
+        self.path = critical_path(self.stamps, self.start, end, self.colocated)
+        return self.path
 
     def report(self) -> dict[str, Any]:
         """The ``timeline`` field of a response: seconds end to end, seconds per stage (every stamp
         of the stage, summed; ``gap``: the critical path's gaps), and each stamp relative to the
         request's arrival, with whether the critical path goes through it."""
         end = self.end if self.end is not None else self.start
-        path = critical_path(self.stamps, self.start, end, self.colocated)
+        path = self.path if self.end is not None else []
         critical = {p.stamp for p in path}
         stages: dict[str, float] = {}
         spans = []
