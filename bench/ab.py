@@ -10,6 +10,11 @@ same from the other; the order alternates between rounds (base first in odd roun
 machine whose speed drifts during the sitting favours neither. The load generator and the venv are
 this checkout's; only the servers' code differs. Prints each run's requests/s and the medians,
 and ``candidate / base`` (above 1: the candidate serves more).
+
+Throughput on a shared machine drifts by several percent from run to run; the CPU time each
+process of the cluster spent per request (user + system, read from ``/proc`` before and after the
+load, warm-up included) is printed too: on a CPU-bound box it is what throughput is made of, and
+it moves far less, so a per-request cost of the candidate shows there first.
 """
 
 from __future__ import annotations
@@ -40,17 +45,42 @@ def server(checkout: Path, args: argparse.Namespace, log_dir: Path) -> Server:
     return Server(checkout.name, cmd, "cluster ready", 330, cwd=checkout, env=env)
 
 
-def measure(checkout: Path, args: argparse.Namespace, log_dir: Path) -> float:
-    with serve(server(checkout, args, log_dir), log_dir) as url:
+def cpu_seconds(session: int) -> dict[str, float]:
+    """User + system CPU seconds of each live process of ``session``, summed by the module it runs
+    (``python -m MODULE``: ``router.cli``, ``services.prefill``, ...)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[3]) != session or "-m" not in argv:  # fields[3]: session id; [11], [12]: utime, stime
+            continue
+        module = argv[argv.index("-m") + 1]
+        used[module] = used.get(module, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def measure(checkout: Path, args: argparse.Namespace, log_dir: Path) -> tuple[float, dict[str, float]]:
+    """Requests/s of one run, and each module's CPU milliseconds per request."""
+    procs: list[subprocess.Popen] = []
+    with serve(server(checkout, args, log_dir), log_dir, procs.append) as url:
+        before = cpu_seconds(procs[0].pid)
         load = LoadConfig(
             base_url=url, num_requests=args.num_requests, concurrency=args.concurrency, seed=0,
             images=args.images, image_size=args.image_size, max_tokens=args.max_tokens, ignore_eos=True,
             warmup=args.warmup, progress=False,
         )  # fmt: skip
         report = run(load)["runs"][0]
+        after = cpu_seconds(procs[0].pid)
     if report["completed"] != args.num_requests:
         raise RuntimeError(f"{checkout}: {report['completed']} of {args.num_requests} requests completed")
-    return float(report["request_throughput"])
+    sent = args.num_requests + args.warmup
+    cpu = {m: 1000 * (t - before.get(m, 0.0)) / sent for m, t in after.items()}
+    cpu["all"] = sum(cpu.values())
+    return float(report["request_throughput"]), cpu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,13 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = tmp / "base"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base), args.base], check=True)
     rps: dict[str, list[float]] = {"base": [], "candidate": []}
+    cpu: dict[str, list[dict[str, float]]] = {"base": [], "candidate": []}
     try:
         for r in range(args.rounds):
             order = ("base", "candidate") if r % 2 == 0 else ("candidate", "base")
             for name in order:
                 checkout = base if name == "base" else REPO
-                rps[name].append(measure(checkout, args, tmp / f"{name}-{r}"))
-                print(f"round {r + 1} {name:9s} {rps[name][-1]:.3f} req/s", flush=True)
+                throughput, used = measure(checkout, args, tmp / f"{name}-{r}")
+                rps[name].append(throughput)
+                cpu[name].append(used)
+                per = "  ".join(f"{m} {ms:.1f}" for m, ms in sorted(used.items()))
+                print(f"round {r + 1} {name:9s} {throughput:.3f} req/s  CPU ms/request: {per}", flush=True)
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
     med = {k: statistics.median(v) for k, v in rps.items()}
@@ -86,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"candidate (this checkout): median {med['candidate']:.3f} req/s  {[round(x, 3) for x in rps['candidate']]}"
     )
     print(f"candidate / base: {med['candidate'] / med['base']:.3f}")
+    print("CPU ms per request, median of the runs (base -> candidate, ratio):")
+    for module in sorted({m for runs in cpu.values() for used in runs for m in used}):
+        b, c = (statistics.median(used.get(module, 0.0) for used in cpu[k]) for k in ("base", "candidate"))
+        print(f"  {module:18s} {b:7.1f} -> {c:7.1f}  x{c / b if b else float('nan'):.3f}")
     return 0
 
 
