@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 import sys
@@ -66,13 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             Prefill(w["zmq"], w["inbox"], w.get("http", ""))
             for w in parse_workers(cfg.prefills, PREFILL_KEYS, cfg.start_timeout_s)
         ]
-        if not encoders or not prefills:
-            print(
-                "router: give at least one --encoders and one --prefills entry (or --colocated)",
-                file=sys.stderr,
-            )
-            return 2
-        workers = Workers(encoders, prefills, cfg.heartbeat_timeout_s)
+        # none configured: workers register themselves (their --report-to names this inbox)
+        workers = Workers.configured(encoders, prefills, cfg.heartbeat_timeout_s)
         orch = Orchestrator(
             workers, RouterMetrics(), inbox=f"tcp://{cfg.inbox_host}:{cfg.inbox_port}",
             advertise_host=cfg.advertise_host or cfg.inbox_host, image_token_id=image_token_id,
@@ -87,7 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sock.bind((cfg.host, cfg.port))
     url = f"http://{cfg.host}:{sock.getsockname()[1]}"
     server = uvicorn.Server(
-        uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+        # SIGTERM: uvicorn stops accepting and lets the open requests (streams) finish, for at
+        # most --drain-timeout-s; then the app's shutdown stops the backend thread
+        uvicorn.Config(
+            app, log_config=None, access_log=False, timeout_graceful_shutdown=math.ceil(cfg.drain_timeout_s)
+        )
     )
 
     async def announce() -> None:

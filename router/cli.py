@@ -108,9 +108,10 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
         return "0" if b == 0 else str(b + offset)
 
     inbox = _free_port(args.host) if b == 0 else b + 300
+    report = ("--report-to", f"tcp://{args.host}:{inbox}")  # every worker registers and reports load
     specs = []
     for i in range(args.encoders):
-        flags: tuple[str, ...] = ("--port", port(i), "--http-port", port(1000 + i))
+        flags: tuple[str, ...] = ("--port", port(i), "--http-port", port(1000 + i), *report)
         specs.append(ServiceSpec(f"encoder-{i}", "services.encoder", (*placed("encoder", i), *flags)))
     for i in range(args.prefills):
         flags = (
@@ -120,12 +121,12 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
             port(101 + 2 * i),
             "--http-port",
             port(1100 + i),
+            *report,
         )
         prefill = (*placed("prefill", i), *flags, "--kv-transfer", args.kv_transfer, *args.prefill_arg)
         specs.append(ServiceSpec(f"prefill-{i}", "services.prefill", prefill))
     for i in range(args.decodes):
         flags = ("--port", port(200 + 2 * i), "--kv-port", port(201 + 2 * i), "--http-port", port(1200 + i))
-        report = ("--report-to", f"tcp://{args.host}:{inbox}")
         kv = ("--kv-transfer", args.kv_transfer)
         decode = (*placed("decode", i), *flags, *report, *kv, *args.decode_arg)
         specs.append(ServiceSpec(f"decode-{i}", "services.decode", decode))

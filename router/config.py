@@ -8,8 +8,9 @@ addresses joined by ``@`` in the ready file's order:
 * encoder: ``tcp://enc:5600@http://enc:8600`` (ZMQ requests @ health HTTP)
 * prefill: ``tcp://pre:5700@tcp://pre:5701@http://pre:8700`` (requests @ embedding inbox @ HTTP)
 
-Decode workers need no list: each reports its load (and addresses) to the router's inbox
-(``--report-to`` on the decode side), which is how the router finds them.
+Lists are optional: a worker started with ``--report-to`` naming this router's inbox registers
+itself with its first load report (decode workers always do), so a router with no lists learns
+the whole cluster (Kubernetes: workers report to the routers' headless Service).
 
 ``--colocated`` runs the whole model and one engine in the router's process instead
 (``router/colocated.py``): no worker lists; the engine flags (``EngineConfig``), ``--device``,
@@ -45,8 +46,13 @@ class RouterConfig:
     inbox_host: str = flag("127.0.0.1", help="interface of the ZMQ inbox for tokens and load reports")
     inbox_port: int = flag(5900, help="ZMQ inbox port (0: a free one); decode workers --report-to it")
     advertise_host: str = flag("", help="host name workers reach the inbox by (default: --inbox-host)")
-    encoders: str = flag("", help="comma-separated encoders: ready-file paths or ZMQ@HTTP")
-    prefills: str = flag("", help="comma-separated prefill workers: ready-file paths or ZMQ@INBOX@HTTP")
+    encoders: str = flag(
+        "", help="comma-separated encoders: ready-file paths or ZMQ@HTTP (more register with --report-to)"
+    )
+    prefills: str = flag(
+        "",
+        help="comma-separated prefill workers: ready-file paths or ZMQ@INBOX@HTTP (more register themselves)",
+    )
     api_keys: str = flag("", help="comma-separated accepted Bearer keys (empty: no authentication)")
     max_images: int = flag(8, help="most images per request")
     max_image_bytes: int = flag(20 << 20, help="largest image in bytes (data URL or download)")
@@ -58,7 +64,10 @@ class RouterConfig:
     max_inflight: int = flag(256, help="most requests in the cluster at once (then 503)")
     max_per_worker: int = flag(64, help="most requests waiting for prefill per worker (then 503)")
     request_timeout_s: float = flag(300.0, help="seconds a request may take end to end")
-    heartbeat_timeout_s: float = flag(3.0, help="a decode worker silent this long is taken as gone")
+    drain_timeout_s: float = flag(
+        30.0, help="on SIGTERM: stop accepting, and give the open requests and streams this long to finish"
+    )
+    heartbeat_timeout_s: float = flag(3.0, help="a worker whose load reports stop this long is taken as gone")
     max_retries: int = flag(
         2, help="resubmissions of a request that failed before any token reached the client"
     )
@@ -86,7 +95,10 @@ class RouterConfig:
     def __post_init__(self) -> None:
         if min(self.max_images, self.max_image_bytes, self.max_inflight, self.max_per_worker) < 1:
             raise ValueError("max_images, max_image_bytes, max_inflight, max_per_worker must be >= 1")
-        if min(self.fetch_timeout_s, self.request_timeout_s, self.heartbeat_timeout_s) <= 0:
+        if (
+            min(self.fetch_timeout_s, self.request_timeout_s, self.heartbeat_timeout_s, self.drain_timeout_s)
+            <= 0
+        ):
             raise ValueError("timeouts must be positive")
         if self.colocated:
             check_device(self.device, self.dtype)

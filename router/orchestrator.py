@@ -1,9 +1,13 @@
 """The one owner of the router's ZMQ sockets: a background thread that runs every request's trip
 through encoders, prefill and decode.
 
-Owns: the inbox (PULL, bound; tokens and errors from prefill and decode, load reports from
-decode), one DEALER per prefill worker (requests, aborts; errors back), one DEALER per encoder
+Owns: the inbox (PULL, bound; tokens and errors from prefill and decode, load reports from every
+worker), one DEALER per prefill worker (requests, aborts; errors back), one DEALER per encoder
 (``EncodeRequest``; ``CacheMiss`` / errors back), a PUSH pool to decode control inboxes (aborts).
+Workers come and go while it runs (``router.workers``): a report from a new encoder or prefill
+worker opens its DEALER, a worker gone (silent or leaving) and no longer referenced has its
+socket closed. Every ``HEARTBEAT_S`` it sends each worker a ``RouterHeartbeat`` on the channel it
+sends requests by, so that workers drop this router's requests if it dies.
 ZMQ sockets are not thread-safe, so nothing else touches them: the HTTP side talks to this thread
 through a bounded queue of commands (``Submit``, ``Abort``, ``Snapshot``) and gets ``Event``s
 back through each job's thread-safe ``sink`` (an asyncio queue per request).
@@ -15,7 +19,7 @@ Request life cycle (one loop turn: commands, receive, timeouts):
    aware: a known image goes without its bytes to the encoder that has it; a ``CacheMiss``
    resends it with bytes); send ``PrefillRequest`` then the ``EncodeRequest``s.
 3. Tokens: the first from prefill, the rest from decode, forwarded as they come.
-4. A stage error, a silent decode worker, an unready prefill worker: if no token reached the
+4. A stage error, a worker gone (silent, leaving, or unready if configured): if no token reached the
    client yet and retries are left, the attempt is aborted and the job dispatched again avoiding
    the worker of the stage that failed (``StageError.stage``: the decode worker for ``decode``,
    else the prefill worker) (wire id ``<rid>.r<n>``); otherwise the client gets the error.
@@ -37,13 +41,14 @@ import zmq
 from router.backend import Abort, Backend, Snapshot, Submit
 from router.jobs import Event, Job, encode_request, prefill_request
 from router.metrics import RouterMetrics
-from router.workers import Decode, Prefill, Workers
+from router.workers import Decode, Encoder, Member, Prefill, Workers
 from shared.timeline import StageName
 from shared.wire import CacheMiss, DealerSocket, PullSocket, PushPool, StageError, WireError
-from shared.wire.messages import AbortRequest, ErrorKind, LoadReport, Stage, TokenBatch
+from shared.wire.messages import AbortRequest, ErrorKind, LoadReport, RouterHeartbeat, Stage, TokenBatch
 
 log = logging.getLogger("router.orchestrator")
 RETRYABLE = {ErrorKind.UNAVAILABLE, ErrorKind.OVERLOADED, ErrorKind.INTERNAL}
+HEARTBEAT_S = 0.5  # between this router's heartbeats to each worker
 
 
 @dataclass
@@ -92,28 +97,22 @@ class Orchestrator(Backend):
             return
         port = self.inbox.endpoint.rsplit(":", 1)[1]
         self.reply_to = f"tcp://{self.advertise_host}:{port}"
-        self.prefill_socks = {
-            p.zmq: DealerSocket(p.zmq, bind=False, accept=[StageError]) for p in self.workers.prefills
-        }
-        self.encoder_socks = {
-            e.zmq: DealerSocket(e.zmq, bind=False, accept=[CacheMiss, StageError])
-            for e in self.workers.encoders
-        }
+        self.prefill_socks: dict[str, DealerSocket] = {}
+        self.encoder_socks: dict[str, DealerSocket] = {}
         self.controls = PushPool()
-        socks: list[PullSocket | DealerSocket] = [
-            self.inbox,
-            *self.prefill_socks.values(),
-            *self.encoder_socks.values(),
-        ]
-        poller = zmq.Poller()
-        for s in socks:
-            poller.register(s.zmq_socket, zmq.POLLIN)
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox.zmq_socket, zmq.POLLIN)
+        for w in (*self.workers.encoders.values(), *self.workers.prefills.values()):
+            self._connect(w)
         self.started.set()
         log.info("orchestrator inbox %s (advertised as %s)", self.inbox.endpoint, self.reply_to)
-        next_check = 0.0
+        next_check = next_beat = 0.0
         while not self.stopping.is_set():
             self._commands()
-            ready = dict(poller.poll(2))
+            ready = dict(self.poller.poll(2))
+            socks: list[PullSocket | DealerSocket] = [
+                self.inbox, *self.prefill_socks.values(), *self.encoder_socks.values()
+            ]  # fmt: skip
             for s in socks:
                 if s.zmq_socket in ready:
                     self._drain(s)
@@ -121,9 +120,38 @@ class Orchestrator(Backend):
             if now >= next_check:
                 self._check(now)
                 next_check = now + 0.05
-        for s in socks:
-            s.close()
+            if now >= next_beat:
+                self._beat()
+                next_beat = now + HEARTBEAT_S
+        for sock in [self.inbox, *self.prefill_socks.values(), *self.encoder_socks.values()]:
+            sock.close()
         self.controls.close()
+
+    def _connect(self, w: Member) -> None:
+        """Open the DEALER to an encoder or prefill worker (once)."""
+        if isinstance(w, Encoder) and w.zmq not in self.encoder_socks:
+            sock = self.encoder_socks[w.zmq] = DealerSocket(w.zmq, bind=False, accept=[CacheMiss, StageError])
+        elif isinstance(w, Prefill) and w.zmq not in self.prefill_socks:
+            sock = self.prefill_socks[w.zmq] = DealerSocket(w.zmq, bind=False, accept=[StageError])
+        else:
+            return
+        self.poller.register(sock.zmq_socket, zmq.POLLIN)
+
+    def _disconnect(self, address: str) -> None:
+        for socks in (self.encoder_socks, self.prefill_socks):
+            if (sock := socks.pop(address, None)) is not None:
+                self.poller.unregister(sock.zmq_socket)
+                sock.close()
+
+    def _beat(self) -> None:
+        """Tell every worker this router is alive (never waits: a full queue skips a beat)."""
+        beat = RouterHeartbeat(self.reply_to, time.time())
+        for sock in [*self.encoder_socks.values(), *self.prefill_socks.values()]:
+            with contextlib.suppress(WireError):
+                sock.send(beat, 0.0)
+        for d in list(self.workers.decodes.values()):
+            with contextlib.suppress(WireError):
+                self.controls.send(d.control, beat, 0.0)
 
     def _commands(self) -> None:
         for _ in range(256):
@@ -152,7 +180,7 @@ class Orchestrator(Backend):
             if isinstance(msg, TokenBatch):
                 self._tokens(msg)
             elif isinstance(msg, LoadReport):
-                self.workers.heard(msg, time.monotonic())
+                self._connect(self.workers.heard(msg, time.monotonic()))
             elif isinstance(msg, StageError):
                 if (live := self.live.get(msg.request_id or "")) is not None:
                     self._failed(live, msg.kind, f"{msg.source}: {msg.message}", msg.stage)
@@ -164,18 +192,18 @@ class Orchestrator(Backend):
 
     def _dispatch(self, job: Job, attempt: int, tried: set[str]) -> None:
         now = time.monotonic()
-        prefill = self.workers.pick_prefill(tried, self.max_per_worker)
+        prefill = self.workers.pick_prefill(tried, self.max_per_worker, now)
         decode = self.workers.pick_decode(tried, now)
-        if prefill is None or decode is None:
-            stage = "prefill" if prefill is None else "decode"
+        hashes = [im.hash for im in job.images]
+        known = {h for h in hashes if h in self.workers.image_home}
+        plan = self.workers.assign_images(hashes, now) if job.images else {}
+        if prefill is None or decode is None or (job.images and not plan):
+            stage = "prefill" if prefill is None else "decode" if decode is None else "encoder"
             self._finish_job(
                 job, Event(error=ErrorKind.OVERLOADED, message=f"no {stage} worker is available")
             )
             return
         wire_id = job.rid if attempt == 0 else f"{job.rid}.r{attempt}"
-        hashes = [im.hash for im in job.images]
-        known = {h for h in hashes if h in self.workers.image_home}
-        plan = self.workers.assign_images(hashes) if job.images else {}
         if attempt == 0:
             job.timing.stamp(StageName.ADMISSION, job.submitted, now)
         live = Live(job, wire_id, attempt, prefill, decode, plan, tried=tried)
@@ -249,7 +277,7 @@ class Orchestrator(Backend):
         self._end(live, abort=f"failed: {kind}", event=Event(error=kind, message=message))
 
     def _check(self, now: float) -> None:
-        live_decodes = {d.kv for d in self.workers.live_decodes(now)}
+        alive = lambda w: self.workers.alive(w, now)  # noqa: E731
         for live in list(self.live.values()):
             if now > live.job.deadline:
                 self._end(
@@ -257,23 +285,24 @@ class Orchestrator(Backend):
                     abort="deadline",
                     event=Event(error=ErrorKind.DEADLINE_EXCEEDED, message="request timed out"),
                 )
-            elif live.decode.kv not in live_decodes:
+            elif not alive(live.decode):
                 self._failed(
-                    live,
-                    ErrorKind.UNAVAILABLE,
-                    f"decode worker {live.decode.kv} stopped reporting",
-                    Stage.DECODE,
+                    live, ErrorKind.UNAVAILABLE, f"decode worker {live.decode.kv} is gone", Stage.DECODE
                 )
-            elif live.tokens == 0 and not live.prefill.ready:
+            elif live.tokens == 0 and not alive(live.prefill):
                 self._failed(
-                    live,
-                    ErrorKind.UNAVAILABLE,
-                    f"prefill worker {live.prefill.zmq} is not ready",
-                    Stage.PREFILL,
+                    live, ErrorKind.UNAVAILABLE, f"prefill worker {live.prefill.zmq} is gone", Stage.PREFILL
                 )
+            elif not live.prefill_done and (
+                lost := [a for a in live.encoders if not alive(self._encoder(a))]
+            ):
+                self._failed(live, ErrorKind.UNAVAILABLE, f"encoder {lost[0]} is gone", Stage.ENCODER)
+        busy = {a for v in self.live.values() for a in (v.prefill.zmq, v.decode.kv, *v.encoders)}
+        for address in self.workers.expire(now, busy):
+            self._disconnect(address)
         waiting = [v for v in self.live.values() if v.tokens == 0]
         self.metrics.queue.labels("admission").set(self.commands.qsize())
-        self.metrics.queue.labels("encoder").set(sum(e.inflight for e in self.workers.encoders))
+        self.metrics.queue.labels("encoder").set(sum(e.inflight for e in self.workers.encoders.values()))
         self.metrics.queue.labels("prefill").set(len(waiting))
         self.metrics.queue.labels("decode").set(len(self.live) - len(waiting))
         self.metrics.inflight.set(len(self.by_rid))
@@ -311,8 +340,8 @@ class Orchestrator(Backend):
         for address, idx in live.encoders.items():
             self._encoder(address).inflight -= len(idx)
 
-    def _encoder(self, address: str) -> Any:
-        return next(e for e in self.workers.encoders if e.zmq == address)
+    def _encoder(self, address: str) -> Encoder:
+        return self.workers.encoders[address]  # kept while a live request names it (``expire``)
 
     def _send(self, sock: DealerSocket, msg: Any, timeout: float = 1.0) -> bool:
         try:
@@ -335,18 +364,13 @@ class Orchestrator(Backend):
                 }
                 for v in self.live.values()
             ],
-            "encoders": [
-                {"zmq": e.zmq, "ready": e.ready, "inflight": e.inflight} for e in self.workers.encoders
-            ],
-            "prefills": [
-                {"zmq": p.zmq, "ready": p.ready, "inflight": p.inflight} for p in self.workers.prefills
-            ],
-            "decodes": [
-                {
-                    "kv": d.kv,
-                    "live": now - d.heard <= self.workers.heartbeat_timeout_s,
-                    "inflight": d.inflight,
-                }
-                for d in self.workers.decodes.values()
-            ],
+            "encoders": [{"zmq": e.zmq, **self._member(e, now)} for e in self.workers.encoders.values()],
+            "prefills": [{"zmq": p.zmq, **self._member(p, now)} for p in self.workers.prefills.values()],
+            "decodes": [{"kv": d.kv, **self._member(d, now)} for d in self.workers.decodes.values()],
         }
+
+    def _member(self, w: Member, now: float) -> dict[str, Any]:
+        return {
+            "ready": w.ready, "live": self.workers.alive(w, now), "state": w.state.value, "static": w.static,
+            "inflight": w.inflight,
+        }  # fmt: skip

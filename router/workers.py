@@ -1,9 +1,13 @@
-"""What the router knows about each worker: addresses, health, load; and how it picks workers.
+"""What the router knows about each worker: addresses, membership, health, load; and how it picks.
 
-Encoders and prefill workers are configured (``router.config``); their readiness comes from
-polling their HTTP ``/ready`` (``HealthPoller``, a daemon thread that only flips booleans).
-Decode workers are discovered from their ``LoadReport``s, which double as heartbeats.
-Load counts (``inflight``) are kept by the orchestrator thread, the only writer.
+Membership. A worker is configured (``--encoders`` / ``--prefills``: *static*, its readiness
+polled over HTTP ``/ready`` by ``HealthPoller``, a daemon thread that only flips booleans) or
+learned: every worker started with ``--report-to`` this router sends ``LoadReport``s, and the first
+one registers it (``heard``). Reports are heartbeats: a worker that has reported and then stays
+silent for ``heartbeat_timeout_s`` is gone (``expire`` forgets the learned ones), as is one whose
+report says ``leaving``; one that says ``draining`` is sent nothing new while what it holds
+finishes. Load counts (``inflight``) are kept by the orchestrator thread, the only writer of
+everything here but the static workers' ``ready``.
 
 Selection: prefill and decode by least load; images to encoders cache-aware: an image whose hash
 an encoder was last given goes to that encoder again (its cache holds the embeddings), new images
@@ -12,39 +16,56 @@ go to the least-loaded encoder, so a multi-image request is spread over encoders
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from shared.wire.messages import LoadReport
+from shared.wire.messages import LoadReport, Stage, WorkerState
+
+log = logging.getLogger("router.workers")
+
+
+@dataclass(kw_only=True)
+class Member:
+    static: bool = False  # configured by flag; else learned from its reports
+    ready: bool = False  # static: its /ready answers; learned: it has reported
+    state: WorkerState = WorkerState.SERVING
+    heard: float | None = None  # monotonic time of its last LoadReport (None: never reported)
+    report: LoadReport | None = None
+    joined: float = field(default_factory=time.monotonic)
+    inflight: int = 0  # this router's work on it, counted by the orchestrator
+
+    def alive(self, now: float, timeout: float) -> bool:
+        """Up: holds and answers what it was given (draining included)."""
+        if self.state is WorkerState.LEAVING or (self.heard is not None and now - self.heard > timeout):
+            return False
+        return self.ready
+
+    def usable(self, now: float, timeout: float) -> bool:
+        """Takes new work."""
+        return self.alive(now, timeout) and self.state is WorkerState.SERVING
 
 
 @dataclass
-class Encoder:
+class Encoder(Member):
     zmq: str
     http: str = ""
-    ready: bool = False
-    inflight: int = 0  # images sent, request not yet past prefill
 
 
 @dataclass
-class Prefill:
+class Prefill(Member):
     zmq: str
     inbox: str
     http: str = ""
-    ready: bool = False
-    inflight: int = 0  # requests sent, first token not yet back
 
 
 @dataclass
-class Decode:
+class Decode(Member):
     kv: str
     control: str
-    heard: float = 0.0  # monotonic time of the last LoadReport
-    report: LoadReport | None = None
-    inflight: int = 0  # this router's requests assigned to it, not finished
     picked: float = 0.0  # last time it was picked: ties go to the least recently picked
 
     def load(self) -> int:
@@ -54,46 +75,102 @@ class Decode:
 
 @dataclass
 class Workers:
-    encoders: list[Encoder]
-    prefills: list[Prefill]
+    encoders: dict[str, Encoder]  # by ZMQ address
+    prefills: dict[str, Prefill]
     heartbeat_timeout_s: float
     decodes: dict[str, Decode] = field(default_factory=dict)  # by KV address
     image_home: OrderedDict[str, str] = field(default_factory=OrderedDict)  # hash -> encoder zmq
     max_homes: int = 100_000
 
-    def heard(self, report: LoadReport, now: float) -> None:
-        d = self.decodes.get(report.kv_address)
-        if d is None:
-            d = self.decodes[report.kv_address] = Decode(report.kv_address, report.control_address)
-        d.heard, d.report, d.control = now, report, report.control_address
+    @classmethod
+    def configured(
+        cls, encoders: list[Encoder], prefills: list[Prefill], heartbeat_timeout_s: float
+    ) -> Workers:
+        for w in (*encoders, *prefills):
+            w.static = True
+        return cls({e.zmq: e for e in encoders}, {p.zmq: p for p in prefills}, heartbeat_timeout_s)
+
+    # ----- membership -----------------------------------------------------------------------------
+    def heard(self, report: LoadReport, now: float) -> Member:
+        """A worker's report: registers it (first report), refreshes its heartbeat, state and load."""
+        w: Member | None
+        if report.kind is Stage.ENCODER:
+            w = self.encoders.get(report.address)
+            if w is None:
+                w = self.encoders[report.address] = Encoder(zmq=report.address, http=report.http)
+        elif report.kind is Stage.PREFILL:
+            w = self.prefills.get(report.address)
+            if w is None:
+                w = self.prefills[report.address] = Prefill(
+                    zmq=report.address, inbox=report.inbox, http=report.http
+                )
+        else:
+            w = self.decodes.get(report.address)
+            if w is None:
+                w = self.decodes[report.address] = Decode(kv=report.address, control=report.inbox)
+            w.control = report.inbox
+        if w.heard is None:
+            log.info("%s %s joined (%s)", report.kind.value, report.address, report.source)
+        elif w.state is not report.state:
+            log.info("%s %s is %s", report.kind.value, report.address, report.state.value)
+        w.heard, w.report, w.state = now, report, report.state
+        if not w.static:
+            w.ready = True
+        return w
+
+    def expire(self, now: float, busy: set[str]) -> list[str]:
+        """Forget learned workers that are gone (silent or leaving) and hold none of this router's
+        work (addresses in ``busy``); returns the forgotten addresses."""
+        gone = []
+        for pool in (self.encoders, self.prefills, self.decodes):
+            for address, w in list(pool.items()):
+                if not w.static and address not in busy and not w.alive(now, self.heartbeat_timeout_s):
+                    del pool[address]
+                    gone.append(address)
+                    log.info(
+                        "worker %s removed (%s)",
+                        address,
+                        "left" if w.state is WorkerState.LEAVING else "silent",
+                    )
+        return gone
 
     def live_decodes(self, now: float) -> list[Decode]:
-        return [d for d in self.decodes.values() if now - d.heard <= self.heartbeat_timeout_s]
+        return [d for d in self.decodes.values() if d.alive(now, self.heartbeat_timeout_s)]
+
+    def alive(self, w: Member, now: float) -> bool:
+        return w.alive(now, self.heartbeat_timeout_s)
 
     def ready(self, now: float) -> dict[str, bool]:
+        t = self.heartbeat_timeout_s
         return {
-            "encoder": any(e.ready for e in self.encoders),
-            "prefill": any(p.ready for p in self.prefills),
-            "decode": bool(self.live_decodes(now)),
+            "encoder": any(e.usable(now, t) for e in list(self.encoders.values())),
+            "prefill": any(p.usable(now, t) for p in list(self.prefills.values())),
+            "decode": any(d.usable(now, t) for d in list(self.decodes.values())),
         }
 
-    def pick_prefill(self, exclude: set[str], max_per_worker: int) -> Prefill | None:
-        ok = [p for p in self.prefills if p.ready and p.inflight < max_per_worker]
+    # ----- selection ------------------------------------------------------------------------------
+    def pick_prefill(self, exclude: set[str], max_per_worker: int, now: float) -> Prefill | None:
+        t = self.heartbeat_timeout_s
+        ok = [p for p in self.prefills.values() if p.usable(now, t) and p.inflight < max_per_worker]
         preferred = [p for p in ok if p.zmq not in exclude] or ok
         return min(preferred, key=lambda p: p.inflight, default=None)
 
     def pick_decode(self, exclude: set[str], now: float) -> Decode | None:
-        live = self.live_decodes(now)
-        preferred = [d for d in live if d.kv not in exclude] or live
+        usable = [d for d in self.decodes.values() if d.usable(now, self.heartbeat_timeout_s)]
+        preferred = [d for d in usable if d.kv not in exclude] or usable
         free = lambda d: d.report.free_blocks if d.report else 0  # noqa: E731
         best = min(preferred, key=lambda d: (d.load(), -free(d), d.picked), default=None)
         if best is not None:
             best.picked = now
         return best
 
-    def assign_images(self, hashes: list[str]) -> dict[str, list[int]]:
-        """Image indexes per encoder address (cache-aware, then least loaded)."""
-        ready = {e.zmq: e for e in self.encoders if e.ready} or {e.zmq: e for e in self.encoders}
+    def assign_images(self, hashes: list[str], now: float) -> dict[str, list[int]]:
+        """Image indexes per encoder address (cache-aware, then least loaded); {} when no encoder
+        takes work."""
+        t = self.heartbeat_timeout_s
+        ready = {z: e for z, e in self.encoders.items() if e.usable(now, t)}
+        if not ready:
+            return {}
         planned = {z: e.inflight for z, e in ready.items()}
         out: dict[str, list[int]] = {}
         for i, h in enumerate(hashes):
@@ -109,7 +186,7 @@ class Workers:
 
 
 class HealthPoller(threading.Thread):
-    """Polls each encoder's and prefill worker's ``/ready`` every ``interval_s``."""
+    """Polls each static encoder's and prefill worker's ``/ready`` every ``interval_s``."""
 
     def __init__(self, workers: Workers, interval_s: float = 1.0) -> None:
         super().__init__(name="health-poller", daemon=True)
@@ -118,9 +195,13 @@ class HealthPoller(threading.Thread):
 
     def run(self) -> None:
         while True:
-            polled: list[Encoder | Prefill] = [*self.workers.encoders, *self.workers.prefills]
+            polled: list[Encoder | Prefill] = [
+                *list(self.workers.encoders.values()),
+                *list(self.workers.prefills.values()),
+            ]
             for w in polled:
-                w.ready = _ready(w.http)
+                if w.static:
+                    w.ready = _ready(w.http)
             if self.stop.wait(self.interval_s):
                 return
 

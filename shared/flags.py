@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import socket
 import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass
@@ -61,14 +63,52 @@ class ServiceFlags:
     otlp_traces_endpoint: str = flag(
         "", help="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces (empty: no tracing)"
     )
+    report_to: str = flag(
+        "",
+        help="comma-separated router inboxes (tcp://HOST:PORT) to register with and send load reports "
+        "to; a HOST that resolves to several addresses (a headless Service) means each of them",
+    )
+    report_interval_s: float = flag(0.5, help="seconds between load reports (they are the heartbeat)")
+    router_timeout_s: float = flag(
+        5.0, help="a router heard from and then silent this long is gone: its requests are dropped"
+    )
+    advertise_host: str = flag(
+        "",
+        help="host name or IP routers and other workers reach this worker by, sent in load reports "
+        "(default: --host; the machine's host name when --host is a wildcard such as 0.0.0.0)",
+    )
+    drain_timeout_s: float = flag(
+        30.0, help="on SIGTERM: seconds to finish the requests held (admitting none) before exiting"
+    )
 
     def __post_init__(self) -> None:
         check_device(self.device, self.dtype)
         if self.send_timeout_s <= 0 or self.torch_threads < 0:
             raise ValueError("send_timeout_s must be positive and torch_threads >= 0")
+        if min(self.report_interval_s, self.router_timeout_s) <= 0 or self.drain_timeout_s < 0:
+            raise ValueError("report_interval_s and router_timeout_s must be positive, drain_timeout_s >= 0")
+        for target in self.report_addresses:
+            if not re.fullmatch(r"tcp://[^\s:/]+:\d{1,5}", target):
+                raise ValueError(f"report_to: {target!r} is not tcp://HOST:PORT")
 
     def address(self, port: int) -> str:
         return f"tcp://{self.host}:{port}"
+
+    @property
+    def report_addresses(self) -> list[str]:
+        return [a.strip() for a in self.report_to.split(",") if a.strip()]
+
+    @property
+    def reachable_host(self) -> str:
+        """The host others reach this worker by: --advertise-host, else the host name when bound to a
+        wildcard, else --host."""
+        return self.advertise_host or (
+            socket.gethostname() if self.host in ("0.0.0.0", "::", "*") else self.host
+        )
+
+    def advertised(self, endpoint: str) -> str:
+        """A bound endpoint as others reach it: a wildcard host becomes the advertised host."""
+        return f"tcp://{self.reachable_host}:{endpoint.rsplit(':', 1)[1]}"
 
 
 def parse_flags(cls: type[T], prog: str, description: str, env_prefix: str, argv: Sequence[str] | None) -> T:

@@ -8,6 +8,10 @@ endpoints) once it serves, which is how the supervisor knows it is ready. Life c
 2. ``watch(stop)`` polls the children; one that exits is restarted with exponential backoff, up to
    ``max_restarts`` times in a row (a restart that reaches ready resets the count).
 3. ``stop()`` sends SIGTERM to all, waits, then SIGKILLs stragglers.
+
+While they run, ``add(spec)`` starts one more service (a worker that registers itself with the
+routers it reports to) and ``drain(name)`` sends one SIGTERM and waits for its exit status
+(a worker drains first: it finishes what it holds, deregisters, exits 0).
 """
 
 from __future__ import annotations
@@ -87,6 +91,33 @@ class Supervisor:
                 child.info = read_ready_file(child.ready_file)
                 time.sleep(0.05)
         return {name: c.info for name, c in self.children.items() if c.info is not None}
+
+    def add(self, spec: ServiceSpec, timeout: float = 300.0) -> dict:
+        """Start one more service and wait until it is ready; returns its ready info."""
+        if spec.name in self.children:
+            raise ValueError(f"a service named {spec.name} runs already")
+        child = self.children[spec.name] = self._launch(spec)
+        deadline = time.monotonic() + timeout
+        while (info := read_ready_file(child.ready_file)) is None:
+            if child.proc.poll() is not None or time.monotonic() > deadline:
+                child.proc.kill()
+                child.proc.wait()
+                del self.children[spec.name]
+                raise RuntimeError(f"{spec.name} did not become ready; log tail:\n{_tail(child.log_file)}")
+            time.sleep(0.05)
+        child.info = info
+        return info
+
+    def drain(self, name: str, timeout: float = 120.0) -> int:
+        """SIGTERM one service and wait for it (SIGKILL after ``timeout``); returns its exit status.
+        It is forgotten: ``watch`` does not restart it."""
+        child = self.children.pop(name)
+        child.proc.terminate()
+        try:
+            return child.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            return child.proc.wait()
 
     def watch(self, stop: threading.Event, poll_s: float = 0.5) -> None:
         """Restart services that exit until ``stop`` is set."""

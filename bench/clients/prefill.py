@@ -141,8 +141,8 @@ class DisaggClient:
 
     def _handle(self, msg: TokenBatch | StageError | LoadReport, now: float) -> None:
         if isinstance(msg, LoadReport):
-            self.heard[msg.kv_address] = now
-            self.loads[msg.kv_address] = msg
+            self.heard[msg.address] = now
+            self.loads[msg.address] = msg
         elif isinstance(msg, TokenBatch):
             for rec in msg.records:
                 o = self.outcomes.get(rec.request_id)

@@ -1,5 +1,6 @@
 """The operator's routes, outside ``/v1/`` (no API key, not counted): ``GET /health`` (200 when
-every stage has a ready worker and the backend's thread runs, else 503 with the stages),
+every stage has a ready worker and the backend's thread runs, else 503 with the stages: for
+readiness), ``GET /livez`` (200 while the backend's thread runs, workers or not: for liveness),
 ``GET /metrics`` (Prometheus text) and ``GET /debug/requests`` (the backend's live requests).
 """
 
@@ -26,6 +27,12 @@ async def health(workers: ReadinessDep, backend: BackendDep) -> JSONResponse:
     stages = workers.ready(monotonic())
     ok = all(stages.values()) and backend.thread.is_alive()
     return JSONResponse({"ready": ok, "stages": stages}, status_code=200 if ok else 503)
+
+
+@router.get("/livez")
+async def livez(backend: BackendDep) -> JSONResponse:
+    ok = backend.thread.is_alive()
+    return JSONResponse({"live": ok}, status_code=200 if ok else 503)
 
 
 @router.get("/metrics")

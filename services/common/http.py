@@ -31,6 +31,11 @@ class Health:
         self.ready = False
         self.last_tick = time.monotonic()
         self.info: dict[str, Any] = {}
+        self.port = 0  # the HTTP server's, once bound
+
+    def url(self, host: str) -> str:
+        """This server as others reach it at ``host`` ("" before it is bound)."""
+        return f"http://{host}:{self.port}" if self.port else ""
 
     def tick(self) -> None:
         self.last_tick = time.monotonic()

@@ -1,9 +1,11 @@
 """The entry point the three worker services share: ``run_service(cfg, name, metrics, build)``.
 
-Life cycle: logging and torch threads from the config; SIGTERM / SIGINT set a stop event; the
-health and metrics HTTP server starts first (live, not ready, while the model loads); ``build``
-loads the model and returns the serving loop and its bound endpoints; the ready file is written;
-the loop serves until the stop event; then the sockets close, ZMQ waits for zero-copy sends still
+Life cycle: logging and torch threads from the config; SIGINT sets a stop event, SIGTERM drains
+(the server admits nothing new and reports ``draining``; once it holds nothing, or after
+``--drain-timeout-s``, the stop event is set); the health and metrics HTTP server starts first
+(live, not ready, while the model loads); ``build`` loads the model and returns the serving loop
+and its bound endpoints; the ready file is written; the loop serves until the stop event; then
+the server deregisters (its last load report says ``leaving``) and its sockets close, ZMQ waits for zero-copy sends still
 in flight (exiting while ZMQ holds views of freed tensors would crash its I/O thread) and the HTTP
 server stops.
 """
@@ -14,6 +16,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,13 +28,50 @@ from shared.about import banner
 from shared.ready import write_ready_file
 from shared.runtime import SKEW_ENV, freeze_startup_heap, skew_wall_clock
 
+DRAIN_QUIET_S = 2.0
+
 
 class ServingLoop(Protocol):
     name: str
 
     def serve(self, stop: threading.Event) -> None: ...
 
-    def close(self) -> None: ...
+    def drain(self) -> None:
+        """Admit nothing new from now on (called from another thread)."""
+
+    def idle(self) -> bool:
+        """Nothing held: no request in flight (read from another thread)."""
+
+    def close(self) -> None:
+        """Deregister from the routers and close the sockets."""
+
+
+def drain_then_stop(
+    server: ServingLoop, draining: threading.Event, stop: threading.Event, timeout_s: float
+) -> None:
+    """Once ``draining`` is set: drain ``server``, and set ``stop`` when it holds nothing or after
+    ``timeout_s`` (what is still held then is dropped; the routers fail it over)."""
+    log = logging.getLogger("drain")
+    while not draining.wait(0.2):
+        if stop.is_set():
+            return
+    server.drain()
+    now = time.monotonic()
+    deadline, quiet_since = now + timeout_s, now
+    while not stop.is_set():
+        now = time.monotonic()
+        if not server.idle():
+            quiet_since = now
+        elif now - quiet_since >= DRAIN_QUIET_S:
+            log.info("%s drained: nothing in flight", server.name)
+            break
+        if now > deadline:
+            log.warning(
+                "%s: drain timeout (%.0f s) with requests in flight; stopping", server.name, timeout_s
+            )
+            break
+        time.sleep(0.05)
+    stop.set()
 
 
 def run_service(
@@ -50,16 +90,21 @@ def run_service(
         log.warning("%s=%s: this process's wall clock is skewed by %+.1f s", SKEW_ENV, skew, skew)
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop, draining = threading.Event(), threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: draining.set() if not stop.is_set() else None)
     health = Health()
     http = HealthServer(cfg.host, cfg.http_port, metrics.registry, health)  # live (not ready) while loading
+    health.port = http.port
     log.info("loading %s from %s (%s, %s)", name, cfg.model, cfg.device, cfg.dtype)
     server, endpoints = build(health)
     health.info = {"name": server.name, **endpoints, **health.info}
     freeze_startup_heap()
     write_ready_file(cfg.ready_file, {**endpoints, "http": f"http://{cfg.host}:{http.port}"})
+    drainer = threading.Thread(
+        target=drain_then_stop, args=(server, draining, stop, cfg.drain_timeout_s), name="drain", daemon=True
+    )
+    drainer.start()
     try:
         with torch.inference_mode():
             server.serve(stop)

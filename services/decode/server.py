@@ -8,9 +8,11 @@ Sockets:
 * a ``KVReceiver`` (``shared.transfer``, a ROUTER at ``--kv-port``): prefill workers reserve
   room, send KV, get grants and acks on the same connection; with ``--kv-transfer mooncake`` the
   pool is registered with Mooncake's Transfer Engine and prefill writes the KV into it directly.
-* ``PULL`` at ``--port`` (control): ``AbortRequest`` from routers.
+* ``PULL`` at ``--port`` (control): ``AbortRequest`` and ``RouterHeartbeat`` from routers.
 * ``PUSH`` to each request's ``reply_to`` (``PushPool``): one ``TokenBatch`` per step and router,
-  or ``StageError``; ``LoadReport`` to every ``--report-to`` address each ``--report-interval-s``.
+  or ``StageError``; ``LoadReport`` to every router of ``--report-to`` each ``--report-interval-s``
+  (``services.common.membership``: registration, heartbeat, drain). A router gone silent: its
+  requests are aborted here.
 * HTTP on ``--http-port``: /health, /ready (with the current load), /metrics.
 
 Life cycle of a request, one stage per step of the loop:
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 
 from services.common.http import Health
 from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
+from services.common.membership import Load, Membership
 from services.common.tokens import token_batch
 from services.decode.config import DecodeConfig
 from services.decode.imports import Import, Importer
@@ -41,7 +44,15 @@ from shared.engine import Engine, TokenOutput
 from shared.timeline import RequestClock, Service, StageName, Tracer, observe
 from shared.transfer import KVReceiver
 from shared.wire import PullSocket, PushPool, StageError, WireError
-from shared.wire.messages import AbortRequest, ErrorKind, KVReserve, LoadReport, Stage, StageStamp, TokenBatch
+from shared.wire.messages import (
+    AbortRequest,
+    ErrorKind,
+    KVReserve,
+    RouterHeartbeat,
+    Stage,
+    StageStamp,
+    TokenBatch,
+)
 from shared.wire.poll import wait_readable
 
 log = logging.getLogger("decode")
@@ -64,7 +75,7 @@ class DecodeServer:
     ) -> None:
         self.cfg, self.engine, self.metrics, self.health = cfg, engine, metrics, health
         self.receiver = receiver
-        self.control = PullSocket(cfg.address(cfg.port), bind=True, accept=[AbortRequest])
+        self.control = PullSocket(cfg.address(cfg.port), bind=True, accept=[AbortRequest, RouterHeartbeat])
         self.endpoint = self.control.endpoint
         self.outbox = PushPool()
         self.name = cfg.name or f"decode@{receiver.address}"
@@ -78,7 +89,14 @@ class DecodeServer:
         self.routes: dict[str, str] = {}  # running request -> its router's token inbox
         self.timing: dict[str, Timing] = {}  # running requests' timelines
         self.tracer = Tracer(Service.DECODE, cfg.otlp_traces_endpoint, self.name)
-        self.next_report = 0.0
+        self.membership = Membership(
+            cfg,
+            Stage.DECODE,
+            self.name,
+            self.advertised_kv,
+            self.advertised_control,
+            health.url(cfg.reachable_host),
+        )
         metrics.total_blocks.set(engine.blocks.num_blocks)
         graph = engine.runner.graph  # None with --no-compile-decode; not ready if compiling failed
         metrics.graph_ready.set(float(graph is not None and graph.ready))
@@ -102,8 +120,22 @@ class DecodeServer:
             self.metrics.step_seconds.observe(time.monotonic() - start)
             self.send(outputs, start)
         self.report()
+        for router in self.membership.gone_routers():
+            self._router_gone(router)
+
+    def drain(self) -> None:
+        """SIGTERM: routers are told (they send nothing new); what is held finishes. Reservations
+        still arrive for requests a router dispatched before it heard (prefill reserves after the
+        first chunk, and by then the first token may be out: refusing would fail them), so they
+        are taken, and the drain ends only after a quiet spell (``services.common.main``)."""
+        self.membership.drain()
+
+    def idle(self) -> bool:
+        return not (self.engine.has_unfinished() or self.importer.importing or self.importer.pending)
 
     def close(self) -> None:
+        self.membership.leave(self._load())
+        self.membership.close()
         self.control.close()
         self.receiver.close()
         self.outbox.close()
@@ -122,7 +154,10 @@ class DecodeServer:
                 continue
             if msg is None:
                 break
-            self._abort(msg)
+            if isinstance(msg, RouterHeartbeat):
+                self.membership.heard(msg)
+            else:
+                self._abort(msg)
         self.importer.handle(self.receiver.poll(0))
 
     def _abort(self, msg: AbortRequest) -> None:
@@ -178,30 +213,38 @@ class DecodeServer:
             self.tracer.export(t.traceparent, out.request_id, sent)
         return sent
 
-    def load(self) -> LoadReport:
+    def _router_gone(self, router: str) -> None:
+        """Abort the requests whose tokens go to ``router``: nobody would read them."""
+        for rid in [rid for rid, reply_to in self.routes.items() if reply_to == router]:
+            self.engine.abort(rid)
+            self.routes.pop(rid, None)
+            self.timing.pop(rid, None)
+            self.metrics.errors.labels(ErrorKind.UNAVAILABLE.value).inc()
+            log.warning("[%s] aborted: its router %s is gone", rid, router)
+
+    def _load(self) -> Load:
         s = self.engine.scheduler
-        running = len(s.running)
         queued = len(s.waiting) + len(self.importer.importing) + len(self.importer.pending)
-        return LoadReport(
-            self.name, self.advertised_kv, self.advertised_control, running, queued, self.engine.num_free_blocks,
-            self.engine.blocks.num_blocks, time.time(),
-        )  # fmt: skip
+        return Load(len(s.running), queued, self.engine.num_free_blocks, self.engine.blocks.num_blocks)
 
     def report(self) -> None:
-        now = time.monotonic()
-        if now < self.next_report:
-            return
-        self.next_report = now + self.cfg.report_interval_s
-        load = self.load()
+        self.membership.tick(self._reported_load)
+
+    def _reported_load(self) -> Load:
+        load = self._load()
         m = self.metrics
         m.running.set(load.running)
         m.queued.set(load.queued)
         m.pending.set(len(self.importer.pending))
         m.free_blocks.set(load.free_blocks)
         m.queued_reservations.set(self.importer.num_queued)
-        self.health.info.update(running=load.running, queued=load.queued, free_blocks=load.free_blocks)
-        for address in self.cfg.report_addresses:
-            self._push(address, load, timeout=0.05)
+        self.health.info.update(
+            running=load.running,
+            queued=load.queued,
+            free_blocks=load.free_blocks,
+            state=self.membership.state.value,
+        )
+        return load
 
     def _error(self, request_id: str, reply_to: str, kind: ErrorKind, message: str) -> None:
         self.metrics.errors.labels(kind.value).inc()
@@ -210,9 +253,7 @@ class DecodeServer:
         log.info("[%s] %s: %s", request_id, kind.value, message)
         self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name, Stage.DECODE))
 
-    def _push(
-        self, address: str, msg: TokenBatch | StageError | LoadReport, timeout: float | None = None
-    ) -> None:
+    def _push(self, address: str, msg: TokenBatch | StageError, timeout: float | None = None) -> None:
         try:
             self.outbox.send(address, msg, self.cfg.send_timeout_s if timeout is None else timeout)
         except WireError as e:

@@ -11,6 +11,8 @@ Sockets:
 * ``PUSH`` to each prefill inbox named in a request's ``reply_to`` (``PushPool``): one
   ``ImageEmbeddingResult`` per image, or a ``StageError`` in its place.
 * HTTP on ``--http-port``: /health, /ready, /metrics (``metrics.py``).
+* ``LoadReport`` to every router of ``--report-to`` (``services.common.membership``: registration,
+  heartbeat, drain; a draining encoder answers new images with ``StageError(unavailable)``).
 
 Life cycle of a request, one stage per step of the loop:
 1. receive: decode and validate the message (a malformed one is answered on the ROUTER, never
@@ -33,6 +35,7 @@ import time
 
 from services.common.http import Health
 from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
+from services.common.membership import Load, Membership
 from services.encoder.config import EncoderConfig
 from services.encoder.metrics import EncoderMetrics
 from shared.multimodal.image import ImageError, image_hash
@@ -52,7 +55,7 @@ from shared.wire import (
     StageError,
     WireError,
 )
-from shared.wire.messages import MAX_IMAGE_BYTES, REQUEST_ID
+from shared.wire.messages import MAX_IMAGE_BYTES, REQUEST_ID, RouterHeartbeat
 
 log = logging.getLogger("encoder")
 
@@ -68,13 +71,17 @@ class EncoderServer:
         self.cache = EmbeddingCache(cfg.cache_bytes)
         self.batcher = PatchBatcher(cfg.batch_patches, cfg.cross_request_batching)
         self.requests = RouterSocket(
-            cfg.bind_address, bind=True, accept=[EncodeRequest], max_frame_bytes=MAX_IMAGE_BYTES + (1 << 20)
-        )
+            cfg.bind_address, bind=True, accept=[EncodeRequest, RouterHeartbeat],
+            max_frame_bytes=MAX_IMAGE_BYTES + (1 << 20),
+        )  # fmt: skip
         self.outbox = PushPool()
         self.endpoint = self.requests.endpoint
         self.name = cfg.name or f"encoder@{self.endpoint}"
         self.tracer = Tracer(Service.ENCODER, cfg.otlp_traces_endpoint, self.name)
         self.batch_started = 0.0  # time.monotonic() when the batch being sent started its forward
+        self.membership = Membership(
+            cfg, Stage.ENCODER, self.name, cfg.advertised(self.endpoint), http=health.url(cfg.reachable_host)
+        )
 
     # ----- the loop ------------------------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:
@@ -97,8 +104,24 @@ class EncoderServer:
                 self.send(batch, outputs)
         self.metrics.queue_images.set(len(self.batcher))
         self.metrics.queue_patches.set(self.batcher.queued_patches)
+        self.membership.tick(self._load)
+        self.membership.gone_routers()  # results go to prefill, which drops a gone router's requests
+
+    def drain(self) -> None:
+        """SIGTERM: new images are refused (unavailable: the router sends them elsewhere); the
+        queued ones are encoded and delivered."""
+        self.membership.drain()
+
+    def idle(self) -> bool:
+        return not len(self.batcher)
+
+    def _load(self) -> Load:
+        self.health.info["state"] = self.membership.state.value
+        return Load(queued=len(self.batcher), cache_bytes=self.cache.bytes)
 
     def close(self) -> None:
+        self.membership.leave(self._load())
+        self.membership.close()
         self.requests.close()
         self.outbox.close()
         self.tracer.shutdown()
@@ -115,7 +138,11 @@ class EncoderServer:
             if got is None:
                 return
             timeout = 0.0
-            self.admit(*got)
+            peer, msg = got
+            if isinstance(msg, RouterHeartbeat):
+                self.membership.heard(msg)
+            else:
+                self.admit(peer, msg)
 
     def _reject(self, e: WireError) -> None:
         self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
@@ -140,6 +167,9 @@ class EncoderServer:
         traceparent = req.trace.traceparent if req.trace else ""
         for image in req.images:
             waiter = Waiter(req.request_id, image.index, req.reply_to, deadline, arrived, clock, traceparent)
+            if self.membership.draining:
+                self._fail(waiter, ErrorKind.UNAVAILABLE, "draining: taking no new images")
+                continue
             if time.time() > deadline:
                 self._fail(waiter, ErrorKind.DEADLINE_EXCEEDED, "deadline passed before the image was queued")
                 continue

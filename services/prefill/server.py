@@ -5,14 +5,16 @@ are all ``prefill_only``, the requests waiting for their embeddings (``waiting.p
 transfers of computed prompts (``shipper.py``).
 
 Sockets:
-* ``ROUTER`` at ``--host:--port``: routers (DEALER) send ``PrefillRequest`` and ``AbortRequest``;
-  a malformed message is answered with ``StageError(bad_request)`` on it.
+* ``ROUTER`` at ``--host:--port``: routers (DEALER) send ``PrefillRequest``, ``AbortRequest`` and
+  ``RouterHeartbeat``; a malformed message is answered with ``StageError(bad_request)`` on it.
 * ``PULL`` at ``--inbox-port``: encoders push ``ImageEmbeddingResult`` (or ``StageError``).
 * a ``KVSender`` (``shared.transfer``, ``--kv-transfer``): one DEALER per decode worker, replies
   on the same; with mooncake, the KV itself goes as one-sided writes into the decode pool.
 * ``PUSH`` to each request's ``reply_to`` (``PushPool``): ``TokenBatch`` with the first token,
   or ``StageError``.
 * HTTP on ``--http-port``: /health, /ready, /metrics.
+* ``LoadReport`` to every router of ``--report-to`` (``services.common.membership``: registration,
+  heartbeat, drain); a router gone silent: its requests are dropped here.
 
 Life cycle of a request, one stage per step of the loop:
 1. receive: requests, embeddings and transfer replies, in any order. A request waits until all
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 
 from services.common.http import Health
 from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
+from services.common.membership import Load, Membership
 from services.common.tokens import token_batch
 from services.prefill.config import PrefillConfig
 from services.prefill.metrics import PrefillMetrics
@@ -46,7 +49,15 @@ from shared.engine import Engine, FinishReason, TokenOutput
 from shared.timeline import RequestClock, Service, StageName, Tracer, observe
 from shared.transfer import KVSender
 from shared.wire import ImageEmbeddingResult, PullSocket, PushPool, RouterSocket, StageError, WireError
-from shared.wire.messages import AbortRequest, ErrorKind, PrefillRequest, Stage, StageStamp, TokenBatch
+from shared.wire.messages import (
+    AbortRequest,
+    ErrorKind,
+    PrefillRequest,
+    RouterHeartbeat,
+    Stage,
+    StageStamp,
+    TokenBatch,
+)
 from shared.wire.poll import wait_readable
 
 log = logging.getLogger("prefill")
@@ -73,7 +84,9 @@ class PrefillServer:
         self, cfg: PrefillConfig, engine: Engine, sender: KVSender, metrics: PrefillMetrics, health: Health
     ) -> None:
         self.cfg, self.engine, self.metrics, self.health = cfg, engine, metrics, health
-        self.requests = RouterSocket(cfg.address(cfg.port), bind=True, accept=[PrefillRequest, AbortRequest])
+        self.requests = RouterSocket(
+            cfg.address(cfg.port), bind=True, accept=[PrefillRequest, AbortRequest, RouterHeartbeat]
+        )
         self.inbox = PullSocket(
             cfg.address(cfg.inbox_port), bind=True, accept=[ImageEmbeddingResult, StageError],
             max_frame_bytes=1 << 31,
@@ -96,6 +109,10 @@ class PrefillServer:
         self.sender = sender
         self.active: dict[str, Active] = {}  # in the engine
         self.tracer = Tracer(Service.PREFILL, cfg.otlp_traces_endpoint, self.name)
+        self.membership = Membership(
+            cfg, Stage.PREFILL, self.name, cfg.advertised(self.endpoint), cfg.advertised(self.inbox_endpoint),
+            health.url(cfg.reachable_host),
+        )  # fmt: skip
         metrics.total_blocks.set(engine.blocks.num_blocks)
 
     # ----- the loop ------------------------------------------------------------------------------
@@ -126,8 +143,38 @@ class PrefillServer:
         m.transfers.set(len(self.shipper))
         m.free_blocks.set(self.engine.num_free_blocks)
         m.orphan_bytes.set(self.waiting.orphan_bytes)
+        self.membership.tick(self._load)
+        for router in self.membership.gone_routers():
+            self._router_gone(router)
+
+    def drain(self) -> None:
+        """SIGTERM: refuse new requests (as unavailable: the router sends them elsewhere); what is
+        held (waiting for embeddings, computing, handing its KV over) finishes."""
+        self.membership.drain()
+
+    def idle(self) -> bool:
+        return not (len(self.waiting) or self.active or len(self.shipper))
+
+    def _load(self) -> Load:
+        self.health.info["state"] = self.membership.state.value
+        return Load(
+            len(self.active), len(self.waiting), self.engine.num_free_blocks, self.engine.blocks.num_blocks
+        )
+
+    def _router_gone(self, router: str) -> None:
+        """Drop the requests whose first token goes to ``router`` (and their KV hand-offs)."""
+        held = [
+            *(w.msg.request_id for w in self.waiting.requests.values() if w.msg.reply_to == router),
+            *(rid for rid, a in self.active.items() if a.msg.reply_to == router),
+            *(rid for rid, t in self.shipper.transfers.items() if t.reply_to == router),
+        ]
+        for rid in held:
+            log.warning("[%s] dropped: its router %s is gone", rid, router)
+            self._abort(rid)
 
     def close(self) -> None:
+        self.membership.leave(self._load())
+        self.membership.close()
         self.requests.close()
         self.inbox.close()
         self.outbox.close()
@@ -157,7 +204,7 @@ class PrefillServer:
                 self.waiting.add_embedding(msg)
         self.shipper.handle(self.sender.poll(0))
 
-    def _recv_request(self) -> tuple[bytes, PrefillRequest | AbortRequest] | None:
+    def _recv_request(self) -> tuple[bytes, PrefillRequest | AbortRequest | RouterHeartbeat] | None:
         while True:
             try:
                 return self.requests.recv(0)
@@ -175,12 +222,18 @@ class PrefillServer:
         except WireError as e:
             log.warning("could not answer a router: %s", e)
 
-    def _on_request(self, peer: bytes, msg: PrefillRequest | AbortRequest) -> None:
+    def _on_request(self, peer: bytes, msg: PrefillRequest | AbortRequest | RouterHeartbeat) -> None:
+        if isinstance(msg, RouterHeartbeat):
+            self.membership.heard(msg)
+            return
         if isinstance(msg, AbortRequest):
             self._abort(msg.request_id)
             return
         self.metrics.requests.inc()
         rid = msg.request_id
+        if self.membership.draining:
+            self._error(rid, msg.reply_to, ErrorKind.UNAVAILABLE, "draining: taking no new requests")
+            return
         if rid in self.active or rid in self.shipper.transfers:
             text = "request id already in use"
             self._answer(peer, StageError(rid, None, ErrorKind.BAD_REQUEST, text, self.name, Stage.PREFILL))

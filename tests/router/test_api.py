@@ -23,6 +23,7 @@ def client(cluster) -> openai.OpenAI:
 
 def test_health_models_and_text_chat(cluster, client):
     assert httpx.get(cluster.url + "/health").json()["ready"] is True
+    assert httpx.get(cluster.url + "/livez").json() == {"live": True}
     assert [m.id for m in client.models.list().data] == [cluster.model]
     out = client.chat.completions.create(
         model=cluster.model, messages=[{"role": "user", "content": "Say hi"}], max_tokens=6, temperature=0

@@ -5,13 +5,15 @@
 * ``encode``: router -> encoder -> prefill (``EncodeRequest``, ``CacheMiss``, ``ImageEmbeddingResult``)
 * ``prefill``: router -> prefill / decode (``PrefillRequest``, ``AbortRequest``)
 * ``kv``: prefill <-> decode, the KV transfer (``KVReserve`` ... ``KVAck``)
-* ``tokens``: prefill / decode -> router (``TokenBatch`` of ``SequenceTokens`` records, ``FinishReason``,
-  ``LoadReport``)
+* ``tokens``: prefill / decode -> router (``TokenBatch`` of ``SequenceTokens`` records, ``FinishReason``)
+* ``cluster``: workers -> routers (``LoadReport``: registration, heartbeat, state), routers -> workers
+  (``RouterHeartbeat``)
 
 Identifiers are validated by pattern; deadlines are absolute Unix times in seconds (``time.time()``),
 so every hop can tell whether a request is still worth working on.
 """
 
+from shared.wire.messages.cluster import LoadReport, RouterHeartbeat, WorkerState
 from shared.wire.messages.common import (
     ADDRESS,
     CONTENT_HASH,
@@ -48,7 +50,7 @@ from shared.wire.messages.prefill import (
     PrefillRequest,
     Sampling,
 )
-from shared.wire.messages.tokens import FinishReason, LoadReport, SequenceTokens, TokenBatch
+from shared.wire.messages.tokens import FinishReason, SequenceTokens, TokenBatch
 
 __all__ = [
     "ADDRESS",
@@ -81,6 +83,7 @@ __all__ = [
     "LoadReport",
     "MRopeSegment",
     "PrefillRequest",
+    "RouterHeartbeat",
     "Sampling",
     "SequenceTokens",
     "Stage",
@@ -88,4 +91,5 @@ __all__ = [
     "StageStamp",
     "TokenBatch",
     "TraceContext",
+    "WorkerState",
 ]

@@ -1,11 +1,9 @@
-"""decode/prefill -> router: generated tokens, per step; decode -> router: load reports.
+"""decode/prefill -> router: generated tokens, per step.
 
 * prefill -> router (PUSH, the request's ``reply_to``): ``TokenBatch`` with the first token, or
   ``StageError``.
 * decode -> router (PUSH, each request's ``reply_to``): one ``TokenBatch`` per step and router
   with a record for every request of that router that advanced, or ``StageError``.
-* decode -> router (PUSH, ``--report-to``): ``LoadReport`` every interval; it is also the decode
-  worker's heartbeat: a router that hears none for a while treats the worker as gone.
 
 A ``TokenBatch`` holds one ``SequenceTokens`` record per sequence. A record carries a list of
 tokens (one today; several once a sender coalesces steps) with their logprobs and top-n, the
@@ -18,7 +16,7 @@ from __future__ import annotations
 
 import enum
 
-from shared.wire.messages.common import ADDRESS, MAX_TOKEN_ID, REQUEST_ID, SOURCE, StageStamp
+from shared.wire.messages.common import MAX_TOKEN_ID, REQUEST_ID, SOURCE, StageStamp
 from shared.wire.schema import message, rule, struct
 
 MAX_BATCH = 4096  # records in one batch
@@ -72,15 +70,3 @@ class TokenBatch:
     def validate(self) -> None:
         if len({r.request_id for r in self.records}) != len(self.records):
             raise ValueError("a request has more than one record in the batch")
-
-
-@message("load_report")
-class LoadReport:
-    source: str = rule(max_len=SOURCE)
-    kv_address: str = rule(pattern=ADDRESS)  # where prefill sends KV (PrefillRequest.decode_address)
-    control_address: str = rule(pattern=ADDRESS)  # where the router sends AbortRequest
-    running: int = rule(ge=0)  # sequences decoding
-    queued: int = rule(ge=0)  # waiting, swapped out, importing or waiting for a grant
-    free_blocks: int = rule(ge=0)
-    total_blocks: int = rule(ge=1)
-    time: float = rule(ge=0)
