@@ -1,9 +1,10 @@
 """What happens to every request before its route: its id, the API key check, the access log line
 and the request counter.
 
-The request's clock (``shared.timeline``) starts here. The id is the client's ``X-Request-Id`` when it is well formed, else a new one. It is echoed in
-the response, kept on ``request.state.rid`` (the routes build the OpenAI ids from it) and set in
-the ``request_id`` contextvar, which ``RequestIdFilter`` (installed by ``router/__main__.py``)
+The request's clock (``shared.timeline``) starts here. The id is new, prefixed by the client's
+``X-Request-Id`` when it is well formed (which is echoed in the response): unique in the cluster
+even when clients reuse theirs, across routers too. It is kept on ``request.state.rid`` (the
+routes build the OpenAI ids from it) and set in the ``request_id`` contextvar, which ``RequestIdFilter`` (installed by ``router/__main__.py``)
 puts on every log line written while the request runs. With ``--api-keys``, ``/v1/`` routes need
 ``Authorization: Bearer <key>`` (else 401). Only ``/v1/`` routes are counted in
 ``router_requests`` (by path and status) and logged; the probes are not.
@@ -41,7 +42,10 @@ class RequestIdFilter(logging.Filter):
 async def ids_and_auth(request: Request, call_next: RequestResponseEndpoint) -> Response:
     request.state.clock = RequestClock.here()  # the request's clock starts now (shared.timeline)
     given = request.headers.get("x-request-id", "")
-    rid = given if _ID.fullmatch(given) else new_id()
+    given = given if _ID.fullmatch(given) else ""
+    # the id requests go by in the cluster is unique even when clients reuse theirs, through
+    # this router or another one sharing the workers; the client's is echoed and is its prefix
+    rid = f"{given}.{new_id()[:12]}" if given else new_id()
     request_id.set(rid)
     request.state.rid = rid
     route = request.url.path
@@ -50,11 +54,11 @@ async def ids_and_auth(request: Request, call_next: RequestResponseEndpoint) -> 
         resp: Response = error_response(
             request, APIError(401, "invalid API key", type="authentication_error", code="invalid_api_key")
         )
-        resp.headers["X-Request-Id"] = rid
+        resp.headers["X-Request-Id"] = given or rid
         metrics(request).requests.labels(route, "401").inc()
         return resp
     resp = await call_next(request)
-    resp.headers["X-Request-Id"] = rid
+    resp.headers["X-Request-Id"] = given or rid
     if route.startswith("/v1/"):
         metrics(request).requests.labels(route, str(resp.status_code)).inc()
         log.info("%s %s -> %d", request.method, route, resp.status_code)

@@ -81,6 +81,12 @@ def test_api_keys_and_request_ids(guarded):
     )  # fmt: skip
     assert ok.status_code == 200, ok.text
     assert ok.headers["x-request-id"] == "my-trace-42" and "my-trace-42" in ok.json()["id"]
+    # a client that reuses its id gets distinct requests (workers key requests by it, across routers)
+    again = httpx.post(
+        guarded.url + "/v1/chat/completions", json=body, timeout=30,
+        headers={"Authorization": "Bearer key-two", "X-Request-Id": "my-trace-42"},
+    )  # fmt: skip
+    assert again.status_code == 200 and again.json()["id"] != ok.json()["id"]
     assert httpx.get(guarded.url + "/health").status_code == 200  # probes need no key
     assert "my-trace-42" in (guarded.log_dir / "router.log").read_text()  # the id is in the log lines
 
