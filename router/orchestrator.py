@@ -137,21 +137,46 @@ class Orchestrator(Backend):
             return
         self.poller.register(sock.zmq_socket, zmq.POLLIN)
 
+    def _joined(self, report: LoadReport) -> None:
+        """A worker's report; a new worker gets its socket and this router's first heartbeat at
+        once (before any request can reach it, so that it knows whose requests to drop if this
+        router dies)."""
+        new = report.address not in self._pool(report.kind)
+        w = self.workers.heard(report, time.monotonic())
+        self._connect(w)
+        if new:
+            self._beat([w])
+
+    def _pool(self, kind: Stage) -> dict[str, Any]:
+        w = self.workers
+        return w.encoders if kind is Stage.ENCODER else w.prefills if kind is Stage.PREFILL else w.decodes
+
     def _disconnect(self, address: str) -> None:
         for socks in (self.encoder_socks, self.prefill_socks):
             if (sock := socks.pop(address, None)) is not None:
                 self.poller.unregister(sock.zmq_socket)
                 sock.close()
 
-    def _beat(self) -> None:
-        """Tell every worker this router is alive (never waits: a full queue skips a beat)."""
+    def _beat(self, workers: list[Member] | None = None) -> None:
+        """Tell every worker (or ``workers``) this router is alive; never waits: a full queue
+        skips a beat."""
         beat = RouterHeartbeat(self.reply_to, time.time())
-        for sock in [*self.encoder_socks.values(), *self.prefill_socks.values()]:
+        everyone = [
+            *self.workers.encoders.values(),
+            *self.workers.prefills.values(),
+            *self.workers.decodes.values(),
+        ]
+        for w in everyone if workers is None else workers:
             with contextlib.suppress(WireError):
-                sock.send(beat, 0.0)
-        for d in list(self.workers.decodes.values()):
-            with contextlib.suppress(WireError):
-                self.controls.send(d.control, beat, 0.0)
+                if isinstance(w, Decode):
+                    self.controls.send(w.control, beat, 0.0)
+                elif (sock := self._socket(w)) is not None:
+                    sock.send(beat, 0.0)
+
+    def _socket(self, w: Member) -> DealerSocket | None:
+        if isinstance(w, Encoder):
+            return self.encoder_socks.get(w.zmq)
+        return self.prefill_socks.get(w.zmq) if isinstance(w, Prefill) else None
 
     def _commands(self) -> None:
         for _ in range(256):
@@ -180,7 +205,7 @@ class Orchestrator(Backend):
             if isinstance(msg, TokenBatch):
                 self._tokens(msg)
             elif isinstance(msg, LoadReport):
-                self._connect(self.workers.heard(msg, time.monotonic()))
+                self._joined(msg)
             elif isinstance(msg, StageError):
                 if (live := self.live.get(msg.request_id or "")) is not None:
                     self._failed(live, msg.kind, f"{msg.source}: {msg.message}", msg.stage)

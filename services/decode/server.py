@@ -112,6 +112,8 @@ class DecodeServer:
     def step(self) -> None:
         self.health.tick()
         self.receive(0.0 if self.engine.has_unfinished() else IDLE_POLL_S)
+        for router in self.membership.gone_routers():  # after receive: a stall here is no router's silence
+            self._router_gone(router)
         self.importer.expire()
         self.importer.grant_waiting()
         if self.engine.has_unfinished():
@@ -120,8 +122,6 @@ class DecodeServer:
             self.metrics.step_seconds.observe(time.monotonic() - start)
             self.send(outputs, start)
         self.report()
-        for router in self.membership.gone_routers():
-            self._router_gone(router)
 
     def drain(self) -> None:
         """SIGTERM: routers are told (they send nothing new); what is held finishes. Reservations
@@ -195,7 +195,8 @@ class DecodeServer:
                 del self.routes[out.request_id]
         self.metrics.tokens.inc(len(outputs))
         for reply_to, outs in by_router.items():
-            self._push(reply_to, token_batch(self.name, outs, stamps))
+            if not self._push(reply_to, token_batch(self.name, outs, stamps)):
+                self._router_gone(reply_to)  # its inbox is full or gone: nobody reads these tokens
 
     def _stamp(self, out: TokenOutput, t: Timing, step_start: float, now: float) -> list[StageStamp]:
         """The stamps that go with this token: the hand-off and queue with the first, ``decode``
@@ -214,7 +215,8 @@ class DecodeServer:
         return sent
 
     def _router_gone(self, router: str) -> None:
-        """Abort the requests whose tokens go to ``router``: nobody would read them."""
+        """Abort the requests whose tokens go to ``router``: nobody would read them (it stopped
+        heartbeating, or its inbox took no tokens for ``--send-timeout-s``)."""
         for rid in [rid for rid, reply_to in self.routes.items() if reply_to == router]:
             self.engine.abort(rid)
             self.routes.pop(rid, None)
@@ -253,8 +255,10 @@ class DecodeServer:
         log.info("[%s] %s: %s", request_id, kind.value, message)
         self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name, Stage.DECODE))
 
-    def _push(self, address: str, msg: TokenBatch | StageError, timeout: float | None = None) -> None:
+    def _push(self, address: str, msg: TokenBatch | StageError) -> bool:
         try:
-            self.outbox.send(address, msg, self.cfg.send_timeout_s if timeout is None else timeout)
+            self.outbox.send(address, msg, self.cfg.send_timeout_s)
+            return True
         except WireError as e:
             log.warning("could not deliver to %s: %s", address, e)
+            return False

@@ -129,6 +129,8 @@ class PrefillServer:
     def step(self) -> None:
         self.health.tick()
         self.receive(0.0 if self.engine.has_unfinished() else IDLE_POLL_S)
+        for router in self.membership.gone_routers():  # after receive: a stall here is no router's silence
+            self._router_gone(router)
         self.admit()
         started = time.monotonic()
         outputs = self.engine.step() if self.engine.has_unfinished() else []
@@ -144,8 +146,6 @@ class PrefillServer:
         m.free_blocks.set(self.engine.num_free_blocks)
         m.orphan_bytes.set(self.waiting.orphan_bytes)
         self.membership.tick(self._load)
-        for router in self.membership.gone_routers():
-            self._router_gone(router)
 
     def drain(self) -> None:
         """SIGTERM: refuse new requests (as unavailable: the router sends them elsewhere); what is
@@ -318,7 +318,8 @@ class PrefillServer:
             if rid in self.shipper.transfers:  # (start fails at once when the worker is unreachable)
                 self.shipper.prefilled(rid, [out.token_id])
         for reply_to, outs in by_router.items():
-            self._push(reply_to, token_batch(self.name, outs, stamps))
+            if not self._push(reply_to, token_batch(self.name, outs, stamps)):
+                self._router_gone(reply_to)  # its inbox is full or gone: nobody reads these answers
 
     def _stamp_prefill(self, a: Active, now: float) -> list[StageStamp]:
         """The first token is out: the request's stages here, with the encoders' before them."""
@@ -367,8 +368,10 @@ class PrefillServer:
         log.info("[%s] %s: %s", request_id, kind.value, message)
         self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name, stage))
 
-    def _push(self, address: str, msg: TokenBatch | StageError) -> None:
+    def _push(self, address: str, msg: TokenBatch | StageError) -> bool:
         try:
             self.outbox.send(address, msg, self.cfg.send_timeout_s)
+            return True
         except WireError as e:
             log.warning("could not deliver to the router at %s: %s", address, e)
+            return False

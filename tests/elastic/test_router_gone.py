@@ -44,7 +44,7 @@ def test_workers_drop_a_dead_routers_requests(tmp_path: Path) -> None:
     ready = sup.start(timeout=600)
     try:
         a, b, decode = ready["router-a"]["http"], ready["router-b"]["http"], ready["decode-0"]["http"]
-        body = {"model": "demo", "messages": [{"role": "user", "content": "count"}], "max_tokens": 1500,
+        body = {"model": "demo", "messages": [{"role": "user", "content": "count"}], "max_tokens": 3000,
                 "ignore_eos": True, "stream": True}  # fmt: skip
         with httpx.Client(timeout=60) as client:
             body["model"] = client.get(f"{a}/v1/models").json()["data"][0]["id"]
@@ -54,6 +54,9 @@ def test_workers_drop_a_dead_routers_requests(tmp_path: Path) -> None:
                 lines = resp.iter_lines()
                 while not next(lines).startswith("data: {"):  # streaming: the request is in decode
                     pass
+                deadline = time.monotonic() + 20  # the gauge follows at the next load report
+                while gauge(decode, "decode_running_requests") != 1 and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 assert gauge(decode, "decode_running_requests") == 1
                 sup.children["router-a"].proc.send_signal(signal.SIGKILL)
                 with pytest.raises(httpx.HTTPError):  # the client's stream closes, it does not hang
