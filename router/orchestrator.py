@@ -141,15 +141,11 @@ class Orchestrator(Backend):
         """A worker's report; a new worker gets its socket and this router's first heartbeat at
         once (before any request can reach it, so that it knows whose requests to drop if this
         router dies)."""
-        new = report.address not in self._pool(report.kind)
+        new = not self.workers.knows(report)
         w = self.workers.heard(report, time.monotonic())
         self._connect(w)
         if new:
             self._beat([w])
-
-    def _pool(self, kind: Stage) -> dict[str, Any]:
-        w = self.workers
-        return w.encoders if kind is Stage.ENCODER else w.prefills if kind is Stage.PREFILL else w.decodes
 
     def _disconnect(self, address: str) -> None:
         for socks in (self.encoder_socks, self.prefill_socks):

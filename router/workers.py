@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.wire.messages import LoadReport, Stage, WorkerState
 
@@ -35,7 +36,6 @@ class Member:
     state: WorkerState = WorkerState.SERVING
     heard: float | None = None  # monotonic time of its last LoadReport (None: never reported)
     report: LoadReport | None = None
-    joined: float = field(default_factory=time.monotonic)
     inflight: int = 0  # this router's work on it, counted by the orchestrator
 
     def alive(self, now: float, timeout: float) -> bool:
@@ -118,6 +118,10 @@ class Workers:
             w.ready = True
         return w
 
+    def knows(self, report: LoadReport) -> bool:
+        pools: dict[Stage, dict[str, Any]] = {Stage.ENCODER: self.encoders, Stage.PREFILL: self.prefills}
+        return report.address in pools.get(report.kind, self.decodes)
+
     def expire(self, now: float, busy: set[str]) -> list[str]:
         """Forget learned workers that are gone (silent or leaving) and hold none of this router's
         work (addresses in ``busy``); returns the forgotten addresses."""
@@ -133,9 +137,6 @@ class Workers:
                         "left" if w.state is WorkerState.LEAVING else "silent",
                     )
         return gone
-
-    def live_decodes(self, now: float) -> list[Decode]:
-        return [d for d in self.decodes.values() if d.alive(now, self.heartbeat_timeout_s)]
 
     def alive(self, w: Member, now: float) -> bool:
         return w.alive(now, self.heartbeat_timeout_s)

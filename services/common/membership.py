@@ -97,9 +97,6 @@ class Membership:
     def heard(self, msg: RouterHeartbeat) -> None:
         self.routers_heard[msg.inbox] = time.monotonic()
 
-    def known_router(self, inbox: str) -> bool:
-        return inbox in self.routers_heard
-
     def gone_routers(self) -> list[str]:
         """Routers heard from, silent for ``--router-timeout-s`` since: forgotten as they are returned."""
         now = time.monotonic()
