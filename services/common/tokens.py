@@ -1,4 +1,5 @@
-"""Engine ``TokenOutput``s of one step, for one router, as the wire's ``TokenBatch``."""
+"""Engine ``TokenOutput``s for one router, one record per request (one step's token, or several
+coalesced by the decode worker's ``--stream-interval``), as the wire's ``TokenBatch``."""
 
 from __future__ import annotations
 
@@ -14,22 +15,24 @@ def finish_reason(reason: EngineFinish | None) -> FinishReason | None:
     return FinishReason(reason.value)
 
 
-def sequence_tokens(out: TokenOutput, stamps: list[StageStamp] | None = None) -> SequenceTokens:
-    top = out.top_logprobs or []
+def sequence_tokens(outs: list[TokenOutput], stamps: list[StageStamp] | None = None) -> SequenceTokens:
+    """One record for a request's consecutive tokens ``outs`` (oldest first, the last may finish it)."""
+    tops = [o.top_logprobs or [] for o in outs]
     return SequenceTokens(
-        out.request_id,
-        [out.token_id],
-        None if out.logprob is None else [out.logprob],
-        [[t for t, _ in top]] if top else [],
-        [[lp for _, lp in top]] if top else [],
-        finish_reason(out.finish_reason),
+        outs[0].request_id,
+        [o.token_id for o in outs],
+        None if outs[0].logprob is None else [o.logprob or 0.0 for o in outs],
+        [[t for t, _ in top] for top in tops] if tops[0] else [],
+        [[lp for _, lp in top] for top in tops] if tops[0] else [],
+        finish_reason(outs[-1].finish_reason),
         stamps or [],
     )
 
 
 def token_batch(
-    source: str, outputs: list[TokenOutput], stamps: dict[str, list[StageStamp]] | None = None
+    source: str, records: list[list[TokenOutput]], stamps: dict[str, list[StageStamp]] | None = None
 ) -> TokenBatch:
-    """``stamps``: the stages each request's tokens went through since its last record."""
+    """One record per request, of its tokens in ``records``; ``stamps``: the stages each request's
+    tokens went through since its last record."""
     stamps = stamps or {}
-    return TokenBatch(source, [sequence_tokens(o, stamps.get(o.request_id)) for o in outputs])
+    return TokenBatch(source, [sequence_tokens(outs, stamps.get(outs[0].request_id)) for outs in records])

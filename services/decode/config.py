@@ -13,6 +13,7 @@ from functools import partial
 from shared.engine import EngineConfig
 from shared.flags import ServiceFlags, flag, parse_flags
 from shared.transfer import TransferConfig
+from shared.wire.messages.tokens import MAX_RECORD_TOKENS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +26,12 @@ class DecodeConfig(ServiceFlags):
         30.0,
         help="seconds a granted transfer may go without a message from prefill before it is dropped "
         "(prefill gone)",
+    )
+    stream_interval: int = flag(
+        1,
+        help="tokens per record sent to the router: a request's tokens are held until this many "
+        "are there or it finishes (fewer messages and SSE chunks; the first token, from prefill, "
+        "is never held)",
     )
     # A decode worker's steps are decode steps: compiled by default.
     engine: EngineConfig = flag(
@@ -39,6 +46,8 @@ class DecodeConfig(ServiceFlags):
             raise ValueError("max_pending must be >= 0")
         if self.transfer_timeout_s <= 0:
             raise ValueError("transfer_timeout_s must be positive")
+        if not 1 <= self.stream_interval <= MAX_RECORD_TOKENS:
+            raise ValueError(f"stream_interval must be within 1..{MAX_RECORD_TOKENS}")
 
 
 def parse_config(argv: Sequence[str] | None = None) -> DecodeConfig:

@@ -22,8 +22,9 @@ Life cycle of a request, one stage per step of the loop:
    sequence joins the running batch and prefill is acked. Aborts end a request anywhere.
 2. schedule + run: one engine step over every running sequence (swapping out the newest under
    memory pressure: imported sequences cannot be recomputed here).
-3. send: the step's tokens, batched per router; a finished request frees its blocks, which may
-   let a queued reservation be granted in the next turn.
+3. send: the step's tokens, batched per router (``--stream-interval`` N: a request's tokens go N
+   to a record); a finished request frees its blocks, which may let a queued reservation be
+   granted in the next turn.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class DecodeServer:
         self.importer.on_imported = self._imported
         self.routes: dict[str, str] = {}  # running request -> its router's token inbox
         self.timing: dict[str, Timing] = {}  # running requests' timelines
+        self.held: dict[str, list[TokenOutput]] = {}  # tokens not sent yet (--stream-interval)
         self.tracer = Tracer(Service.DECODE, cfg.otlp_traces_endpoint, self.name)
         self.membership = Membership(
             cfg,
@@ -165,6 +167,7 @@ class DecodeServer:
         found = self.importer.drop(rid, f"aborted: {msg.reason}") | self.engine.abort(rid)
         self.routes.pop(rid, None)
         self.timing.pop(rid, None)
+        self.held.pop(rid, None)
         log.info("[%s] aborted%s", rid, "" if found else " (not here)")
 
     def _imported(self, msg: KVReserve, imp: Import) -> None:
@@ -181,26 +184,39 @@ class DecodeServer:
 
     # ----- 3. send -------------------------------------------------------------------------------
     def send(self, outputs: list[TokenOutput], step_start: float) -> None:
-        by_router: dict[str, list[TokenOutput]] = {}
+        """The step's tokens, one record per request, batched per router; with ``--stream-interval``
+        N a request's tokens are held until N are there or it finishes (one record for them)."""
+        by_router: dict[str, list[list[TokenOutput]]] = {}
         stamps: dict[str, list[StageStamp]] = {}
         now = time.monotonic()
         for out in outputs:
-            reply_to = self.routes.get(out.request_id)
+            rid = out.request_id
+            reply_to = self.routes.get(rid)
             if reply_to is None:
                 continue
-            by_router.setdefault(reply_to, []).append(out)
-            if (t := self.timing.get(out.request_id)) is not None:
-                stamps[out.request_id] = self._stamp(out, t, step_start, now)
+            held = self.held.setdefault(rid, [])
+            held.append(out)
+            t = self.timing.get(rid)
+            if t is not None:
+                self._stamp(out, t, step_start, now)
+            if not out.finished and len(held) < self.cfg.stream_interval:
+                continue
+            del self.held[rid]
+            by_router.setdefault(reply_to, []).append(held)
+            if t is not None and t.stamps:
+                stamps[rid], t.stamps = t.stamps, []
+                observe(self.metrics.stages, stamps[rid])
+                self.tracer.export(t.traceparent, rid, stamps[rid])
             if out.finished:
-                del self.routes[out.request_id]
+                del self.routes[rid]
         self.metrics.tokens.inc(len(outputs))
-        for reply_to, outs in by_router.items():
-            if not self._push(reply_to, token_batch(self.name, outs, stamps)):
+        for reply_to, records in by_router.items():
+            if not self._push(reply_to, token_batch(self.name, records, stamps)):
                 self._router_gone(reply_to)  # its inbox is full or gone: nobody reads these tokens
 
-    def _stamp(self, out: TokenOutput, t: Timing, step_start: float, now: float) -> list[StageStamp]:
-        """The stamps that go with this token: the hand-off and queue with the first, ``decode``
-        with the last (both for a request that ends at its first decode step)."""
+    def _stamp(self, out: TokenOutput, t: Timing, step_start: float, now: float) -> None:
+        """The hand-off and queue with the first token, ``decode`` with the last (both for a
+        request that ends at its first decode step); they go with the record that holds it."""
         if t.decoding is None:
             t.decoding = step_start
             self.metrics.handoff_seconds.observe(now - t.imported)
@@ -208,11 +224,6 @@ class DecodeServer:
         if out.finished:
             t.stamps.append(t.clock.stamp(StageName.DECODE, t.decoding, now))
             del self.timing[out.request_id]
-        sent, t.stamps = t.stamps, []
-        if sent:
-            observe(self.metrics.stages, sent)
-            self.tracer.export(t.traceparent, out.request_id, sent)
-        return sent
 
     def _router_gone(self, router: str) -> None:
         """Abort the requests whose tokens go to ``router``: nobody would read them (it stopped
@@ -221,6 +232,7 @@ class DecodeServer:
             self.engine.abort(rid)
             self.routes.pop(rid, None)
             self.timing.pop(rid, None)
+            self.held.pop(rid, None)
             self.metrics.errors.labels(ErrorKind.UNAVAILABLE.value).inc()
             log.warning("[%s] aborted: its router %s is gone", rid, router)
 
@@ -252,6 +264,7 @@ class DecodeServer:
         self.metrics.errors.labels(kind.value).inc()
         self.routes.pop(request_id, None)
         self.timing.pop(request_id, None)
+        self.held.pop(request_id, None)
         log.info("[%s] %s: %s", request_id, kind.value, message)
         self._push(reply_to, StageError(request_id, None, kind, message[:4096], self.name, Stage.DECODE))
 

@@ -318,7 +318,7 @@ class PrefillServer:
             if rid in self.shipper.transfers:  # (start fails at once when the worker is unreachable)
                 self.shipper.prefilled(rid, [out.token_id])
         for reply_to, outs in by_router.items():
-            if not self._push(reply_to, token_batch(self.name, outs, stamps)):
+            if not self._push(reply_to, token_batch(self.name, [[o] for o in outs], stamps)):
                 self._router_gone(reply_to)  # its inbox is full or gone: nobody reads these answers
 
     def _stamp_prefill(self, a: Active, now: float) -> list[StageStamp]:
