@@ -28,10 +28,10 @@ class DecodeConfig(ServiceFlags):
         "(prefill gone)",
     )
     stream_interval: int = flag(
-        1,
+        4,
         help="tokens per record sent to the router: a request's tokens are held until this many "
         "are there or it finishes (fewer messages and SSE chunks; the first token, from prefill, "
-        "is never held)",
+        "is never held; 4 served 1.19x the requests/s of 1 on the demo model, docs/BENCHMARKS.md)",
     )
     # A decode worker's steps are decode steps: compiled by default.
     engine: EngineConfig = flag(
