@@ -49,7 +49,8 @@ class ServingLoop(Protocol):
 def drain_then_stop(
     server: ServingLoop, draining: threading.Event, stop: threading.Event, timeout_s: float
 ) -> None:
-    """Once ``draining`` is set: drain ``server``, and set ``stop`` when it holds nothing or after
+    """Once ``draining`` is set: drain ``server``, and set ``stop`` once it has held nothing for
+    ``DRAIN_QUIET_S`` (work that routers sent before they heard may still arrive) or after
     ``timeout_s`` (what is still held then is dropped; the routers fail it over)."""
     log = logging.getLogger("drain")
     while not draining.wait(0.2):
