@@ -99,7 +99,7 @@ class Orchestrator(Backend):
         self.reply_to = f"tcp://{self.advertise_host}:{port}"
         self.prefill_socks: dict[str, DealerSocket] = {}
         self.encoder_socks: dict[str, DealerSocket] = {}
-        self.controls = PushPool()
+        self.controls = PushPool(max_sockets=4096)  # one per decode worker: heartbeats reach all
         self.poller = zmq.Poller()
         self.poller.register(self.inbox.zmq_socket, zmq.POLLIN)
         for w in (*self.workers.encoders.values(), *self.workers.prefills.values()):
