@@ -3,8 +3,9 @@ the drain that ends it.
 
 Owns: the load reports this worker sends to every router of ``--report-to`` (``LoadReport``; the
 first registers it, the rest are its heartbeat; a target whose host name resolves to several
-addresses, such as a Kubernetes headless Service, means each of them, re-resolved every
-``RESOLVE_EVERY_S`` so routers that come later are found), the worker's state (serving ->
+addresses, such as a Kubernetes headless Service, means each of them, resolved at start and then
+every ``RESOLVE_EVERY_S`` by a background thread, so that routers that come later are found and a
+slow name server never stalls the serving loop), the worker's state (serving ->
 draining on SIGTERM -> leaving as it exits), and what it heard from routers (``RouterHeartbeat``):
 a router heard from and then silent for ``--router-timeout-s`` is gone, and the server drops the
 requests it owns.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,11 +65,14 @@ class Membership:
         self.interval_s, self.router_timeout_s = cfg.report_interval_s, cfg.router_timeout_s
         self.resolver = resolver
         self.state = WorkerState.SERVING
-        self.routers: list[str] = []  # the resolved report addresses
         self.routers_heard: dict[str, float] = {}  # router inbox -> monotonic time of its last heartbeat
         self.outbox = PushPool()
         self.next_report = 0.0
-        self.next_resolve = 0.0
+        self.routers: list[str] = self._resolved()  # the report addresses (replaced whole, never mutated)
+        log.info("reporting to %s", ", ".join(self.routers) or "no router (yet)")
+        self._closed = threading.Event()
+        if self.targets:
+            threading.Thread(target=self._refresh, name="report-targets", daemon=True).start()
 
     @property
     def draining(self) -> bool:
@@ -82,8 +87,6 @@ class Membership:
 
     def tick(self, load: Callable[[], Load]) -> None:
         now = time.monotonic()
-        if now >= self.next_resolve:
-            self._resolve(now)
         if now >= self.next_report:
             self.next_report = now + self.interval_s
             self._send(load())
@@ -91,7 +94,6 @@ class Membership:
     def leave(self, load: Load) -> None:
         """The last report: this worker is going; routers forget it at once."""
         self.state = WorkerState.LEAVING
-        self._resolve(time.monotonic())
         self._send(load)
 
     def heard(self, msg: RouterHeartbeat) -> None:
@@ -107,14 +109,18 @@ class Membership:
         return gone
 
     def close(self) -> None:
+        self._closed.set()
         self.outbox.close()
 
-    def _resolve(self, now: float) -> None:
-        self.next_resolve = now + RESOLVE_EVERY_S
-        routers = sorted({a for t in self.targets for a in self.resolver(t)})
-        if routers != self.routers:
-            log.info("reporting to %s", ", ".join(routers) or "no router (yet)")
-            self.routers = routers
+    def _resolved(self) -> list[str]:
+        return sorted({a for t in self.targets for a in self.resolver(t)})
+
+    def _refresh(self) -> None:
+        while not self._closed.wait(RESOLVE_EVERY_S):
+            routers = self._resolved()
+            if routers != self.routers:
+                log.info("reporting to %s", ", ".join(routers) or "no router (yet)")
+                self.routers = routers
 
     def _send(self, load: Load) -> None:
         report = LoadReport(

@@ -105,7 +105,6 @@ class EncoderServer:
         self.metrics.queue_images.set(len(self.batcher))
         self.metrics.queue_patches.set(self.batcher.queued_patches)
         self.membership.tick(self._load)
-        self.membership.gone_routers()  # results go to prefill, which drops a gone router's requests
 
     def drain(self) -> None:
         """SIGTERM: new images are refused (unavailable: the router sends them elsewhere); the
@@ -139,10 +138,8 @@ class EncoderServer:
                 return
             timeout = 0.0
             peer, msg = got
-            if isinstance(msg, RouterHeartbeat):
-                self.membership.heard(msg)
-            else:
-                self.admit(peer, msg)
+            if not isinstance(msg, RouterHeartbeat):  # nothing to track: results go to prefill, which
+                self.admit(peer, msg)  # drops the requests of a router gone silent
 
     def _reject(self, e: WireError) -> None:
         self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
