@@ -163,12 +163,16 @@ class DecodeServer:
         self.importer.handle(self.receiver.poll(0))
 
     def _abort(self, msg: AbortRequest) -> None:
-        rid = msg.request_id
-        found = self.importer.drop(rid, f"aborted: {msg.reason}") | self.engine.abort(rid)
+        found = self._drop(msg.request_id, f"aborted: {msg.reason}")
+        log.info("[%s] aborted%s", msg.request_id, "" if found else " (not here)")
+
+    def _drop(self, rid: str, why: str) -> bool:
+        """End a request wherever it is here (waiting for room, importing, running); whether it was."""
+        found = self.importer.drop(rid, why) | self.engine.abort(rid)
         self.routes.pop(rid, None)
         self.timing.pop(rid, None)
         self.held.pop(rid, None)
-        log.info("[%s] aborted%s", rid, "" if found else " (not here)")
+        return found
 
     def _imported(self, msg: KVReserve, imp: Import) -> None:
         self.routes[msg.request_id] = msg.reply_to
@@ -226,13 +230,16 @@ class DecodeServer:
             del self.timing[out.request_id]
 
     def _router_gone(self, router: str) -> None:
-        """Abort the requests whose tokens go to ``router``: nobody would read them (it stopped
-        heartbeating, or its inbox took no tokens for ``--send-timeout-s``)."""
-        for rid in [rid for rid, reply_to in self.routes.items() if reply_to == router]:
-            self.engine.abort(rid)
-            self.routes.pop(rid, None)
-            self.timing.pop(rid, None)
-            self.held.pop(rid, None)
+        """Drop the requests whose tokens go to ``router``, running or still arriving: nobody would
+        read them (it stopped heartbeating, or its inbox took no tokens for ``--send-timeout-s``)."""
+        imp = self.importer
+        owned = [
+            *(rid for rid, reply_to in self.routes.items() if reply_to == router),
+            *(rid for rid, i in imp.importing.items() if i.msg.reply_to == router),
+            *(rid for rid, m in imp.pending.items() if m.reply_to == router),
+        ]
+        for rid in owned:
+            self._drop(rid, f"its router {router} is gone")
             self.metrics.errors.labels(ErrorKind.UNAVAILABLE.value).inc()
             log.warning("[%s] aborted: its router %s is gone", rid, router)
 
