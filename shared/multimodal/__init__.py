@@ -3,14 +3,14 @@
 - ``image``: untrusted bytes -> RGB picture (validation, limits, transparency), content hash.
 - ``vision_inputs``: picture -> patch rows + grid (Qwen3-VL preprocessing), token counts.
 - ``chat_template`` / ``chat_template.jinja``: the Qwen3-VL chat template and its lookup.
-- ``prompt``: messages + image grids -> prompt token ids with image placeholders expanded.
-- ``mrope``: prompt ids + image grids -> 3-axis rotary positions, decode delta.
+- ``prompt``: messages + image grids + video slots -> prompt token ids, placeholders expanded.
+- ``mrope``: prompt ids + image and video grids -> 3-axis rotary positions, decode delta.
 """
 
 from shared.multimodal.chat_template import load_chat_template
 from shared.multimodal.image import ImageError, decode_image, image_hash
 from shared.multimodal.mrope import MRopeLayout, decode_positions, mrope_layout, mrope_positions
-from shared.multimodal.prompt import ChatPrompt, PromptBuilder, image_parts
+from shared.multimodal.prompt import ChatPrompt, PromptBuilder, VideoSlots, image_parts, video_parts
 from shared.multimodal.vision_inputs import (
     ImageProcessorConfig,
     grid_thw_for_size,
@@ -25,6 +25,7 @@ __all__ = [
     "ImageProcessorConfig",
     "MRopeLayout",
     "PromptBuilder",
+    "VideoSlots",
     "decode_image",
     "decode_positions",
     "grid_thw_for_size",
@@ -36,4 +37,5 @@ __all__ = [
     "num_image_tokens",
     "preprocess_image",
     "smart_resize",
+    "video_parts",
 ]

@@ -170,7 +170,7 @@ def test_placeholder_typed_in_text_is_refused(builder: PromptBuilder) -> None:
     [
         ({"role": "assistant", "content": [{"type": "image"}]}, "only accepted in user and tool"),
         ({"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, "user and tool"),
-        ({"role": "user", "content": [{"type": "video", "video": "x"}]}, "video input is not supported"),
+        ({"role": "assistant", "content": [{"type": "video", "video": "x"}]}, "videos are only accepted"),
     ],
 )
 def test_refused_parts(message: dict, error: str) -> None:
