@@ -26,8 +26,10 @@ from router.images import FetchLimits
 from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.prepare import Preparer
+from router.videos import VideoRules
 from router.workers import Encoder, Prefill, Workers
 from shared.about import banner
+from shared.multimodal.video import VideoLimits
 from shared.ready import write_ready_file
 from shared.runtime import SKEW_ENV, freeze_startup_heap, skew_wall_clock
 from shared.timeline import Service, Tracer
@@ -50,14 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = FetchLimits(
         cfg.max_image_bytes, cfg.fetch_timeout_s, cfg.allow_private_urls, cfg.allow_file_urls
     )
-    prep = Preparer(cfg.model, cfg.model_name, cfg.engine.max_model_len, cfg.max_images, limits)
-    image_token_id, merge_size = prep.builder.image_token_id, prep.processor.merge_size
+    video_fetch = FetchLimits(
+        cfg.max_video_bytes, cfg.fetch_timeout_s, cfg.allow_private_urls, cfg.allow_file_urls, kind="video"
+    )
+    videos = VideoRules(cfg.max_videos, video_fetch, VideoLimits(max_duration_s=cfg.max_video_seconds))
+    prep = Preparer(cfg.model, cfg.model_name, cfg.engine.max_model_len, cfg.max_images, limits, videos)
+    tokens = prep.tokens
     orch: Backend
     workers: Readiness
     if cfg.colocated:
         from router.colocated import load_colocated  # imports the model code: only when needed
 
-        orch = workers = load_colocated(cfg, RouterMetrics(), image_token_id, merge_size)
+        orch = workers = load_colocated(cfg, RouterMetrics(), tokens)
     else:
         encoders = [
             Encoder(w["zmq"], w.get("http", ""))
@@ -71,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers = Workers.configured(encoders, prefills, cfg.heartbeat_timeout_s)
         orch = Orchestrator(
             workers, RouterMetrics(), inbox=f"tcp://{cfg.inbox_host}:{cfg.inbox_port}",
-            advertise_host=cfg.advertise_host or cfg.inbox_host, image_token_id=image_token_id,
-            merge_size=merge_size, max_inflight=cfg.max_inflight, max_per_worker=cfg.max_per_worker,
+            advertise_host=cfg.advertise_host or cfg.inbox_host, tokens=tokens, max_inflight=cfg.max_inflight, max_per_worker=cfg.max_per_worker,
             max_retries=cfg.max_retries,
         )  # fmt: skip
     orch.tracer = Tracer(Service.ROUTER, cfg.otlp_traces_endpoint, "router")

@@ -30,7 +30,7 @@ import enum
 import logging
 import queue
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -38,12 +38,12 @@ import torch
 from router.backend import Abort, Backend, Snapshot, Submit
 from router.colocated_vision import VisionStage
 from router.config import RouterConfig
-from router.jobs import Event, Job
+from router.jobs import Event, Job, VisionTokens, prompt_layout
 from router.metrics import RouterMetrics
-from shared.engine import Engine, ImageInput, Request, TokenOutput
+from shared.engine import Engine, Request, TokenOutput
+from shared.engine.request import vision_inputs
 from shared.models.loader import load_model
 from shared.multimodal.image import ImageError
-from shared.multimodal.mrope import mrope_layout
 from shared.timeline import StageName
 from shared.vision.cache import CachedEmbedding
 from shared.vision.runner import VisionRunner
@@ -77,12 +77,12 @@ class ColocatedBackend(Backend):
     colocated = True
 
     def __init__(
-        self, engine: Engine, vision: VisionStage, metrics: RouterMetrics, *, image_token_id: int,
-        merge_size: int, max_inflight: int, torch_threads: int = 0,
+        self, engine: Engine, vision: VisionStage, metrics: RouterMetrics, *, tokens: VisionTokens,
+        max_inflight: int, torch_threads: int = 0,
     ) -> None:  # fmt: skip
         super().__init__(metrics, max_inflight, "colocated-engine")
         self.engine, self.vision = engine, vision
-        self.image_token_id, self.merge_size, self.torch_threads = image_token_id, merge_size, torch_threads
+        self.tokens, self.torch_threads = tokens, torch_threads
         self.live: dict[str, Live] = {}  # by request id
         self._next_gauges = 0.0
         self.steps, self.step_seconds, self.step_tokens = 0, 0.0, 0  # engine steps that ran, for /debug
@@ -175,9 +175,7 @@ class ColocatedBackend(Backend):
     def _admit(self) -> None:
         for live in [v for v in self.live.values() if v.state is JobState.READY]:
             try:
-                request = engine_request(
-                    live.job, live.features, self.image_token_id, self.merge_size, self.engine.pool.dtype
-                )
+                request = engine_request(live.job, live.features, self.tokens, self.engine.pool.dtype)
                 self.engine.add_request(request)
             except ValueError as e:  # e.g. longer than the whole KV pool
                 self._end(live, event=Event(error=ErrorKind.BAD_REQUEST, message=str(e)))
@@ -283,17 +281,20 @@ class ColocatedBackend(Backend):
 
 
 def engine_request(
-    job: Job, features: list[CachedEmbedding], image_token_id: int, merge_size: int, dtype: torch.dtype
+    job: Job, features: list[CachedEmbedding], tokens: VisionTokens, dtype: torch.dtype
 ) -> Request:
-    """The engine's request for a job whose images are encoded. The MRoPE layout comes from the grids
-    the embeddings were computed on; one that disagrees with the prompt raises ValueError."""
+    """The engine's request for a job whose images and videos are encoded. The MRoPE layout comes
+    from the grids the embeddings were computed on; one that disagrees with the prompt raises
+    ValueError."""
     if not features:
         return Request(job.rid, list(job.prompt_ids), job.params)
-    layout = mrope_layout(job.prompt_ids, [f.grid_thw for f in features], image_token_id, merge_size)
-    starts = [s.start for s in layout.segments if s.grid is not None]
+    items = [replace(im, grid=f.grid_thw) for im, f in zip(job.images, features, strict=True)]
+    layout = prompt_layout(job.prompt_ids, items, tokens)
+    assert layout is not None
     images = [
-        ImageInput(f.embeds.to(dtype), f.deepstack.to(dtype), im.hash, start)
-        for f, im, start in zip(features, job.images, starts, strict=True)
+        inp
+        for f, im in zip(features, job.images, strict=True)
+        for inp in vision_inputs(f.embeds.to(dtype), f.deepstack.to(dtype), im.hash, list(im.spans))
     ]
     return Request(
         job.rid, list(job.prompt_ids), job.params, positions=layout.positions(), mrope_delta=layout.delta,
@@ -301,9 +302,7 @@ def engine_request(
     )  # fmt: skip
 
 
-def load_colocated(
-    cfg: RouterConfig, metrics: RouterMetrics, image_token_id: int, merge_size: int
-) -> ColocatedBackend:
+def load_colocated(cfg: RouterConfig, metrics: RouterMetrics, tokens: VisionTokens) -> ColocatedBackend:
     """Load the whole model once (vision tower and language model) for the engine and the vision stage."""
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
@@ -313,6 +312,5 @@ def load_colocated(
     runner = VisionRunner(cfg.model, cfg.device, cfg.dtype, model=model)
     vision = VisionStage(runner, cfg.batch_patches, cfg.image_cache_bytes)
     return ColocatedBackend(
-        engine, vision, metrics, image_token_id=image_token_id, merge_size=merge_size,
-        max_inflight=cfg.max_inflight, torch_threads=cfg.torch_threads,
+        engine, vision, metrics, tokens=tokens, max_inflight=cfg.max_inflight, torch_threads=cfg.torch_threads,
     )  # fmt: skip

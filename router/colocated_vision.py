@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from router.jobs import LoadedImage
 from shared.multimodal.image import DEFAULT_MAX_IMAGE_PIXELS, ImageError
+from shared.multimodal.video import VideoLimits
 from shared.vision.batcher import PatchBatcher, PendingImage, Waiter
 from shared.vision.cache import CachedEmbedding, EmbeddingCache
 from shared.vision.runner import VisionRunner
@@ -54,6 +55,7 @@ class VisionStage:
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:  # fmt: skip
         self.runner, self.max_image_pixels = runner, max_image_pixels
+        self.video_limits = VideoLimits()  # the router checked the file against its own limits
         self.batcher = PatchBatcher(patch_budget)
         self.cache = EmbeddingCache(cache_bytes)
         self.jobs: dict[str, ImageJob] = {}  # jobs with images still to encode
@@ -75,10 +77,15 @@ class VisionStage:
                 job.features[i] = cached
             else:
                 try:
-                    pixels, grid = self.runner.prepare(im.data, self.max_image_pixels)
-                except Exception as e:  # ImageError, or anything the image library did not expect
+                    if im.video is None:
+                        pixels, grid = self.runner.prepare(im.data, self.max_image_pixels)
+                    else:
+                        pixels, grid = self.runner.prepare_video(
+                            im.data, im.video, im.hash, self.video_limits
+                        )
+                except Exception as e:  # Image/VideoError, or anything the media libraries did not expect
                     self._forget(job)
-                    raise ImageError(f"image {i}: {e}") from None
+                    raise ImageError(f"{'image' if im.video is None else 'video'} {i}: {e}") from None
                 self.batcher.add(PendingImage(key, im.hash, pixels, grid, [waiter]))
                 job.waiters.append(waiter)
         if not job.done:

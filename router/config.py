@@ -56,7 +56,12 @@ class RouterConfig:
     api_keys: str = flag("", help="comma-separated accepted Bearer keys (empty: no authentication)")
     max_images: int = flag(8, help="most images per request")
     max_image_bytes: int = flag(20 << 20, help="largest image in bytes (data URL or download)")
-    fetch_timeout_s: float = flag(10.0, help="seconds to download one image URL")
+    max_videos: int = flag(2, help="most videos per request (0: refuse video)")
+    max_video_bytes: int = flag(
+        32 << 20, help="largest video in bytes (file, or all its frames); at most 63 MiB"
+    )
+    max_video_seconds: float = flag(600.0, help="longest video in seconds (frames / the file's frame rate)")
+    fetch_timeout_s: float = flag(10.0, help="seconds to download one image or video URL")
     allow_private_urls: bool = flag(
         False, help="allow image URLs on loopback, private and link-local addresses"
     )
@@ -102,6 +107,8 @@ class RouterConfig:
             raise ValueError("timeouts must be positive")
         if self.colocated:
             check_device(self.device, self.dtype)
+        if self.max_videos < 0 or not 0 < self.max_video_bytes <= 63 << 20 or self.max_video_seconds <= 0:
+            raise ValueError("max_videos must be >= 0, max_video_bytes in (0, 63 MiB], max_video_seconds > 0")
         if min(self.patch_budget, self.image_cache_bytes, self.torch_threads) < 0:
             raise ValueError("patch_budget, image_cache_bytes and torch_threads must be >= 0")
 

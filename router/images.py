@@ -1,4 +1,4 @@
-"""Image URLs to bytes: data URLs, http(s) downloads with limits, ``file://`` when allowed.
+"""Image and video URLs to bytes: data URLs, http(s) downloads with limits, ``file://`` when allowed.
 
 Every failure is an ``APIError`` (400) naming the offending part. Downloads are bounded in bytes
 (``max_image_bytes``, checked while streaming) and time (``fetch_timeout_s`` for the whole
@@ -30,29 +30,41 @@ class FetchLimits:
     timeout_s: float = 10.0
     allow_private: bool = False
     allow_file: bool = False
+    kind: str = "image"  # what is fetched ("image", "video"): messages and error codes name it
 
 
 def _too_big(param: str, limits: FetchLimits) -> APIError:
-    return bad_request(f"image is larger than {limits.max_bytes} bytes", param, "image_too_large")
+    return bad_request(
+        f"{limits.kind} is larger than {limits.max_bytes} bytes", param, f"{limits.kind}_too_large"
+    )
 
 
-def decode_data_url(url: str, param: str, limits: FetchLimits) -> bytes:
+def split_data_url(url: str, param: str, limits: FetchLimits) -> tuple[str, str]:
+    """(media type, base64 payload) of a ``data:<mime>;base64,<data>`` URL."""
     head, sep, payload = url.partition(",")
     if not sep or not head.startswith("data:"):
         raise bad_request(
-            "malformed data URL (expected data:<mime>;base64,<data>)", param, "invalid_image_url"
+            "malformed data URL (expected data:<mime>;base64,<data>)", param, f"invalid_{limits.kind}_url"
         )
     if not head.endswith(";base64"):
-        raise bad_request("only base64 data URLs are supported", param, "invalid_image_url")
+        raise bad_request("only base64 data URLs are supported", param, f"invalid_{limits.kind}_url")
     if len(payload) * 3 // 4 > limits.max_bytes + 3:
         raise _too_big(param, limits)
+    return head[5:-7].lower(), payload
+
+
+def b64_payload(payload: str, param: str, limits: FetchLimits) -> bytes:
     try:
         data = base64.b64decode(payload.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise bad_request("the data URL is not valid base64", param, "invalid_image_url") from None
+        raise bad_request("the data URL is not valid base64", param, f"invalid_{limits.kind}_url") from None
     if len(data) > limits.max_bytes:
         raise _too_big(param, limits)
     return data
+
+
+def decode_data_url(url: str, param: str, limits: FetchLimits) -> bytes:
+    return b64_payload(split_data_url(url, param, limits)[1], param, limits)
 
 
 def _is_public(host: str) -> bool:
@@ -73,17 +85,22 @@ def _is_public(host: str) -> bool:
 async def fetch_http(url: str, param: str, limits: FetchLimits, client: httpx.AsyncClient) -> bytes:
     host = urlsplit(url).hostname
     if not host:
-        raise bad_request("image URL has no host", param, "invalid_image_url")
+        raise bad_request(f"{limits.kind} URL has no host", param, f"invalid_{limits.kind}_url")
     if not limits.allow_private and not await asyncio.to_thread(_is_public, host):
-        raise bad_request(f"image URL host {host!r} is not a public address", param, "image_url_not_allowed")
+        raise bad_request(
+            f"{limits.kind} URL host {host!r} is not a public address",
+            param,
+            f"{limits.kind}_url_not_allowed",
+        )
     data = bytearray()
     try:
         async with asyncio.timeout(limits.timeout_s):
             async with client.stream("GET", url, follow_redirects=False) as resp:
                 if resp.status_code != 200:
                     raise bad_request(
-                        f"fetching the image failed: HTTP {resp.status_code}", param, "image_fetch_failed"
-                    )
+                        f"fetching the {limits.kind} failed: HTTP {resp.status_code}", param,
+                        f"{limits.kind}_fetch_failed",
+                    )  # fmt: skip
                 declared = resp.headers.get("content-length", "")
                 if declared.isdigit() and int(declared) > limits.max_bytes:
                     raise _too_big(param, limits)
@@ -93,25 +110,29 @@ async def fetch_http(url: str, param: str, limits: FetchLimits, client: httpx.As
                         raise _too_big(param, limits)
     except TimeoutError:
         raise bad_request(
-            f"fetching the image took over {limits.timeout_s:g}s", param, "image_fetch_failed"
+            f"fetching the {limits.kind} took over {limits.timeout_s:g}s",
+            param,
+            f"{limits.kind}_fetch_failed",
         ) from None
     except httpx.HTTPError as e:
         raise bad_request(
-            f"fetching the image failed: {type(e).__name__}", param, "image_fetch_failed"
+            f"fetching the {limits.kind} failed: {type(e).__name__}", param, f"{limits.kind}_fetch_failed"
         ) from None
     return bytes(data)
 
 
 def read_file_url(url: str, param: str, limits: FetchLimits) -> bytes:
     if not limits.allow_file:
-        raise bad_request("file:// image URLs are disabled", param, "image_url_not_allowed")
+        raise bad_request(f"file:// {limits.kind} URLs are disabled", param, f"{limits.kind}_url_not_allowed")
     path = Path(unquote(urlsplit(url).path))
     try:
         if path.stat().st_size > limits.max_bytes:
             raise _too_big(param, limits)
         return path.read_bytes()
     except OSError:
-        raise bad_request("cannot read the image file", param, "invalid_image_url") from None
+        raise bad_request(
+            f"cannot read the {limits.kind} file", param, f"invalid_{limits.kind}_url"
+        ) from None
 
 
 async def load_image_url(url: str, param: str, limits: FetchLimits, client: httpx.AsyncClient) -> bytes:
@@ -122,4 +143,6 @@ async def load_image_url(url: str, param: str, limits: FetchLimits, client: http
         return await fetch_http(url, param, limits, client)
     if scheme == "file":
         return read_file_url(url, param, limits)
-    raise bad_request("image URLs must be data:, http(s): or file: URLs", param, "invalid_image_url")
+    raise bad_request(
+        f"{limits.kind} URLs must be data:, http(s): or file: URLs", param, f"invalid_{limits.kind}_url"
+    )

@@ -1,5 +1,6 @@
-"""A request as the orchestrator sees it (``Job``), what it tells the HTTP side (``Event``), and
-the wire messages one attempt of a job sends (``prefill_request``, ``encode_requests``)."""
+"""A request as the orchestrator sees it (``Job``, its ``LoadedImage`` images and videos), what it
+tells the HTTP side (``Event``), and the wire messages one attempt of a job sends
+(``prefill_request``, ``encode_request``)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,63 @@ from dataclasses import dataclass, field
 
 from router.timing import RequestTiming
 from shared.engine import SamplingParams
-from shared.multimodal.mrope import GridTHW, mrope_layout
+from shared.multimodal.mrope import GridTHW, MRopeLayout, mrope_layout
+from shared.multimodal.video import VideoPlan
 from shared.transfer import sampling_to_wire
 from shared.wire import EncodeRequest, ImageInput
-from shared.wire.messages import ErrorKind, FinishReason, ImagePlacement, MRopeSegment, PrefillRequest
+from shared.wire.messages import (
+    ErrorKind,
+    FinishReason,
+    ImagePlacement,
+    MRopeSegment,
+    PrefillRequest,
+    VideoSpec,
+)
+
+
+@dataclass(frozen=True)
+class VisionTokens:
+    """The checkpoint's placeholder ids and merge size: what turns grids into prompt layouts."""
+
+    image_token_id: int
+    video_token_id: int
+    merge_size: int
 
 
 @dataclass(frozen=True)
 class LoadedImage:
-    data: bytes
-    hash: str
-    grid: GridTHW
+    """One image or video of a request, loaded and checked, in prompt order among the request's
+    images and videos."""
+
+    data: bytes  # the image file; a video's file, or its still frames concatenated
+    hash: str  # the encoder's cache key: SHA-256 of an image; a video's key covers its sampling
+    grid: GridTHW  # patches (t, h, w); a video's t counts temporal groups
+    video: VideoSpec | None = None  # set for a video: the frames the encoder decodes
+    spans: tuple[tuple[int, int], ...] = ()  # [start, end) of its token runs (a video: one per group)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(end - start for start, end in self.spans)
+
+
+def video_spec(plan: VideoPlan, frame_lengths: list[int] | None = None) -> VideoSpec:
+    """A ``VideoPlan`` on the wire (``frame_lengths``: a video given as still frames)."""
+    return VideoSpec(
+        "frames" if frame_lengths else "container", list(frame_lengths or []), list(plan.indices),
+        plan.height, plan.width, plan.grid_thw, list(plan.timestamps), plan.source_fps,
+    )  # fmt: skip
+
+
+def prompt_layout(
+    prompt_ids: list[int], items: list[LoadedImage], tokens: VisionTokens
+) -> MRopeLayout | None:
+    """The MRoPE layout of a prompt with these images and videos (None: text only)."""
+    if not items:
+        return None
+    return mrope_layout(
+        prompt_ids, [im.grid for im in items if im.video is None], tokens.image_token_id, tokens.merge_size,
+        video_grid_thws=[im.grid for im in items if im.video is not None], video_token_id=tokens.video_token_id,
+    )  # fmt: skip
 
 
 @dataclass
@@ -49,21 +96,21 @@ class Job:
 
 
 def prefill_request(
-    job: Job, wire_id: str, image_token_id: int, merge_size: int, decode_kv: str, reply_to: str
+    job: Job, wire_id: str, tokens: VisionTokens, decode_kv: str, reply_to: str
 ) -> PrefillRequest:
     trace = job.timing.trace()
-    grids = [im.grid for im in job.images]
-    layout = mrope_layout(job.prompt_ids, grids, image_token_id, merge_size) if grids else None
-    segments = layout.segments if layout else []
-    image_segs = [s for s in segments if s.grid is not None]
+    layout = prompt_layout(job.prompt_ids, job.images, tokens)
+    segments = layout.segments if layout else ()
     return PrefillRequest(
         request_id=wire_id,
         prompt_token_ids=list(job.prompt_ids),
         layout=[MRopeSegment(s.start, s.length, s.position, s.grid) for s in segments],
         mrope_delta=layout.delta if layout else 0,
         images=[
-            ImagePlacement(i, im.hash, s.start, s.length)
-            for i, (im, s) in enumerate(zip(job.images, image_segs, strict=True))
+            ImagePlacement(
+                i, im.hash, im.spans[0][0], im.num_tokens, [s for s, _ in im.spans] if im.video else []
+            )
+            for i, im in enumerate(job.images)
         ],
         sampling=sampling_to_wire(job.params),
         decode_address=decode_kv,
@@ -75,7 +122,10 @@ def prefill_request(
 
 def encode_request(job: Job, wire_id: str, indexes: list[int], inbox: str, with_bytes: bool) -> EncodeRequest:
     """Images ``indexes`` of ``job`` for one encoder; without their bytes when it caches them."""
-    images = [ImageInput(i, job.images[i].hash, job.images[i].data if with_bytes else None) for i in indexes]
+    images = [
+        ImageInput(i, job.images[i].hash, job.images[i].data if with_bytes else None, job.images[i].video)
+        for i in indexes
+    ]
     trace = job.timing.trace()
     deadline = trace.clock + max(0.1, job.deadline - time.monotonic())
     return EncodeRequest(wire_id, images, inbox, deadline, trace)

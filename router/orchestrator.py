@@ -39,7 +39,7 @@ from typing import Any
 import zmq
 
 from router.backend import Abort, Backend, Snapshot, Submit
-from router.jobs import Event, Job, encode_request, prefill_request
+from router.jobs import Event, Job, VisionTokens, encode_request, prefill_request
 from router.metrics import RouterMetrics
 from router.workers import Decode, Encoder, Member, Prefill, Workers
 from shared.timeline import StageName
@@ -70,12 +70,12 @@ class Live:
 class Orchestrator(Backend):
     def __init__(
         self, workers: Workers, metrics: RouterMetrics, *, inbox: str, advertise_host: str,
-        image_token_id: int, merge_size: int, max_inflight: int, max_per_worker: int, max_retries: int,
+        tokens: VisionTokens, max_inflight: int, max_per_worker: int, max_retries: int,
     ) -> None:  # fmt: skip
         super().__init__(metrics, max_inflight, "orchestrator")
         self.workers = workers
         self.inbox_address, self.advertise_host = inbox, advertise_host
-        self.image_token_id, self.merge_size = image_token_id, merge_size
+        self.tokens = tokens
         self.max_per_worker, self.max_retries = max_per_worker, max_retries
         self.live: dict[str, Live] = {}  # by wire id
         self.by_rid: dict[str, Live] = {}
@@ -233,7 +233,7 @@ class Orchestrator(Backend):
         decode.inflight += 1
         for address, idx in plan.items():
             self._encoder(address).inflight += len(idx)
-        msg = prefill_request(job, wire_id, self.image_token_id, self.merge_size, decode.kv, self.reply_to)
+        msg = prefill_request(job, wire_id, self.tokens, decode.kv, self.reply_to)
         if not self._send(self.prefill_socks[prefill.zmq], msg):
             self._failed(
                 live, ErrorKind.UNAVAILABLE, f"prefill {prefill.zmq} does not take requests", Stage.PREFILL

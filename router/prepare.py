@@ -1,26 +1,30 @@
-"""OpenAI requests to what the cluster runs: prompt token ids, loaded images, sampling parameters.
+"""OpenAI requests to what the cluster runs: prompt token ids, loaded images and videos, sampling
+parameters.
 
 Owns the model-dependent checks (every failure is a 400 ``APIError``): the model id, the number
-and validity of images, the chat template, the context length, the token budget.
+and validity of images and videos, the chat template, the context length, the token budget.
+Images and videos go to the backend in prompt order, each with its runs of tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from router.images import FetchLimits, load_image_url
-from router.jobs import LoadedImage
+from router.jobs import LoadedImage, VisionTokens
 from router.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingFields, bad_request
+from router.videos import Sampling, VideoRules, load_video, too_many
 from shared.engine import SamplingParams
 from shared.models.config import load_config
 from shared.multimodal.image import ImageError, decode_image, image_hash
-from shared.multimodal.prompt import PromptBuilder
+from shared.multimodal.prompt import ChatPrompt, PromptBuilder
+from shared.multimodal.video import VideoProcessorConfig
 from shared.multimodal.vision_inputs import ImageProcessorConfig, grid_thw_for_size
 
 
@@ -40,12 +44,18 @@ class Preparer:
         max_model_len: int | None,
         max_images: int,
         limits: FetchLimits,
+        videos: VideoRules | None = None,
     ):
         self.model_name, self.max_images, self.limits = model_name, max_images, limits
+        self.videos = videos or VideoRules()
         self.config = load_config(model_dir)
         self.builder = PromptBuilder.from_checkpoint(model_dir)
         self.tokenizer = self.builder.tokenizer
         self.processor = ImageProcessorConfig.from_checkpoint(model_dir)
+        self.video_processor = VideoProcessorConfig.from_checkpoint(model_dir)
+        self.tokens = VisionTokens(
+            self.builder.image_token_id, self.builder.video_token_id, self.processor.merge_size
+        )
         self.max_model_len = max_model_len or self.config.text.max_position_embeddings
         self.eos_ids = _eos_ids(model_dir, self.config.eos_token_ids)
 
@@ -57,16 +67,20 @@ class Preparer:
         self.check_model(req.model)
         messages: list[dict[str, Any]] = []
         urls: list[tuple[str, str]] = []
+        videos: list[tuple[str, float | None, str]] = []
         for m, msg in enumerate(req.messages):
             d = msg.model_dump(exclude_none=True)
             if isinstance(msg.content, list):
                 for p, part in enumerate(msg.content):
+                    if part.type in ("image_url", "video_url") and msg.role not in ("user", "tool"):
+                        raise bad_request(
+                            "images and videos are only accepted in user and tool messages", f"messages[{m}]"
+                        )
                     if part.type == "image_url":
-                        if msg.role not in ("user", "tool"):
-                            raise bad_request(
-                                "images are only accepted in user and tool messages", f"messages[{m}]"
-                            )
                         urls.append((part.image_url.url, f"messages[{m}].content[{p}].image_url.url"))
+                    elif part.type == "video_url":
+                        param = f"messages[{m}].content[{p}].video_url.url"
+                        videos.append((part.video_url.url, part.video_url.fps, param))
             if d.get("role") == "developer":
                 d["role"] = "system"
             messages.append(d)
@@ -76,16 +90,34 @@ class Preparer:
                 "messages",
                 "too_many_images",
             )
-        images = await asyncio.gather(*(self._image(u, param, client) for u, param in urls))
+        if (error := too_many(len(videos), self.videos)) is not None:
+            raise error
+        kw = req.mm_processor_kwargs
+        if kw is not None and kw.fps is not None and kw.num_frames is not None:
+            raise bad_request(
+                "mm_processor_kwargs: fps and num_frames exclude each other", "mm_processor_kwargs"
+            )
+        sampling = Sampling(kw.fps, kw.num_frames) if kw is not None else Sampling()
+        images, loaded_videos = await asyncio.gather(
+            asyncio.gather(*(self._image(u, param, client) for u, param in urls)),
+            asyncio.gather(
+                *(
+                    load_video(u, fps, param, self.videos, self.video_processor, sampling, client)
+                    for u, fps, param in videos
+                )
+            ),
+        )
+        slots = [s for _, s in loaded_videos]
         try:
-            prompt = await asyncio.to_thread(self.builder.build, messages, [im.grid for im in images])
+            prompt = await asyncio.to_thread(self.builder.build, messages, [im.grid for im in images], slots)
         except ValueError as e:
             raise bad_request(f"cannot apply the chat template: {e}", "messages") from None
+        items = _in_prompt_order(prompt, list(images), [v for v, _ in loaded_videos])
         if req.top_logprobs is not None and not req.logprobs:
             raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
         top = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens or req.max_tokens
-        return self._prepared(req, prompt.input_ids, list(images), max_tokens, top)
+        return self._prepared(req, prompt.input_ids, items, max_tokens, top)
 
     async def completion(self, req: CompletionRequest) -> Prepared:
         self.check_model(req.model)
@@ -104,8 +136,8 @@ class Preparer:
             ids = list(prompt)
             if any(not 0 <= t < len(self.tokenizer) for t in ids):
                 raise bad_request("prompt token ids out of the vocabulary", "prompt")
-        if self.builder.image_token_id in ids:
-            raise bad_request("the prompt must not contain image tokens", "prompt")
+        if self.builder.image_token_id in ids or self.builder.video_token_id in ids:
+            raise bad_request("the prompt must not contain image or video tokens", "prompt")
         return self._prepared(req, ids, [], req.max_tokens, req.logprobs)
 
     def _prepared(
@@ -147,6 +179,15 @@ class Preparer:
         except ValueError as e:
             raise bad_request(f"invalid image: {e}", param, "invalid_image") from None
         return LoadedImage(data, image_hash(data), grid)
+
+
+def _in_prompt_order(
+    prompt: ChatPrompt, images: list[LoadedImage], videos: list[LoadedImage]
+) -> list[LoadedImage]:
+    """Images and videos with their token runs, sorted by where they start in the prompt."""
+    items = [replace(im, spans=(span,)) for im, span in zip(images, prompt.image_spans, strict=True)]
+    items += [replace(v, spans=tuple(spans)) for v, spans in zip(videos, prompt.video_spans, strict=True)]
+    return sorted(items, key=lambda im: im.spans[0][0])
 
 
 def _eos_ids(model_dir: Path, config_ids: tuple[int, ...]) -> tuple[int, ...]:

@@ -55,7 +55,29 @@ class ImagePart(_Strict):
     image_url: ImageURL
 
 
-ContentPart = TextPart | ImagePart
+class VideoURL(_Strict):
+    """A video file (data: or http(s): URL), or still frames as ``data:video/jpeg;base64,<f1>,<f2>,...``
+    (vLLM's shape; any image type of ours), which stand for ``fps`` frames per second."""
+
+    url: str = Field(min_length=1)
+    fps: float | None = Field(default=None, gt=0.0, le=240.0)  # frame lists only (default 2)
+
+
+class VideoPart(_Strict):
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = TextPart | ImagePart | VideoPart
+
+
+class MMProcessorKwargs(BaseModel):
+    """How videos are sampled (vLLM's ``mm_processor_kwargs``): ``fps`` frames per second, or
+    ``num_frames`` in all (not both); default: the checkpoint's video processor (2 fps)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fps: float | None = Field(default=None, gt=0.0, le=60.0)
+    num_frames: int | None = Field(default=None, ge=1, le=4096)
 
 
 class ChatMessage(_Strict):
@@ -93,6 +115,7 @@ class SamplingFields(_Strict):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    mm_processor_kwargs: MMProcessorKwargs | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)

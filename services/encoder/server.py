@@ -1,4 +1,6 @@
-"""The encoder service: image bytes in, vision-tower embeddings out, pushed straight to prefill.
+"""The encoder service: image and video bytes in, vision-tower embeddings out, pushed straight to
+prefill. A video is one item: the router chose its frames (``VideoSpec``), the encoder decodes
+them, and its embeddings, all temporal groups, go out as one result.
 
 What it owns: the vision tower (and nothing of the language model), the image preprocessing, a
 byte-bounded LRU cache of embeddings keyed by content hash plus preprocessing settings, and a
@@ -39,6 +41,7 @@ from services.common.membership import Load, Membership
 from services.encoder.config import EncoderConfig
 from services.encoder.metrics import EncoderMetrics
 from shared.multimodal.image import ImageError, image_hash
+from shared.multimodal.video import VideoError, VideoLimits
 from shared.timeline import RequestClock, Service, StageName, Tracer, observe
 from shared.vision.batcher import PatchBatcher, PendingImage, Waiter
 from shared.vision.cache import CachedEmbedding, EmbeddingCache
@@ -69,6 +72,7 @@ class EncoderServer:
         self.metrics = metrics
         self.health = health
         self.cache = EmbeddingCache(cfg.cache_bytes)
+        self.video_limits = VideoLimits()  # the router checked the file against its own limits
         self.batcher = PatchBatcher(cfg.batch_patches, cfg.cross_request_batching)
         self.requests = RouterSocket(
             cfg.bind_address, bind=True, accept=[EncodeRequest, RouterHeartbeat],
@@ -190,18 +194,24 @@ class EncoderServer:
 
     def _queue(self, image: ImageInput, key: str, waiter: Waiter) -> None:
         assert image.data is not None
-        if image_hash(image.data) != image.content_hash:
+        if image.video is None and image_hash(image.data) != image.content_hash:
             self._fail(waiter, ErrorKind.BAD_REQUEST, "content_hash is not the SHA-256 of the image bytes")
             return
+        what = "image" if image.video is None else "video"
         try:
-            pixel_values, grid = self.runner.prepare(image.data, self.cfg.max_image_pixels)
-        except ImageError as e:
-            self._fail(waiter, ErrorKind.BAD_IMAGE, str(e))
+            if image.video is None:
+                pixel_values, grid = self.runner.prepare(image.data, self.cfg.max_image_pixels)
+            else:
+                pixel_values, grid = self.runner.prepare_video(
+                    image.data, image.video, image.content_hash, self.video_limits
+                )
+        except (ImageError, VideoError) as e:
+            self._fail(waiter, ErrorKind.BAD_IMAGE, f"invalid {what}: {e}")
             return
-        except Exception as e:  # anything the image library did not anticipate, e.g. MemoryError
-            log.exception("[%s] image %d: preprocessing failed", waiter.request_id, waiter.image_index)
+        except Exception as e:  # anything the media libraries did not anticipate, e.g. MemoryError
+            log.exception("[%s] %s %d: preprocessing failed", waiter.request_id, what, waiter.image_index)
             self._fail(
-                waiter, ErrorKind.BAD_IMAGE, f"image could not be preprocessed: {type(e).__name__}: {e}"
+                waiter, ErrorKind.BAD_IMAGE, f"{what} could not be preprocessed: {type(e).__name__}: {e}"
             )
             return
         queued = self.batcher.queued_patches

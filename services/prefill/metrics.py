@@ -25,6 +25,11 @@ class PrefillMetrics:
         self.kv_bytes = Counter("prefill_kv_bytes_sent", "KV payload bytes sent to decode", registry=r)
         self.transfers_done = Counter("prefill_transfers_completed", "KV transfers acknowledged", registry=r)
         self.prompt_tokens = Counter("prefill_prompt_tokens", "Prompt tokens prefilled", registry=r)
+        self.cached_prompt_tokens = Counter(
+            "prefill_prompt_tokens_cached",
+            "Prompt tokens found in the prefix cache (not computed)",
+            registry=r,
+        )
         self.ttft = Histogram(
             "prefill_first_token_seconds",
             "Request admitted to first token sent",

@@ -1,10 +1,11 @@
-"""A ``PrefillRequest`` and its image embeddings -> the engine's ``Request``."""
+"""A ``PrefillRequest`` and its image (and video) embeddings -> the engine's ``Request``."""
 
 from __future__ import annotations
 
 import torch
 
-from shared.engine import ImageInput, Request
+from shared.engine import Request
+from shared.engine.request import vision_inputs
 from shared.multimodal.mrope import MRopeLayout, Segment
 from shared.transfer import sampling_from_wire
 from shared.wire import ImageEmbeddingResult
@@ -30,8 +31,8 @@ def build_request(msg: PrefillRequest, images: list[ImageEmbeddingResult], dtype
             raise ValueError(
                 f"image {place.index}: {result.num_tokens} embedding rows for {place.num_tokens} tokens"
             )
-        inputs.append(
-            ImageInput(result.embeds.to(dtype), result.deepstack.to(dtype), place.content_hash, place.start)
+        inputs += vision_inputs(
+            result.embeds.to(dtype), result.deepstack.to(dtype), place.content_hash, place.runs()
         )
     layout = layout_of(msg)
     return Request(

@@ -303,6 +303,8 @@ class PrefillServer:
             self.metrics.ttft.observe(now - a.admitted)
             rid = out.request_id
             stamps[rid] = self._stamp_prefill(a, now)
+            if (seq := self.engine.seqs.get(rid)) is not None:
+                self.metrics.cached_prompt_tokens.inc(seq.num_cached_tokens)
             if out.finish_reason is not FinishReason.PREFILLED:  # finished at its first token
                 if rid in self.shipper.transfers:
                     self.shipper.cancel(rid, f"finished at the first token ({out.finish_reason})")

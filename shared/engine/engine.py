@@ -83,6 +83,7 @@ class Engine:
         self.sampler = Sampler(config.seed, self.device)
         self.max_model_len = config.resolve_max_model_len(text)
         self.eos_token_ids = frozenset(model.config.eos_token_ids)
+        self.vision_token_ids = frozenset((model.config.image_token_id, model.config.video_token_id))
         self.seqs: dict[str, Sequence] = {}  # every request the engine holds anything for
         self._importing: dict[str, Sequence] = {}  # layer-by-layer imports in progress
         self._imported_layers: dict[str, list[int]] = {}  # tokens stored so far, per layer
@@ -92,7 +93,7 @@ class Engine:
     # ----- requests ---------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
         cfg = self.model_config
-        request.validate(cfg.image_token_id, cfg.num_deepstack_levels, cfg.text.hidden_size)
+        request.validate(self.vision_token_ids, cfg.num_deepstack_levels, cfg.text.hidden_size)
         self._check_new(request.request_id, len(request.prompt_token_ids), request.params.max_tokens)
         seq = Sequence.from_request(request, next(self._arrivals), self.device)
         self.seqs[seq.request_id] = seq

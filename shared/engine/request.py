@@ -10,6 +10,7 @@ Shape legend: T prompt tokens, n tokens of one image, S deepstack levels, H hidd
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -66,6 +67,29 @@ class ImageInput:
         return self.start + self.num_tokens
 
 
+def vision_inputs(
+    embeds: torch.Tensor, deepstack: torch.Tensor, content_hash: str, runs: list[tuple[int, int]]
+) -> list[ImageInput]:
+    """One image's or video's features as the engine's inputs: one per run of its tokens.
+
+    An image is one run. A video's temporal groups are separate runs (a timestamp sits between
+    them): its rows go to them in equal parts, in order, each keyed apart for the prefix cache."""
+    if len(runs) == 1:
+        return [ImageInput(embeds, deepstack, content_hash, runs[0][0])]
+    size = embeds.shape[0] // len(runs)
+    if size * len(runs) != embeds.shape[0] or any(end - start != size for start, end in runs):
+        raise ValueError(f"{embeds.shape[0]} feature rows do not split into the runs {runs}")
+    return [
+        ImageInput(
+            embeds[g * size : (g + 1) * size],
+            deepstack[:, g * size : (g + 1) * size],
+            f"{content_hash}#{g}",
+            start,
+        )
+        for g, (start, _) in enumerate(runs)
+    ]
+
+
 @dataclass
 class Request:
     request_id: str
@@ -76,8 +100,11 @@ class Request:
     images: list[ImageInput] = field(default_factory=list)  # in prompt order
     prefill_only: bool = False  # stop after the first token and keep the KV for export
 
-    def validate(self, image_token_id: int, num_deepstack_levels: int, hidden: int) -> None:
-        """Raise ValueError when the request is inconsistent; the engine then refuses it."""
+    def validate(self, vision_token_ids: Collection[int], num_deepstack_levels: int, hidden: int) -> None:
+        """Raise ValueError when the request is inconsistent; the engine then refuses it.
+
+        ``vision_token_ids``: the placeholder ids features replace (image and video pads); each
+        ``ImageInput`` covers one run of them (a video comes as one input per temporal group)."""
         t = len(self.prompt_token_ids)
         if t == 0:
             raise ValueError(f"request {self.request_id}: empty prompt")
@@ -93,7 +120,7 @@ class Request:
             n = img.num_tokens
             if img.start < last_end or img.end > t:
                 raise ValueError(f"request {self.request_id}: image spans overlap or leave the prompt")
-            if any(tok != image_token_id for tok in self.prompt_token_ids[img.start : img.end]):
+            if any(tok not in vision_token_ids for tok in self.prompt_token_ids[img.start : img.end]):
                 raise ValueError(
                     f"request {self.request_id}: image at {img.start} does not cover image tokens"
                 )
@@ -103,7 +130,7 @@ class Request:
                 raise ValueError(f"request {self.request_id}: deepstack {tuple(img.deepstack.shape)}")
             covered += n
             last_end = img.end
-        if covered != sum(tok == image_token_id for tok in self.prompt_token_ids):
+        if covered != sum(tok in vision_token_ids for tok in self.prompt_token_ids):
             raise ValueError(f"request {self.request_id}: image tokens without image features")
 
 

@@ -1,9 +1,12 @@
-"""The encoder's compute: image bytes -> patches (CPU), patches of a batch -> embeddings (device).
+"""The encoder's compute: image or video bytes -> patches (CPU), patches of a batch -> embeddings
+(device).
 
-Owns the vision tower (loaded alone from the checkpoint) and the image processor settings read from
-the same checkpoint. ``prepare`` runs on untrusted bytes and turns every failure into an
-``ImageError``; ``run`` encodes one batch with a single ``get_image_feature`` call and hands back
-CPU tensors that own their memory (ready to cache and to send).
+Owns the vision tower (loaded alone from the checkpoint) and the image and video processor settings
+read from the same checkpoint. ``prepare`` runs on untrusted image bytes and turns every failure
+into an ``ImageError``; ``prepare_video`` decodes the frames the router sampled (its ``VideoSpec``)
+and turns every failure into a ``VideoError``; ``run`` encodes one batch, images and videos mixed,
+with a single ``get_image_feature`` call (a video is an image with several temporal patches) and
+hands back CPU tensors that own their memory (ready to cache and to send).
 """
 
 from __future__ import annotations
@@ -14,10 +17,22 @@ import torch
 
 from shared.models.loader import load_model
 from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
-from shared.multimodal.image import ImageError, decode_image
+from shared.multimodal.image import ImageError, decode_image, image_hash
+from shared.multimodal.video import (
+    VideoError,
+    VideoLimits,
+    VideoPlan,
+    VideoProcessorConfig,
+    decode_frame_list,
+    decode_video,
+    frame_list_hash,
+    preprocess_video,
+    video_cache_key,
+)
 from shared.multimodal.vision_inputs import ImageProcessorConfig, preprocess_image
 from shared.vision.batcher import PendingImage
 from shared.vision.cache import CachedEmbedding
+from shared.wire.messages import VideoSpec
 
 
 class VisionRunner:
@@ -36,6 +51,7 @@ class VisionRunner:
         self.model = model
         self.processor = ImageProcessorConfig.from_checkpoint(model_dir)
         self.fingerprint = self.processor.fingerprint()
+        self.video_processor = VideoProcessorConfig.from_checkpoint(model_dir)
         self.forwards = 0
 
     @property
@@ -57,6 +73,28 @@ class VisionRunner:
             img.close()
         return pixel_values, (int(grid[0]), int(grid[1]), int(grid[2]))
 
+    def prepare_video(
+        self, data: bytes, spec: VideoSpec, content_hash: str, limits: VideoLimits
+    ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Untrusted video bytes + the router's sampling -> (pixel_values, grid (t, h, w)).
+
+        Raises VideoError when the bytes, the sampling and ``content_hash`` do not belong together
+        or the frames cannot be decoded."""
+        plan = plan_of(spec)
+        frames = split_frames(data, spec.frame_lengths) if spec.source == "frames" else None
+        raw = frame_list_hash(frames) if frames is not None else image_hash(data)
+        if video_cache_key(raw, plan, self.video_processor) != content_hash:
+            raise VideoError("content_hash is not the key of these video bytes and this sampling")
+        resample = self.video_processor.resample  # frames resized as they are decoded: memory stays small
+        if frames is not None:
+            pixels = decode_frame_list(frames, plan, limits, resample=resample)
+        else:
+            pixels = decode_video(data, plan, limits, resample=resample)
+        pixel_values = preprocess_video(pixels, plan, self.video_processor)
+        if pixel_values.shape[0] != spec.grid_thw[0] * spec.grid_thw[1] * spec.grid_thw[2]:
+            raise VideoError(f"the frames give {pixel_values.shape[0]} patches, not the grid {spec.grid_thw}")
+        return pixel_values, (int(plan.grid_thw[0]), int(plan.grid_thw[1]), int(plan.grid_thw[2]))
+
     def run(self, batch: list[PendingImage]) -> list[CachedEmbedding]:
         """One vision forward over the batch's images, in order."""
         pixel_values = torch.cat([im.pixel_values for im in batch]).to(self.device)  # [sum N, patch_dim]
@@ -67,6 +105,25 @@ class VisionRunner:
             CachedEmbedding(grid, _own_cpu(f.embeds), _own_cpu(f.deepstack))
             for grid, f in zip(grids, features, strict=True)
         ]
+
+
+def plan_of(spec: VideoSpec) -> VideoPlan:
+    """The ``VideoPlan`` a ``VideoSpec`` carries (the inverse of ``router.jobs.video_spec``)."""
+    t, h, w = spec.grid_thw
+    return VideoPlan(
+        tuple(spec.indices), spec.height, spec.width, (t, h, w), tuple(spec.timestamps), spec.source_fps
+    )
+
+
+def split_frames(data: bytes, lengths: list[int]) -> list[bytes]:
+    """A frame list sent as one blob of concatenated stills."""
+    if sum(lengths) != len(data):
+        raise VideoError(f"frame lengths add up to {sum(lengths)} bytes, the data has {len(data)}")
+    out, at = [], 0
+    for n in lengths:
+        out.append(data[at : at + n])
+        at += n
+    return out
 
 
 def _own_cpu(t: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Colocated mode (``epd up --colocated``): the same OpenAI API with the whole model in the router's
-process. Greedy parity with transformers (0, 1, 2 images), streaming, a client that disconnects,
+process. Greedy parity with transformers (0, 1, 2 images; videos), streaming, a client that disconnects,
 bad images; and, in-process, the backend's own failure paths (bad image bytes, a failing step)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from router.colocated import ColocatedBackend, load_colocated
 from router.config import parse_config
-from router.jobs import Event, Job, LoadedImage
+from router.jobs import Event, Job, LoadedImage, VisionTokens
 from router.metrics import RouterMetrics
 from shared.engine import SamplingParams
 from shared.models.config import load_config
@@ -25,6 +25,7 @@ from tests.cluster import EpdCluster, start_cluster, wait_for
 from tests.demo_pictures import data_url
 from tests.encoder.conftest import png
 from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
+from tests.router.video_ref import CONVERSATION_IDS, CONVERSATIONS, Reference, ask, assert_matches, parts_of
 
 pytestmark = pytest.mark.cluster
 
@@ -48,6 +49,13 @@ def client(server: EpdCluster) -> openai.OpenAI:
 def test_greedy_matches_transformers(server, client, ckpt, hf, n_images):
     text = assert_greedy_matches_transformers(client, server.model, ckpt, hf, n_images)
     print(f"\ncolocated, {n_images} images: {text!r} == transformers")
+
+
+@pytest.mark.parametrize("items", CONVERSATIONS, ids=CONVERSATION_IDS)
+def test_video_matches_transformers(server, client, ckpt, hf, items):
+    ref = Reference(ckpt, hf)
+    out = ask(client, server.model, parts_of(items))
+    assert_matches(out, *ref.run(items), ref)
 
 
 def test_health_and_streaming_equals_non_streaming(server, client):
@@ -128,7 +136,10 @@ def test_bad_image_is_a_400_and_the_server_goes_on(server):
 def backend(ckpt: Path) -> Iterator[ColocatedBackend]:
     cfg = parse_config(["--model", str(ckpt), "--colocated", "--dtype", "float32", "--num-blocks", "64"])
     model_cfg = load_config(ckpt)
-    b = load_colocated(cfg, RouterMetrics(), model_cfg.image_token_id, model_cfg.vision.spatial_merge_size)
+    tokens = VisionTokens(
+        model_cfg.image_token_id, model_cfg.video_token_id, model_cfg.vision.spatial_merge_size
+    )
+    b = load_colocated(cfg, RouterMetrics(), tokens)
     b.start()
     yield b
     b.stop()
@@ -153,8 +164,8 @@ def run_job(
 
 def test_backend_fails_bad_bytes_and_a_failing_step_without_dying(backend, ckpt):
     cfg = load_config(ckpt)
-    bad = LoadedImage(b"\x89PNG garbage", image_hash(b"\x89PNG garbage"), (1, 4, 4))
     prompt = [1, 2, cfg.vision_start_token_id, *[cfg.image_token_id] * 4, cfg.vision_end_token_id]
+    bad = LoadedImage(b"\x89PNG garbage", image_hash(b"\x89PNG garbage"), (1, 4, 4), spans=((3, 7),))
     (ev,) = run_job(backend, "bad", prompt, [bad])
     assert ev.error is ErrorKind.BAD_IMAGE and "image 0" in ev.message
 

@@ -30,7 +30,7 @@ from shared.wire.messages.common import (
     StageStamp,
     TraceContext,
 )
-from shared.wire.messages.encode import CacheMiss, EncodeRequest, ImageEmbeddingResult, ImageInput
+from shared.wire.messages.encode import CacheMiss, EncodeRequest, ImageEmbeddingResult, ImageInput, VideoSpec
 from shared.wire.messages.kv import (
     KVAbort,
     KVAck,
@@ -91,5 +91,6 @@ __all__ = [
     "StageStamp",
     "TokenBatch",
     "TraceContext",
+    "VideoSpec",
     "WorkerState",
 ]

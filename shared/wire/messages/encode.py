@@ -1,4 +1,4 @@
-"""router -> encoder, encoder -> router and encoder -> prefill: the image flow.
+"""router -> encoder, encoder -> router and encoder -> prefill: the image (and video) flow.
 
 * router -> encoder (DEALER -> ROUTER): ``EncodeRequest``
 * encoder -> router (ROUTER -> DEALER, replies): ``CacheMiss``; ``StageError`` for a request that
@@ -19,6 +19,8 @@ from shared.wire.messages.common import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_INDEX,
     MAX_IMAGES_PER_REQUEST,
+    MAX_VIDEO_FRAMES,
+    MAX_VIDEO_SOURCE_FRAMES,
     REQUEST_ID,
     StageStamp,
     TraceContext,
@@ -28,10 +30,41 @@ from shared.wire.schema import message, rule, struct
 
 # ----- router -> encoder -----------------------------------------------------------------------------
 @struct
+class VideoSpec:
+    """How the router sampled a video (``shared.multimodal.video.VideoPlan``): the encoder decodes
+    exactly these frames at this size, so the prompt it planned and the embeddings agree."""
+
+    source: str = rule(pattern=r"container|frames")  # one encoded file, or a list of still images
+    frame_lengths: list[int] = rule(
+        ge=1, le=MAX_IMAGE_BYTES, max_len=MAX_VIDEO_FRAMES
+    )  # frames: bytes of each
+    indices: list[int] = rule(ge=0, le=MAX_VIDEO_SOURCE_FRAMES, min_len=1, max_len=MAX_VIDEO_FRAMES)
+    height: int = rule(ge=1, le=MAX_GRID)  # resized frame size, pixels
+    width: int = rule(ge=1, le=MAX_GRID)
+    grid_thw: tuple[int, int, int] = rule(ge=1, le=MAX_GRID)  # (temporal groups, h, w) in patches
+    timestamps: list[float] = rule(ge=0, le=1e7, min_len=1, max_len=MAX_VIDEO_FRAMES)  # per group, seconds
+    source_fps: float = rule(ge=0, le=1e4)
+
+    def validate(self) -> None:
+        if self.source == "container" and self.frame_lengths:
+            raise ValueError("a container video has no frame_lengths")
+        if self.source == "frames" and not self.frame_lengths:
+            raise ValueError("a video of still frames needs frame_lengths")
+        if list(self.indices) != sorted(self.indices):
+            raise ValueError("video frame indices must be non-decreasing")
+        if len(self.timestamps) != self.grid_thw[0]:
+            raise ValueError(f"{len(self.timestamps)} timestamps for {self.grid_thw[0]} temporal groups")
+
+
+@struct
 class ImageInput:
+    """One image or video of a request (``video`` set: ``data`` is the video, ``content_hash`` its
+    key: ``shared.multimodal.video.video_cache_key`` of the bytes and the sampling)."""
+
     index: int = rule(ge=0, le=MAX_IMAGE_INDEX)  # position of the image in its request
     content_hash: str = rule(pattern=CONTENT_HASH)
     data: bytes | None = rule(max_len=MAX_IMAGE_BYTES, default=None)  # None: "you have it cached"
+    video: VideoSpec | None = None
 
 
 @message("encode_request")

@@ -18,6 +18,7 @@ from shared.wire.messages.common import (
     MAX_IMAGES_PER_REQUEST,
     MAX_PROMPT_TOKENS,
     MAX_TOKEN_ID,
+    MAX_VIDEO_FRAMES,
     REQUEST_ID,
     SOURCE,
     TraceContext,
@@ -25,7 +26,8 @@ from shared.wire.messages.common import (
 from shared.wire.schema import message, rule, struct
 
 MAX_STOP_TOKENS = 64
-MAX_SEGMENTS = 2 * MAX_IMAGES_PER_REQUEST + 1
+# A video adds a text run and a vision run per temporal group (a timestamp before each group).
+MAX_SEGMENTS = 2 * MAX_IMAGES_PER_REQUEST + 2 * MAX_VIDEO_FRAMES + 1
 
 
 @struct
@@ -60,12 +62,36 @@ class MRopeSegment:
 
 @struct
 class ImagePlacement:
-    """Where image ``index`` (as the encoders tag its embeddings) sits in the prompt."""
+    """Where image ``index`` (as the encoders tag its embeddings) sits in the prompt.
+
+    A video's tokens are split into temporal groups with a timestamp between them: its
+    ``num_tokens`` rows go, in equal parts, to the runs starting at ``group_starts`` (empty for an
+    image: one run at ``start``)."""
 
     index: int = rule(ge=0, le=MAX_IMAGE_INDEX)
     content_hash: str = rule(pattern=CONTENT_HASH)
     start: int = rule(ge=0, le=MAX_PROMPT_TOKENS)  # first image token
     num_tokens: int = rule(ge=1, le=MAX_PROMPT_TOKENS)
+    group_starts: list[int] = rule(ge=0, le=MAX_PROMPT_TOKENS, max_len=MAX_VIDEO_FRAMES, default_factory=list)
+
+    def validate(self) -> None:
+        if not self.group_starts:
+            return
+        n = len(self.group_starts)
+        if self.group_starts[0] != self.start or self.num_tokens % n:
+            raise ValueError(
+                f"a video of {self.num_tokens} tokens cannot start at {self.group_starts[:1]} in {n} groups"
+            )
+        size = self.num_tokens // n
+        if any(b - a < size for a, b in zip(self.group_starts, self.group_starts[1:], strict=False)):
+            raise ValueError("video groups overlap or are out of order")
+
+    def runs(self) -> list[tuple[int, int]]:
+        """[start, end) of each run of this item's tokens."""
+        if not self.group_starts:
+            return [(self.start, self.start + self.num_tokens)]
+        size = self.num_tokens // len(self.group_starts)
+        return [(s, s + size) for s in self.group_starts]
 
 
 @message("prefill_request")
@@ -93,9 +119,10 @@ class PrefillRequest:
             raise ValueError("image placements must be indexed 0 .. n-1 in prompt order")
         end = 0
         for im in self.images:
-            if im.start < end or im.start + im.num_tokens > t:
-                raise ValueError(f"image {im.index} overlaps another or leaves the prompt")
-            end = im.start + im.num_tokens
+            for lo, hi in im.runs():
+                if lo < end or hi > t:
+                    raise ValueError(f"image {im.index} overlaps another or leaves the prompt")
+                end = hi
         if self.layout:
             covered = 0
             for seg in self.layout:
