@@ -18,6 +18,11 @@ Options, from environment variables (the workload knobs take the same specs as t
     LOADGEN_IMAGE_SIZE    WxH or weighted list (default 224x224)
     LOADGEN_IMAGE_FORMAT  png or jpeg (default png)
     LOADGEN_IMAGE_REPEAT  uses of each distinct image (default 1: every image distinct)
+    LOADGEN_VIDEOS        synthetic MP4 videos per request, after the images (default 0)
+    LOADGEN_VIDEO_FRAMES  frames per video (default 16)
+    LOADGEN_VIDEO_SIZE    WxH or weighted list (default 224x224)
+    LOADGEN_VIDEO_FPS     the video files' frame rate (default 4)
+    LOADGEN_VIDEO_REPEAT  uses of each distinct video (default 1: every video distinct)
     LOADGEN_PROMPT_WORDS  random words per prompt (default 20; e.g. 10-40)
     LOADGEN_MAX_TOKENS    output length cap (default 32; e.g. 16-64)
     LOADGEN_IGNORE_EOS    1 / true: send ignore_eos (default off)
@@ -51,6 +56,11 @@ CONFIG = LoadConfig(
     image_size=_env("IMAGE_SIZE", "224x224"),
     image_format=_env("IMAGE_FORMAT", "png"),
     image_repeat=int(_env("IMAGE_REPEAT", "1")),
+    videos=_env("VIDEOS", "0"),
+    video_frames=int(_env("VIDEO_FRAMES", "16")),
+    video_size=_env("VIDEO_SIZE", "224x224"),
+    video_fps=float(_env("VIDEO_FPS", "4")),
+    video_repeat=int(_env("VIDEO_REPEAT", "1")),
     prompt_words=_env("PROMPT_WORDS", "20"),
     max_tokens=_env("MAX_TOKENS", "32"),
     ignore_eos=_env("IGNORE_EOS", "0").lower() in ("1", "true", "yes"),

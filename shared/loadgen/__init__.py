@@ -1,4 +1,5 @@
-"""Load generator for any OpenAI-compatible chat endpoint (epd, vLLM, SGLang) with synthetic images.
+"""Load generator for any OpenAI-compatible chat endpoint (epd, vLLM, SGLang) with synthetic images
+and videos.
 
 It streams chat completions (``stream_options.include_usage``) over async httpx, times every request
 chunk by chunk, and reports throughput, TTFT, TPOT, ITL, E2E latency and goodput per run.
@@ -10,11 +11,16 @@ chunk by chunk, and reports throughput, TTFT, TPOT, ITL, E2E latency and goodput
     python -m shared.loadgen --request-rate 1,2,4,inf --max-concurrency 64 --images 0:0.2,1:0.6,3:0.2 \\
         --image-size 224x224:3,896x896:1 --prompt-words 10-40 --max-tokens 16-128
 
+    python -m shared.loadgen --concurrency 4 --images 0 --videos 1 --video-frames 16 \\
+        --video-size 224x224 --video-fps 4 --max-tokens 32
+
 Load: ``--concurrency`` runs a closed loop (N requests always in flight); ``--request-rate`` sends
 Poisson arrivals (``inf``: all at once), optionally capped by ``--max-concurrency``. Several
 comma-separated values make a sweep, one run of ``--num-requests`` each; ``--warmup`` requests go
 first and are not measured. Workload: every image is generated (shapes and noise on a random
-background) and distinct, so no cache helps, unless ``--image-repeat K`` uses each K times.
+background) and distinct, so no cache helps, unless ``--image-repeat K`` uses each K times;
+``--videos N`` adds N synthetic MP4s per request after the images (``--video-frames``,
+``--video-size``, ``--video-fps``), distinct likewise unless ``--video-repeat K``.
 Distributions: ``V``, ``A-B`` (uniform integers), ``V1,V2`` or weighted ``V1:w1,V2:w2``.
 
 Output: a summary table on stdout (with a p50/p99 row per stage when the server sends a

@@ -21,6 +21,10 @@ examples:
   Poisson sweep with mixed image counts and sizes:
     epd loadgen --request-rate 1,2,4,inf --max-concurrency 64 --images 0:0.2,1:0.6,3:0.2 \\
         --image-size 224x224:3,896x896:1 --prompt-words 10-40 --max-tokens 16-128
+  one unique 16-frame 224x224 MP4 per request (4 fps source), no image; then each video used 4 times:
+    epd loadgen --concurrency 4 --images 0 --videos 1 --video-frames 16 --video-size 224x224 \\
+        --video-fps 4 --max-tokens 32
+    epd loadgen --concurrency 4 --images 0 --videos 1 --video-repeat 4
 
 metrics: TTFT to the first content chunk; ITL between content chunks; TPOT per request
 (E2E - TTFT) / (output tokens - 1); percentiles over completed requests; goodput counts the
@@ -76,6 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-repeat", type=int, default=1, help="uses of each distinct image (1: all distinct)"
     )
     wl.add_argument(
+        "--videos", default=d.videos, help="synthetic MP4 videos per request, after the images (default 0)"
+    )
+    wl.add_argument(
+        "--video-frames", type=int, default=d.video_frames, help="frames per video (default %(default)s)"
+    )
+    wl.add_argument(
+        "--video-size",
+        default=d.video_size,
+        help="WxH or weighted list, as --image-size (default %(default)s)",
+    )
+    wl.add_argument(
+        "--video-fps",
+        type=float,
+        default=d.video_fps,
+        help="the video files' frame rate (default %(default)s)",
+    )
+    wl.add_argument(
+        "--video-repeat", type=int, default=1, help="uses of each distinct video (1: all distinct)"
+    )
+    wl.add_argument(
         "--prompt-words", default=d.prompt_words, help="random words per prompt, e.g. 20 or 10-40"
     )
     wl.add_argument("--max-tokens", default=d.max_tokens, help="output length cap, e.g. 32 or 16-64")
@@ -101,6 +125,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> LoadConfig:
             concurrency=a.concurrency, request_rate=a.request_rate, max_concurrency=a.max_concurrency,
             num_requests=a.num_requests, warmup=a.warmup, seed=a.seed, images=a.images,
             image_size=a.image_size, image_format=a.image_format, image_repeat=a.image_repeat,
+            videos=a.videos, video_frames=a.video_frames, video_size=a.video_size, video_fps=a.video_fps,
+            video_repeat=a.video_repeat,
             prompt_words=a.prompt_words, max_tokens=a.max_tokens, ignore_eos=a.ignore_eos,
             temperature=a.temperature, slo=parse_slo(a.slo), out=a.out, plots=a.plots,
             progress=not a.no_progress, keep_records=not a.no_records,

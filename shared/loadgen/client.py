@@ -34,6 +34,7 @@ class RequestRecord:
     n_images: int = 0
     prompt_words: int = 0
     max_tokens: int = 0
+    n_videos: int = 0
     start_s: float = 0.0
     ttft_s: float | None = None
     itl_s: list[float] = field(default_factory=list)

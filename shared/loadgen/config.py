@@ -47,6 +47,11 @@ class LoadConfig:
     image_size: str = "224x224"  # "224x224" or "224x224:0.5,448x448:0.5"
     image_format: str = "png"  # png or jpeg
     image_repeat: int = 1  # each distinct image used this many times (1: all distinct)
+    videos: str | int = "0"  # videos per request, same spec forms as images; after the images
+    video_frames: int = 16  # frames per synthetic video
+    video_size: str = "224x224"  # "224x224" or weighted sizes, as image_size
+    video_fps: float = 4.0  # the synthetic file's frame rate (the server samples it at its own rate)
+    video_repeat: int = 1  # each distinct video used this many times (1: all distinct)
     prompt_words: str | int = "20"  # "20" or "10-40"
     max_tokens: str | int = "32"  # "32" or "16-64"
     ignore_eos: bool = False
@@ -69,10 +74,12 @@ class LoadConfig:
             raise ValueError("concurrency must be >= 1 and request rates > 0")
         if self.image_format not in ("png", "jpeg"):
             raise ValueError("image_format: png or jpeg")
+        if self.video_frames < 1 or self.video_repeat < 1 or not 0 < self.video_fps <= 1000:
+            raise ValueError("video_frames and video_repeat must be >= 1, video_fps in (0, 1000]")
         if unknown := set(self.slo) - set(SLO_METRICS):
             raise ValueError(f"unknown SLO metrics {sorted(unknown)}; known: {SLO_METRICS}")
         # Parse every spec now, so that a bad one fails before any request is sent.
-        _ = (self.image_dist, self.size_dist, self.words_dist)
+        _ = (self.image_dist, self.size_dist, self.video_dist, self.video_size_dist, self.words_dist)
         tokens = self.tokens_dist
         if (tokens.span[0] if tokens.span else min(tokens.values)) < 1:
             raise ValueError("max_tokens must be >= 1")
@@ -103,6 +110,14 @@ class LoadConfig:
     @property
     def size_dist(self) -> Dist:
         return parse_dist(self.image_size, parse_size)
+
+    @property
+    def video_dist(self) -> Dist:
+        return parse_dist(self.videos)
+
+    @property
+    def video_size_dist(self) -> Dist:
+        return parse_dist(self.video_size, parse_size)
 
     @property
     def words_dist(self) -> Dist:

@@ -2,8 +2,9 @@
 
 Life cycle: resolve the model (GET /models unless given) -> draw and encode the warmup requests
 and send them (not measured) -> for each level: draw and encode that run's requests up front (so
-image generation never competes with sending), send them on the run's schedule with a progress
-bar, summarize -> the report (config, environment, runs) -> JSON file and plots when asked for.
+image and video generation never competes with sending), send them on the run's schedule with a
+progress bar, summarize -> the report (config, environment, runs) -> JSON file and plots when
+asked for.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class _Sender:
 
         async def do(i: int) -> RequestRecord:
             s = specs[i]
-            rec = RequestRecord(i, s.n_images, s.prompt_words, s.max_tokens)
+            rec = RequestRecord(i, s.n_images, s.prompt_words, s.max_tokens, s.n_videos)
             await send(self.client, self.url, payloads[i], self.headers, rec, t0, self.cfg.timeout)
             bar.update(1)
             return rec
@@ -139,6 +140,7 @@ async def run_async(cfg: LoadConfig) -> dict:
         "model": model,
         "warmup": warmup,
         "images_generated": workload.images_made,
+        "videos_generated": workload.videos_made,
         "runs": runs,
     }
     return jsonable(report)  # type: ignore[return-value]

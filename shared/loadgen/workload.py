@@ -1,9 +1,14 @@
-"""The synthetic multimodal workload: distinct generated images, random-word prompts, request bodies.
+"""The synthetic multimodal workload: distinct generated images and videos, random-word prompts,
+request bodies.
 
 Every image is drawn from its own random stream (background, shapes, noise) and carries its serial
 number in its top-left pixels, so no two images of one ``Workload`` are equal and no image or
 prefix cache can serve a request from an earlier one, unless ``image_repeat`` K > 1 asks for each
-distinct image to be used K times (in a shuffled order, to measure what caching gains).
+distinct image to be used K times (in a shuffled order, to measure what caching gains). Videos
+(``video_synth.make_video``: MPEG-4 in MP4, a moving gradient under blocky noise) are seeded by the
+workload's seed and their serial number, so they are distinct in the same way, and ``video_repeat``
+reuses them the same way. Each distinct image or video is encoded once, into the data URL that
+every use of it shares; a message holds its images, then its videos, then the text.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +37,7 @@ _WORDS = (
 VOCAB = tuple(_WORDS.split())
 
 _STAMP_BITS = 32  # serial number stamped into the first row as black/white pixels
+_REPEAT_BATCH = 8  # with repeats: distinct items made at a time, whose uses are then shuffled
 
 
 @dataclass
@@ -41,6 +48,7 @@ class RequestSpec:
     n_images: int
     prompt_words: int
     max_tokens: int
+    n_videos: int = 0
 
 
 def synth_image(serial: int, size: tuple[int, int], seed: int) -> Image.Image:
@@ -74,6 +82,10 @@ def data_url(img: Image.Image, fmt: str) -> str:
     return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def video_data_url(data: bytes) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(data).decode()
+
+
 class Workload:
     """Draws requests one after another from ``cfg``'s distributions; reproducible from ``seed``."""
 
@@ -83,8 +95,10 @@ class Workload:
         self.rng = np.random.default_rng([self.seed, 1])
         self.next_serial = 0
         self.pending: deque[str] = deque()  # image URLs still to be used (image_repeat > 1)
-        self.images_made = 0
+        self.pending_videos: deque[str] = deque()  # video URLs still to be used (video_repeat > 1)
+        self.images_made = self.videos_made = 0
         self.n_images, self.sizes = cfg.image_dist, cfg.size_dist
+        self.n_videos, self.video_sizes = cfg.video_dist, cfg.video_size_dist
         self.words, self.tokens = cfg.words_dist, cfg.tokens_dist
 
     def _new_image(self) -> str:
@@ -94,15 +108,31 @@ class Workload:
         self.images_made += 1
         return url
 
+    def _new_video(self) -> str:
+        # On first use: importing shared.multimodal loads torch, which image-only runs never need.
+        from shared.multimodal.video_synth import make_video
+
+        cfg = self.cfg
+        width, height = self.video_sizes.sample(self.rng)
+        seed = self.seed * 2**32 + self.videos_made  # video_synth draws every frame's noise from it
+        self.videos_made += 1
+        return video_data_url(make_video(cfg.video_frames, width, height, fps=cfg.video_fps, seed=seed))
+
+    def _reuse(self, pending: deque[str], uses: int, make: Callable[[], str]) -> str:
+        """A fresh item, or with ``uses`` K > 1 the next of K shuffled uses of each of a few fresh ones."""
+        if uses == 1:
+            return make()
+        if not pending:
+            fresh = [make() for _ in range(_REPEAT_BATCH)]
+            all_uses = [u for u in fresh for _ in range(uses)]
+            pending.extend(all_uses[i] for i in self.rng.permutation(len(all_uses)))
+        return pending.popleft()
+
     def _image(self) -> str:
-        k = self.cfg.image_repeat
-        if k == 1:
-            return self._new_image()
-        if not self.pending:
-            fresh = [self._new_image() for _ in range(8)]
-            uses = [u for u in fresh for _ in range(k)]
-            self.pending.extend(uses[i] for i in self.rng.permutation(len(uses)))
-        return self.pending.popleft()
+        return self._reuse(self.pending, self.cfg.image_repeat, self._new_image)
+
+    def _video(self) -> str:
+        return self._reuse(self.pending_videos, self.cfg.video_repeat, self._new_video)
 
     def prompt(self, n_words: int) -> str:
         return " ".join(VOCAB[i] for i in self.rng.integers(0, len(VOCAB), n_words))
@@ -110,12 +140,14 @@ class Workload:
     def next(self) -> RequestSpec:
         cfg = self.cfg
         n_images = self.n_images.sample(self.rng)
+        n_videos = self.n_videos.sample(self.rng)  # a single-valued spec draws nothing from rng
         n_words = self.words.sample(self.rng)
-        n_words = max(n_words, 1) if n_images == 0 else n_words  # never an empty message
+        n_words = max(n_words, 1) if n_images + n_videos == 0 else n_words  # never an empty message
         max_tokens = self.tokens.sample(self.rng)
         parts: list[dict] = [
             {"type": "image_url", "image_url": {"url": self._image()}} for _ in range(n_images)
         ]
+        parts += [{"type": "video_url", "video_url": {"url": self._video()}} for _ in range(n_videos)]
         if n_words:
             parts.append({"type": "text", "text": self.prompt(n_words)})
         body = {
@@ -128,7 +160,7 @@ class Workload:
         }
         if cfg.ignore_eos:
             body["ignore_eos"] = True  # an extension that vLLM, SGLang and this router accept
-        return RequestSpec(body, n_images, n_words, max_tokens)
+        return RequestSpec(body, n_images, n_words, max_tokens, n_videos)
 
     def batch(self, n: int) -> list[RequestSpec]:
         return [self.next() for _ in range(n)]

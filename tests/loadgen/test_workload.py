@@ -1,19 +1,24 @@
-"""Distribution specs, configuration checks, synthetic images and request bodies."""
+"""Distribution specs, configuration checks, synthetic images and videos, request bodies and records."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
 
+import av
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from shared.loadgen import LoadConfig
 from shared.loadgen.cli import config_from_args, parse_slo
+from shared.loadgen.client import RequestRecord
 from shared.loadgen.dists import parse_dist, parse_size
-from shared.loadgen.workload import Workload
+from shared.loadgen.runner import _Sender
+from shared.loadgen.workload import RequestSpec, Workload
 
 pytestmark = pytest.mark.unit
 
@@ -50,7 +55,7 @@ def test_config_checks_and_cli() -> None:
         parse_slo(["ttft=500"])
 
 
-def _image_urls(specs) -> list[str]:
+def _image_urls(specs: list[RequestSpec]) -> list[str]:
     return [
         p["image_url"]["url"] for s in specs for p in s.body["messages"][0]["content"] if "image_url" in p
     ]
@@ -82,3 +87,82 @@ def test_image_repeat_and_formats() -> None:
     no_image = Workload(LoadConfig(images="0", prompt_words="0"), "m").next()
     (part,) = no_image.body["messages"][0]["content"]
     assert part["type"] == "text" and no_image.prompt_words == 1  # never an empty message
+
+
+def _video_urls(spec: RequestSpec) -> list[str]:
+    return [p["video_url"]["url"] for p in spec.body["messages"][0]["content"] if p["type"] == "video_url"]
+
+
+def test_videos_are_distinct_and_follow_the_images() -> None:
+    cfg = LoadConfig(images="1", image_size="16x16", videos="0:1,2:1", video_frames=3, video_size="32x24")
+    specs = Workload(cfg, "m").batch(12)
+    assert {s.n_videos for s in specs} == {0, 2}
+    for s in specs:
+        types = [p["type"] for p in s.body["messages"][0]["content"]]
+        assert types == ["image_url"] + ["video_url"] * s.n_videos + ["text"]
+        assert len(_video_urls(s)) == s.n_videos
+    urls = [u for s in specs for u in _video_urls(s)]
+    assert all(u.startswith("data:video/mp4;base64,") for u in urls)
+    assert len(set(urls)) == len(urls) == sum(s.n_videos for s in specs)
+    with av.open(io.BytesIO(base64.b64decode(urls[0].split(",", 1)[1])), "r") as c:
+        stream = c.streams.video[0]
+        frames = list(c.decode(stream))
+        assert (stream.width, stream.height, len(frames), stream.average_rate) == (32, 24, 3, 4)
+    alone = LoadConfig(images="0", videos="1", video_frames=2, video_size="16x16", prompt_words="0")
+    only_video = Workload(alone, "m").next()
+    assert [p["type"] for p in only_video.body["messages"][0]["content"]] == ["video_url"]
+
+
+def test_video_repeat_reuses_bytes() -> None:
+    cfg = LoadConfig(images="0", videos="1", video_frames=2, video_size="16x16", video_repeat=3)
+    wl = Workload(cfg, "m")
+    specs = wl.batch(24)
+    urls = [u for s in specs for u in _video_urls(s)]
+    assert wl.videos_made == 8 and sorted(urls.count(u) for u in set(urls)) == [3] * 8
+    # Every use of one video is the very same encoded string: encoded once, not per use.
+    assert len({id(u) for u in urls}) == 8
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(videos="-1"), dict(videos="x"), dict(video_frames=0), dict(video_size="224"),
+     dict(video_size="0x10"), dict(video_fps=0), dict(video_fps=-2.0), dict(video_repeat=0)],
+)  # fmt: skip
+def test_video_config_errors(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        LoadConfig(**bad)
+
+
+def test_video_cli_flags() -> None:
+    argv = ["--videos", "1:3,2:1", "--video-frames", "8", "--video-size", "64x48", "--video-fps", "2.5"]
+    cfg = config_from_args([*argv, "--video-repeat", "2"])
+    assert cfg.video_dist.values == (1, 2) and cfg.video_size_dist.values == ((64, 48),)
+    assert (cfg.video_frames, cfg.video_fps, cfg.video_repeat) == (8, 2.5, 2)
+    d = config_from_args([])
+    assert (d.videos, d.video_frames, d.video_size, d.video_fps, d.video_repeat) == (
+        "0",
+        16,
+        "224x224",
+        4.0,
+        1,
+    )
+    with pytest.raises(SystemExit):  # argparse's error: the message and exit status 2
+        config_from_args(["--video-frames", "0"])
+
+
+def test_records_carry_image_and_video_counts() -> None:
+    cfg = LoadConfig(images="0:1,1:1", videos="1:1,2:1", video_frames=2, video_size="16x16", progress=False)
+    specs = Workload(cfg, "m").batch(6)
+    answer = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\ndata: [DONE]\n\n'
+
+    async def go() -> list[RequestRecord]:
+        transport = httpx.MockTransport(lambda req: httpx.Response(200, content=answer))
+        async with httpx.AsyncClient(transport=transport) as client:
+            sender = _Sender(client, cfg, {})
+            records, _ = await sender.batch(specs, "concurrency", 2, np.random.default_rng(0), "t")
+        return records
+
+    records = asyncio.run(go())
+    assert all(r.success for r in records)
+    assert [(r.n_images, r.n_videos) for r in records] == [(s.n_images, s.n_videos) for s in specs]
+    assert {r.n_videos for r in records} == {1, 2}
