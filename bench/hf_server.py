@@ -61,8 +61,10 @@ from router.protocol import (
     usage,
 )
 from shared.multimodal.image import decode_image
+from shared.multimodal.video import VideoLimits
 from shared.multimodal.vision_inputs import preprocess_image
 from shared.ready import write_ready_file
+from shared.vision.runner import video_pixels
 
 
 @dataclass(frozen=True)
@@ -194,13 +196,22 @@ class HFGenerator:
             kwargs: dict[str, Any] = {
                 "input_ids": ids,
                 "attention_mask": torch.ones_like(ids),
-                "mm_token_type_ids": (ids == self.prep.builder.image_token_id).int(),
+                # text 0, image 1, video 2
+                "mm_token_type_ids": (ids == self.prep.builder.image_token_id).int()
+                + 2 * (ids == self.prep.builder.video_token_id).int(),
             }
-            if prepared.images:
+            images = [im for im in prepared.images if im.video is None]
+            videos = [im for im in prepared.images if im.video is not None]
+            if images:
                 proc = self.prep.processor
-                pixels = [preprocess_image(decode_image(im.data), proc) for im in prepared.images]
+                pixels = [preprocess_image(decode_image(im.data), proc) for im in images]
                 kwargs["pixel_values"] = torch.cat([px for px, _ in pixels])  # [patches, C*T*P*P]
                 kwargs["image_grid_thw"] = torch.tensor([grid for _, grid in pixels])  # [images, 3]
+            if videos:  # decoded and preprocessed as the encoder does (the router planned the frames)
+                cfg, limits = self.prep.video_processor, VideoLimits()
+                pixels = [video_pixels(v.data, v.video, v.hash, cfg, limits) for v in videos if v.video]
+                kwargs["pixel_values_videos"] = torch.cat([px for px, _ in pixels])
+                kwargs["video_grid_thw"] = torch.tensor([grid for _, grid in pixels])  # [videos, 3]
             if p.greedy:
                 sampling: dict[str, Any] = {"do_sample": False}
             else:

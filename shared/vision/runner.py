@@ -76,24 +76,8 @@ class VisionRunner:
     def prepare_video(
         self, data: bytes, spec: VideoSpec, content_hash: str, limits: VideoLimits
     ) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """Untrusted video bytes + the router's sampling -> (pixel_values, grid (t, h, w)).
-
-        Raises VideoError when the bytes, the sampling and ``content_hash`` do not belong together
-        or the frames cannot be decoded."""
-        plan = plan_of(spec)
-        frames = split_frames(data, spec.frame_lengths) if spec.source == "frames" else None
-        raw = frame_list_hash(frames) if frames is not None else image_hash(data)
-        if video_cache_key(raw, plan, self.video_processor) != content_hash:
-            raise VideoError("content_hash is not the key of these video bytes and this sampling")
-        resample = self.video_processor.resample  # frames resized as they are decoded: memory stays small
-        if frames is not None:
-            pixels = decode_frame_list(frames, plan, limits, resample=resample)
-        else:
-            pixels = decode_video(data, plan, limits, resample=resample)
-        pixel_values = preprocess_video(pixels, plan, self.video_processor)
-        if pixel_values.shape[0] != spec.grid_thw[0] * spec.grid_thw[1] * spec.grid_thw[2]:
-            raise VideoError(f"the frames give {pixel_values.shape[0]} patches, not the grid {spec.grid_thw}")
-        return pixel_values, (int(plan.grid_thw[0]), int(plan.grid_thw[1]), int(plan.grid_thw[2]))
+        """Untrusted video bytes + the router's sampling -> (pixel_values, grid (t, h, w))."""
+        return video_pixels(data, spec, content_hash, self.video_processor, limits)
 
     def run(self, batch: list[PendingImage]) -> list[CachedEmbedding]:
         """One vision forward over the batch's images, in order."""
@@ -105,6 +89,30 @@ class VisionRunner:
             CachedEmbedding(grid, _own_cpu(f.embeds), _own_cpu(f.deepstack))
             for grid, f in zip(grids, features, strict=True)
         ]
+
+
+def video_pixels(
+    data: bytes, spec: VideoSpec, content_hash: str, cfg: VideoProcessorConfig, limits: VideoLimits
+) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Decode and preprocess the frames the router chose -> (pixel_values, grid (t, h, w)).
+
+    Raises VideoError when the bytes, the sampling and ``content_hash`` do not belong together or
+    the frames cannot be decoded."""
+    plan = plan_of(spec)
+    frames = split_frames(data, spec.frame_lengths) if spec.source == "frames" else None
+    raw = frame_list_hash(frames) if frames is not None else image_hash(data)
+    if video_cache_key(raw, plan, cfg) != content_hash:
+        raise VideoError("content_hash is not the key of these video bytes and this sampling")
+    # Frames are resized as they are decoded: memory stays at the resized size.
+    if frames is not None:
+        pixels = decode_frame_list(frames, plan, limits, resample=cfg.resample)
+    else:
+        pixels = decode_video(data, plan, limits, resample=cfg.resample)
+    pixel_values = preprocess_video(pixels, plan, cfg)
+    t, h, w = plan.grid_thw
+    if pixel_values.shape[0] != t * h * w:
+        raise VideoError(f"the frames give {pixel_values.shape[0]} patches, not the grid {plan.grid_thw}")
+    return pixel_values, (int(t), int(h), int(w))
 
 
 def plan_of(spec: VideoSpec) -> VideoPlan:

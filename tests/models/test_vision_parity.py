@@ -52,3 +52,36 @@ def test_bad_pixel_shape_is_a_clear_error(ours, images):
         assert "do not match grids" in str(e)
     else:
         raise AssertionError("a pixel/grid mismatch must be refused")
+
+
+def test_videos_with_images_match_get_video_features(ours, hf, ckpt, images):
+    """A video is the same tower with several temporal patches: embeddings and deepstack equal
+    transformers' ``get_video_features`` on the same pixels, also when batched with an image."""
+    from shared.multimodal.video import (
+        VideoProcessorConfig,
+        decode_video,
+        plan_video,
+        preprocess_video,
+        probe_video,
+    )
+    from shared.multimodal.video_synth import make_video
+
+    cfg = VideoProcessorConfig.from_checkpoint(ckpt)
+    videos = []
+    for frames, (w, h), fps in ((9, (96, 64), 4.0), (16, (64, 128), 8.0)):
+        data = make_video(frames=frames, width=w, height=h, fps=fps, seed=frames)
+        plan = plan_video(probe_video(data), cfg)
+        videos.append((preprocess_video(decode_video(data, plan), plan, cfg), plan.grid_thw))
+    assert all(g[0] >= 2 for _, g in videos)  # several temporal groups each
+    with torch.no_grad():
+        ref = hf.model.get_video_features(
+            torch.cat([p for p, _ in videos]), torch.tensor([g for _, g in videos]), return_dict=True
+        )
+    image_pixels, image_grid = images[0]
+    mixed = ours.get_image_feature(
+        torch.cat([image_pixels, *(p for p, _ in videos)]), [image_grid, *(g for _, g in videos)]
+    )
+    for i, feature in enumerate(mixed[1:]):
+        assert_close_scaled(feature.embeds, ref.pooler_output[i], name=f"video {i} embeds")
+        for level, ref_level in enumerate(ref.deepstack_features):
+            assert_close_scaled(feature.deepstack[level], ref_level[i], name=f"video {i} deepstack {level}")
