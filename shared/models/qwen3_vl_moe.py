@@ -69,6 +69,15 @@ class Qwen3VLMoeForConditionalGeneration(nn.Module):
             for e, d in zip(merged.split(sizes), deepstack.split(sizes, dim=1), strict=True)
         ]
 
+    def get_video_feature(
+        self, pixel_values_videos: torch.Tensor, grid_thw: list[tuple[int, int, int]]
+    ) -> list[ImageFeature]:
+        """Encode videos: the same tower, each temporal patch attended on its own (t > 1 in the grid).
+
+        One feature per video with all its temporal groups' rows, in order; images and videos may
+        also go through ``get_image_feature`` together, as the encoder batches them."""
+        return self.get_image_feature(pixel_values_videos, grid_thw)
+
     # ----- language half -----------------------------------------------------------------------
     def _language(self) -> Qwen3MoeModel:
         if self.model is None:

@@ -81,7 +81,10 @@ def test_videos_with_images_match_get_video_features(ours, hf, ckpt, images):
     mixed = ours.get_image_feature(
         torch.cat([image_pixels, *(p for p, _ in videos)]), [image_grid, *(g for _, g in videos)]
     )
-    for i, feature in enumerate(mixed[1:]):
-        assert_close_scaled(feature.embeds, ref.pooler_output[i], name=f"video {i} embeds")
-        for level, ref_level in enumerate(ref.deepstack_features):
-            assert_close_scaled(feature.deepstack[level], ref_level[i], name=f"video {i} deepstack {level}")
+    alone = ours.get_video_feature(torch.cat([p for p, _ in videos]), [g for _, g in videos])
+    for how, features in (("with an image", mixed[1:]), ("alone", alone)):
+        for i, feature in enumerate(features):
+            name = f"video {i} {how}"
+            assert_close_scaled(feature.embeds, ref.pooler_output[i], name=f"{name} embeds")
+            for level, ref_level in enumerate(ref.deepstack_features):
+                assert_close_scaled(feature.deepstack[level], ref_level[i], name=f"{name} deepstack {level}")
