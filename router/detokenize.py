@@ -3,13 +3,20 @@
 ``Detokenizer.push(token)`` returns the new text a token completes. Byte-level BPE tokens can
 end in the middle of a multi-byte character: the text of the window since the last complete
 character is decoded again with each token, and nothing is emitted while it ends in U+FFFD, so a
-client never sees half a character. ``StopStrings`` holds back the last ``len(longest stop) - 1``
-characters, so a stop string split across tokens is still found, and cuts the text before it.
+client never sees half a character. With a fast tokenizer this runs in Rust (``tokenizers``'
+``DecodeStream``, the same window: the previous emission's tokens as context), unless the
+tokenizer cleans up decoded text (``clean_up_tokenization_spaces``); the windows are still
+tracked here, for ``flush`` and as the fallback. ``StopStrings`` holds back the last
+``len(longest stop) - 1`` characters, so a stop string split across tokens is still found, and
+cuts the text before it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 
 class Detokenizer:
@@ -19,12 +26,27 @@ class Detokenizer:
         self.ids: list[int] = []
         self.prefix = 0  # window start: the text before it was emitted
         self.read = 0  # ids already turned into emitted text
+        # transformers' fast tokenizers decode with their Rust one, then maybe clean up spaces
+        rust = getattr(tokenizer, "backend_tokenizer", None)
+        fits = isinstance(rust, Tokenizer) and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+        self.rust: Tokenizer | None = rust if fits else None
+        self.stream = DecodeStream(skip_special_tokens=skip_special_tokens) if fits else None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip)
 
     def push(self, token: int) -> str:
         self.ids.append(token)
+        if self.stream is not None and self.rust is not None:
+            try:
+                out = self.stream.step(self.rust, token)
+            except Exception:  # a decoder whose text is not prefix-stable: decode windows here
+                self.stream = None
+            else:
+                if out is None:
+                    return ""
+                self.prefix, self.read = self.read, len(self.ids)
+                return out
         before = self._decode(self.ids[self.prefix : self.read])
         now = self._decode(self.ids[self.prefix :])
         if len(now) <= len(before) or now.endswith("\ufffd"):

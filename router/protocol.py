@@ -132,8 +132,14 @@ def usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _finite(logprob: float) -> float:
+    """A logprob JSON can carry: -inf (a token the logits ruled out) and NaN become -9999.0, as in
+    vLLM (JSON has no infinities; the stdlib wrote ``-Infinity``, orjson writes ``null``)."""
+    return logprob if logprob > -9999.0 else -9999.0
+
+
 def _token(text: str, logprob: float) -> dict[str, Any]:
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+    return {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode())}
 
 
 def chat_logprobs(tokens: list[Any]) -> dict[str, Any]:
@@ -153,8 +159,10 @@ def legacy_logprobs(tokens: list[Any], start: int = 0) -> dict[str, Any]:
         at += len(t.token)
     return {
         "tokens": [t.token for t in tokens],
-        "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [dict(t.top) for t in tokens] if any(t.top for t in tokens) else None,
+        "token_logprobs": [_finite(t.logprob) for t in tokens],
+        "top_logprobs": (
+            [{a: _finite(lp) for a, lp in t.top} for t in tokens] if any(t.top for t in tokens) else None
+        ),
         "text_offset": offsets,
     }
 

@@ -1,14 +1,21 @@
-"""Turning a ``Generation`` into one JSON answer or an SSE stream (shared by both endpoints)."""
+"""Turning a ``Generation`` into one JSON answer or an SSE stream (shared by both endpoints).
+
+JSON is written by orjson: UTF-8 as ``json.dumps(ensure_ascii=False)`` with compact separators
+would write it, straight to bytes (floats may be spelled otherwise: ``0.00001`` for ``1e-05``).
+Numbers JSON has not (NaN, infinities) become ``null`` where the stdlib wrote ``NaN`` (invalid
+JSON); logprobs, the one place they could come from, are kept finite in ``router.protocol``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 from fastapi import Request
+from fastapi.responses import JSONResponse as _JSONResponse
 
 from router.generate import Generation, TokenLogprob
 from router.protocol import APIError, usage
@@ -50,14 +57,28 @@ def with_timeline(body: dict[str, Any], gen: Generation) -> dict[str, Any]:
     return body
 
 
-def _event(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+def dumps(obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # a dict with keys other than str (orjson's error): as json.dumps writes them
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+class JSONResponse(_JSONResponse):
+    """Starlette's ``JSONResponse``, written by orjson."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def _event(obj: Any) -> bytes:
+    return b"data: " + dumps(obj) + b"\n\n"
 
 
 async def sse(
     gen: Generation, first: dict | None, chunk: Callable[[str | None, str | None, list], dict],
     tail: dict | None, n_prompt: int,
-) -> AsyncIterator[str]:  # fmt: skip
+) -> AsyncIterator[bytes]:  # fmt: skip
     """SSE events; cancelled when the client disconnects, which ``finally`` turns into an abort."""
     try:
         if first is not None:
@@ -72,6 +93,6 @@ async def sse(
         if tail is not None:
             tail["usage"] = usage(n_prompt, gen.completion_tokens)
             yield _event(tail)
-        yield "data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
     finally:
         gen.close()

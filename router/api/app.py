@@ -23,11 +23,10 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
-from starlette.middleware.base import BaseHTTPMiddleware
 
 from router.api import chat, completions, models, ops
 from router.api.errors import HANDLERS
-from router.api.middleware import ids_and_auth
+from router.api.middleware import IdsAndAuth
 from router.backend import Backend, Readiness
 from router.config import RouterConfig
 from router.prepare import Preparer
@@ -37,7 +36,7 @@ from router.workers import HealthPoller, Workers
 def create_app(cfg: RouterConfig, workers: Readiness, backend: Backend, preparer: Preparer) -> FastAPI:
     app = FastAPI(title="epd router", lifespan=_lifespan, exception_handlers=HANDLERS)
     app.state.cfg, app.state.workers, app.state.backend, app.state.preparer = cfg, workers, backend, preparer
-    app.add_middleware(BaseHTTPMiddleware, dispatch=ids_and_auth)
+    app.add_middleware(IdsAndAuth)
     for module in (chat, completions, models, ops):
         app.include_router(module.router)
     return app

@@ -10,12 +10,12 @@ The answer (or the stream's chunk with the finish reason) carries the request's 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from router.api.deps import BackendDep, ConfigDep, HttpDep, PreparerDep
 from router.generate import Generation
 from router.protocol import ChatCompletionRequest, chat_chunk, chat_logprobs, chat_response, usage
-from router.responses import collect, sse, with_timeline
+from router.responses import JSONResponse, collect, sse, with_timeline
 from router.timing import RequestTiming
 
 router = APIRouter()

@@ -8,12 +8,12 @@ generated text, so the offset runs on across the chunks of a stream.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from router.api.deps import BackendDep, ConfigDep, PreparerDep
 from router.generate import Generation
 from router.protocol import CompletionRequest, completion_body, completion_choice, legacy_logprobs, usage
-from router.responses import collect, sse, with_timeline
+from router.responses import JSONResponse, collect, sse, with_timeline
 from router.timing import RequestTiming
 
 router = APIRouter()
