@@ -89,7 +89,7 @@ def _frame_list(url: str, param: str, fetch: FetchLimits) -> list[bytes] | None:
     mime, payload = split_data_url(url, param, fetch)
     if mime not in ("video/jpeg", "video/jpg", "video/png", "video/webp", "image/jpeg", "image/png"):
         return None
-    parts = payload.split(",")
+    parts = payload.split(",") if payload.strip() else []  # no frames: probe_frames says so
     if len(parts) > 4096:
         raise bad_request(f"a frame list has at most 4096 frames, got {len(parts)}", param, "invalid_video")
     frames = [b64_payload(p, param, fetch) for p in parts]
