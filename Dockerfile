@@ -56,7 +56,10 @@ RUN set -eu; \
     fi
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-RUN useradd --system --create-home --home-dir /home/epd --shell /usr/sbin/nologin epd
+# Fixed ids: Kubernetes makes mounted Secrets (the CurveZMQ keys) readable through fsGroup 10001,
+# and a compose host chgrps its key directory to 10001 (README, "Securing the mesh").
+RUN groupadd --system --gid 10001 epd \
+    && useradd --system --uid 10001 --gid epd --create-home --home-dir /home/epd --shell /usr/sbin/nologin epd
 USER epd
 WORKDIR /home/epd
 EXPOSE 8000

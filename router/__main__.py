@@ -34,6 +34,7 @@ from shared.multimodal.video import VideoLimits
 from shared.ready import write_ready_file
 from shared.runtime import SKEW_ENV, freeze_startup_heap, skew_wall_clock
 from shared.timeline import Service, Tracer
+from shared.wire import security
 
 log = logging.getLogger("router")
 
@@ -50,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("%s", banner("router"))  # where this code was loaded from
     if skew:
         log.warning("%s=%s: this process's wall clock is skewed by %+.1f s", SKEW_ENV, skew, skew)
+    try:
+        security.configure(cfg.curve_keys)  # before any socket: the inbox, the workers' DEALERs
+    except security.MeshKeysError as e:
+        log.error("--curve-keys: %s", e)
+        return 2
     limits = FetchLimits(
         cfg.max_image_bytes, cfg.fetch_timeout_s, cfg.allow_private_urls, cfg.allow_file_urls
     )
@@ -118,8 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     # uvicorn's loop setting takes effect only through its loop factory (``Server.run`` uses it)
-    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        runner.run(run())
+    try:
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(run())
+    except KeyboardInterrupt:  # Ctrl-C (epd up forwards SIGINT): the app has shut down
+        pass
     return 0
 
 

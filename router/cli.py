@@ -4,6 +4,7 @@
     epd up --prefills 2 --decodes 2 --prefill-devices cuda:0,cuda:1 --decode-devices cuda:2,cuda:3
     epd up --colocated [--model DIR] [--device cuda] [--router-arg=--num-blocks=4096 ...]
     epd up --otlp-traces-endpoint http://127.0.0.1:4318/v1/traces --service-env decode-0:KEY=VALUE
+    epd keys DIR && epd up --curve-keys DIR               (CurveZMQ on every inter-service socket)
     epd loadgen --base-url http://127.0.0.1:8000/v1 ...   (the load generator: shared/loadgen)
     epd make-tiny-checkpoint DIR ...                      (a tiny random checkpoint: shared/checkpoint)
 
@@ -17,6 +18,10 @@ model is the bundled demo checkpoint (``shared.assets.DEMO_MODEL_DIR``, installe
 
 With ``--colocated`` it starts only the router, which runs the whole model and one engine in its
 own process (the baseline users would otherwise run); engine flags go in ``--router-arg``.
+
+``epd keys DIR`` writes a CurveZMQ key set (``shared/wire/security.py``); ``epd up --curve-keys
+DIR`` gives it to every service it starts, so that every ZMQ socket between them is encrypted and
+admits only peers holding the keys.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 from shared.assets import DEMO_MODEL_DIR
 from shared.flags import check_device
 from shared.supervisor import ServiceSpec, Supervisor
+from shared.wire.security import MeshKeys, MeshKeysError, write_keys
 
 STAGES = ("encoder", "prefill", "decode")
 
@@ -99,6 +105,8 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
         str(args.torch_threads),
     )
     common += ("--otlp-traces-endpoint", args.otlp_traces_endpoint) if args.otlp_traces_endpoint else ()
+    keys = ("--curve-keys", str(args.curve_keys)) if args.curve_keys else ()
+    common += keys
     b = args.base_port
 
     def placed(stage: str, i: int) -> tuple[str, ...]:
@@ -137,7 +145,7 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
         "--encoders", ",".join(r for r in ready if "encoder-" in r),
         "--prefills", ",".join(r for r in ready if "prefill-" in r),
         *(("--otlp-traces-endpoint", args.otlp_traces_endpoint) if args.otlp_traces_endpoint else ()),
-        *args.router_arg,
+        *keys, *args.router_arg,
     )  # fmt: skip
     specs.append(ServiceSpec("router", "router", router))
     return specs
@@ -166,6 +174,13 @@ def up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.curve_keys:
+        try:  # fail here, not in every service
+            MeshKeys.load(args.curve_keys)
+        except MeshKeysError as e:
+            print(f"epd up: --curve-keys: {e}", file=sys.stderr)
+            return 2
+        args.curve_keys = args.curve_keys.resolve()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="epd-"))
     specs = colocated_specs(args) if args.colocated else cluster_specs(args, log_dir)
     try:
@@ -190,6 +205,18 @@ def up(args: argparse.Namespace) -> int:
     finally:
         supervisor.stop()
     print("cluster stopped", flush=True)
+    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    try:
+        mesh = write_keys(args.dir)
+    except MeshKeysError as e:
+        print(f"epd keys: {e}", file=sys.stderr)
+        return 1
+    print(f"CurveZMQ key set in {args.dir}: server.key, client.key (public), *.key_secret (0600)")
+    print(f"server public key {mesh.server_public.decode()}, client public key {mesh.client_public.decode()}")
+    print(f"every service: --curve-keys {args.dir} (or <SERVICE>_CURVE_KEYS); epd up --curve-keys {args.dir}")
     return 0
 
 
@@ -219,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="epd", description="disaggregated Qwen3-VL-MoE serving")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", help="start a local cluster and keep it running until Ctrl-C")
+    k = sub.add_parser("keys", help="write a CurveZMQ key set for --curve-keys (secret files 0600)")
+    k.add_argument("dir", type=Path, help="directory to create (existing keys are not overwritten)")
     for name, (_, text) in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)
     p.add_argument(
@@ -278,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SERVICE:KEY=VALUE",
         help="an environment variable of one service, e.g. decode-0:CUDA_VISIBLE_DEVICES=1 (repeatable)",
     )
+    p.add_argument(
+        "--curve-keys",
+        type=Path,
+        default=None,
+        help="CurveZMQ key directory (epd keys DIR) given to every service: encrypted, authenticated ZMQ",
+    )
     p.add_argument("--log-dir", type=Path, default=None)
     p.add_argument("--start-timeout", type=float, default=300.0)
     return parser
@@ -289,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         return DELEGATED[argv[0]][0](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return keys(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if min(args.encoders, args.prefills, args.decodes) < 1:
         parser.error("--encoders, --prefills and --decodes must be >= 1")

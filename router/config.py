@@ -79,6 +79,11 @@ class RouterConfig:
     start_timeout_s: float = flag(300.0, help="seconds to wait for the workers' ready files")
     ready_file: Path | None = flag(None, help="write a JSON file with the HTTP URL once the cluster is ready")
     log_level: str = flag("INFO", help="DEBUG, INFO, WARNING or ERROR")
+    curve_keys: Path | None = flag(
+        None,
+        help="CurveZMQ key directory (`epd keys DIR`): the inbox and the sockets to workers encrypted "
+        "and authenticated (the workers need the same set); without it they are plain",
+    )
     otlp_traces_endpoint: str = flag(
         "", help="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces (empty: no tracing)"
     )

@@ -7,6 +7,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.timeline import stage_histogram
+from shared.wire.security import export_refusals
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -34,6 +35,7 @@ class RouterMetrics:
         # every stage of the requests that finished, as their services stamped them (shared.timeline)
         self.stage_latency = stage_histogram("router", r)
         self.inflight = Gauge("router_inflight_requests", "Requests in the cluster", registry=r)
+        export_refusals("router", r)  # rogue peers at the inbox (--curve-keys)
 
     def token(self, live: Any, now: float) -> None:
         """One token of a request streamed at ``now``: TTFT or inter-token time. ``live`` has

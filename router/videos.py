@@ -16,6 +16,12 @@ import asyncio
 from dataclasses import dataclass
 
 import httpx
+
+from router.images import FetchLimits, b64_payload, load_image_url, split_data_url
+from router.jobs import LoadedImage, video_spec
+from router.protocol import APIError, bad_request
+from shared.multimodal.image import image_hash
+from shared.multimodal.prompt import VideoSlots
 from shared.multimodal.video import (
     VideoError,
     VideoLimits,
@@ -26,12 +32,6 @@ from shared.multimodal.video import (
     probe_video,
     video_cache_key,
 )
-
-from router.images import FetchLimits, b64_payload, load_image_url, split_data_url
-from router.jobs import LoadedImage, video_spec
-from router.protocol import APIError, bad_request
-from shared.multimodal.image import image_hash
-from shared.multimodal.prompt import VideoSlots
 
 DEFAULT_FRAMES_FPS = 2.0
 

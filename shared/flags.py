@@ -8,9 +8,9 @@ engine's ``EngineConfig``) is flattened: its fields become flags of the same com
 the defaults of the instance its ``default_factory`` builds (so a service can change a default of
 the engine's, as the decode worker does for ``--compile-decode``).
 
-Precedence: flag, then environment variable (``<PREFIX><FIELD>``, e.g. ``PREFILL_NUM_BLOCKS=64``),
-then the dataclass default. A value the config rejects (its ``__post_init__`` raises
-``ValueError``) is a usage error naming the problem.
+Precedence: flag, then environment variable (``<PREFIX><FIELD>``, e.g. ``PREFILL_NUM_BLOCKS=64``;
+an empty one leaves an optional field None), then the dataclass default. A value the config
+rejects (its ``__post_init__`` raises ``ValueError``) is a usage error naming the problem.
 
 ``ServiceFlags`` holds the fields the three workers (encoder, prefill, decode) share.
 """
@@ -79,6 +79,11 @@ class ServiceFlags:
     )
     drain_timeout_s: float = flag(
         30.0, help="on SIGTERM: seconds to finish the requests held (admitting none) before exiting"
+    )
+    curve_keys: Path | None = flag(
+        None,
+        help="CurveZMQ key directory (`epd keys DIR`): every ZMQ socket encrypted and authenticated; "
+        "without it the sockets are plain (loopback development)",
     )
 
     def __post_init__(self) -> None:
@@ -160,7 +165,9 @@ def _add_flag(
         )
         return
     required = default is MISSING and env is None
-    if env is not None:
+    if env == "" and type(None) in typing.get_args(tp):
+        default = None  # an empty variable leaves an optional field unset (compose's ${X:+...})
+    elif env is not None:
         try:
             default = kind(env)
         except ValueError:

@@ -1,13 +1,14 @@
 """The entry point the three worker services share: ``run_service(cfg, name, metrics, build)``.
 
-Life cycle: logging and torch threads from the config; SIGINT sets a stop event, SIGTERM drains
+Life cycle: logging and torch threads from the config; the mesh security (``--curve-keys``:
+CurveZMQ on every socket, before any is made); SIGINT sets a stop event, SIGTERM drains
 (the server admits nothing new and reports ``draining``; once it holds nothing, or after
 ``--drain-timeout-s``, the stop event is set); the health and metrics HTTP server starts first
 (live, not ready, while the model loads); ``build`` loads the model and returns the serving loop
 and its bound endpoints; the ready file is written; the loop serves until the stop event; then
 the server deregisters (its last load report says ``leaving``) and its sockets close, ZMQ waits for zero-copy sends still
-in flight (exiting while ZMQ holds views of freed tensors would crash its I/O thread) and the HTTP
-server stops.
+in flight (exiting while ZMQ holds views of freed tensors would crash its I/O thread; the ZAP
+handler stops first, as its sockets would hold the context open) and the HTTP server stops.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from services.common.http import Health, HealthServer
 from shared.about import banner
 from shared.ready import write_ready_file
 from shared.runtime import SKEW_ENV, freeze_startup_heap, skew_wall_clock
+from shared.wire import security
 
 DRAIN_QUIET_S = 2.0
 
@@ -91,6 +93,12 @@ def run_service(
         log.warning("%s=%s: this process's wall clock is skewed by %+.1f s", SKEW_ENV, skew, skew)
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
+    try:
+        security.configure(cfg.curve_keys)
+    except security.MeshKeysError as e:
+        log.error("--curve-keys: %s", e)
+        return 2
+    security.export_refusals(name, metrics.registry)
     stop, draining = threading.Event(), threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: draining.set() if not stop.is_set() else None)
@@ -112,6 +120,7 @@ def run_service(
     finally:
         health.ready = False
         server.close()
+        security.shutdown()
         zmq.Context.instance().term()
         http.shutdown()
         log.info("%s stopped", server.name)

@@ -42,6 +42,7 @@ class DecodeConfig(ServiceFlags):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.transfer.check_security(self.host, secured=self.curve_keys is not None)
         if self.max_pending < 0:
             raise ValueError("max_pending must be >= 0")
         if self.transfer_timeout_s <= 0:

@@ -38,6 +38,7 @@ class PrefillConfig(ServiceFlags):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.transfer.check_security(self.host, secured=self.curve_keys is not None)
         if min(self.max_waiting, self.max_transfers) < 1 or self.max_orphan_bytes < 0:
             raise ValueError("max_waiting and max_transfers must be >= 1, max_orphan_bytes >= 0")
         if min(self.kv_reply_timeout_s, self.grant_timeout_s, self.orphan_ttl_s) <= 0:

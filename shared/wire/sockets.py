@@ -10,6 +10,10 @@ raises ``WireTimeout`` when the peer's queue stays full. A malformed inbound mes
 ``WireError`` (with ``peer`` set on ROUTER sockets) after it has been consumed, so the next receive
 sees the next message. ``max_frame_bytes`` bounds what a peer can make this process buffer: ZMQ
 drops the connection of a peer that sends a larger frame.
+
+Security: every socket takes the process's mesh security (``shared.wire.security``) as it binds
+or connects: with keys configured a bound socket is a CurveZMQ server that admits only authorised
+clients, a connecting one a Curve client; without, it is plain (a bind beyond loopback warns).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import zmq
 
 from shared.wire.codec import decode, encode
 from shared.wire.errors import WireError, WireTimeout
+from shared.wire.security import secure
 
 DEFAULT_HWM = 1000
 DEFAULT_MAX_FRAME_BYTES = 1 << 30
@@ -56,6 +61,7 @@ class WireSocket:
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         if bind and address.startswith("tcp://") and address.endswith(":0"):
             address = address[:-1] + "*"  # ZMQ's spelling of "any free port"
+        secure(self._sock, server=bind, address=address)
         try:
             self._sock.bind(address) if bind else self._sock.connect(address)
         except zmq.ZMQError as e:
@@ -77,15 +83,30 @@ class WireSocket:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # A poll may wake without a message to take: with ZAP (CurveZMQ keys) the first message of a
+    # new connection reports POLLIN before it can be received. So EAGAIN after a poll waits on.
     def _send_frames(self, frames: list[Any], timeout: float) -> None:
-        if not self._sock.poll(_ms(timeout), zmq.POLLOUT):
-            raise WireTimeout(f"send to {self.endpoint} timed out after {timeout:.1f}s (peer queue full?)")
-        self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        deadline = time.monotonic() + timeout
+        while self._sock.poll(_ms(deadline - time.monotonic()), zmq.POLLOUT):
+            try:
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.001)
+        raise WireTimeout(f"send to {self.endpoint} timed out after {timeout:.1f}s (peer queue full?)")
 
     def _recv_frames(self, timeout: float) -> list[zmq.Frame] | None:
-        if not self._sock.poll(_ms(timeout), zmq.POLLIN):
-            return None
-        return self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        deadline = time.monotonic() + timeout
+        while self._sock.poll(_ms(deadline - time.monotonic()), zmq.POLLIN):
+            try:
+                return self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.001)
+        return None
 
     def _decode(self, frames: list[zmq.Frame], peer: bytes | None = None) -> Any:
         try:

@@ -7,7 +7,8 @@ Translated for one machine: every pod gets its own free local port for each cont
 Service name with a port becomes the addresses of every pod it selects (the routers' headless inbox
 Service resolves to one address per router pod, so a worker's --report-to lists each router); the
 pod IP (the downward API's status.podIP, and ``$(POD_IP)`` expanded from it) and the wildcard host
-become 127.0.0.1; the API key Secret a test key; ``python`` the test's interpreter, one torch
+become 127.0.0.1; the API key Secret a test key; a Secret volume (the CurveZMQ keys) a folder
+holding the Secret's files, where the pod's environment points; ``python`` the test's interpreter, one torch
 thread per process. Each pod waits for its own readiness probe (a router's /health is ready once
 every stage has a worker registered with it: routers are given no worker list), then the official
 openai client asks each router, with the key, about a picture of a red circle.
@@ -15,6 +16,7 @@ openai client asks each router, with the key, about a picture of a red circle.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
@@ -67,7 +69,8 @@ class Pod:
 class Loopback:
     """The rendered objects' pods, each translated into a command and environment for loopback."""
 
-    def __init__(self, objs: list[Obj], api_key: str) -> None:
+    def __init__(self, objs: list[Obj], api_key: str, root: Path) -> None:
+        self.root = root  # where Secret volumes are written
         self.deps = deployments(objs)
         self.services = named(objs, "Service")
         self.secrets = named(objs, "Secret")
@@ -102,11 +105,30 @@ class Loopback:
         text = re.sub(r"(tcp://|http://)?([a-z0-9][a-z0-9-]*):(\d+)\b", service, text)
         return LOOPBACK if text == "0.0.0.0" else text
 
+    def secret_volumes(self, pod: Pod) -> dict[str, str]:
+        """Each Secret volume's mount path -> a local folder holding the Secret's files (0600)."""
+        volumes = {
+            v["name"]: v for v in self.deps[pod.component]["spec"]["template"]["spec"].get("volumes", [])
+        }
+        out = {}
+        for mount in self.container(pod).get("volumeMounts", []):
+            secret = volumes[mount["name"]].get("secret")
+            if secret is None:
+                continue
+            folder = self.root / pod.name / mount["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            for key, data in self.secrets[secret["secretName"]]["data"].items():
+                (folder / key).write_bytes(base64.b64decode(data))
+                (folder / key).chmod(0o600)
+            out[mount["mountPath"]] = str(folder)
+        return out
+
     def environment(self, pod: Pod) -> dict[str, str]:
         env = {}
+        mounts = self.secret_volumes(pod)
         for name, e in env_of(self.container(pod)).items():
             if "value" in e:
-                env[name] = self.value(e["value"])
+                env[name] = mounts.get(e["value"]) or self.value(e["value"])
                 continue
             source = e["valueFrom"]
             if "fieldRef" in source:
@@ -177,7 +199,7 @@ def test_cpu_demo_deployments_run_as_local_processes(tmp_path):
 
     t0 = time.monotonic()
     key = secrets.token_hex(8)
-    cluster = Loopback(render("cpu-demo"), key)
+    cluster = Loopback(render("cpu-demo"), key, tmp_path)
     routers = cluster.of("router")
     assert len(routers) == 2 and all(cluster.of(w) for w in ("encoder", "prefill", "decode"))
     try:
@@ -192,6 +214,8 @@ def test_cpu_demo_deployments_run_as_local_processes(tmp_path):
         deadline = time.monotonic() + READY_TIMEOUT_S
         for pod in sorted(cluster.pods, key=lambda p: p.component == "router"):  # workers first
             wait_ready(pod, cluster.probe_url(pod), deadline)
+        for pod in cluster.pods:  # the Secret's keys are in force: the mesh is CurveZMQ
+            assert "CurveZMQ on every socket" in pod.log.read_text(), pod.log_tail()
         answers = {}
         for pod in routers:  # each router learned every stage from the workers' reports
             url = f"http://{LOOPBACK}:{pod.ports[8000]}/v1"

@@ -2,7 +2,7 @@
 schemas, strict: an unknown field fails), and keeps the promises the services rely on: commands and
 environment variables that are the services' real flags, probes on the routes the services serve,
 a grace period longer than the drain, registration through the routers' headless Service, API keys
-from a Secret, GPUs for the workers of the gpu overlay, closed ZMQ ports, an autoscaler and
+and CurveZMQ keys from Secrets, GPUs for the workers of the gpu overlay, closed ZMQ ports, an autoscaler and
 disruption budgets."""
 
 from __future__ import annotations
@@ -221,6 +221,28 @@ def test_api_keys_come_from_a_secret(overlay):
         assert ref["name"] == "epd-api-keys" and not secrets
 
 
+def test_curve_keys_come_from_a_secret(overlay, monkeypatch):
+    """Every pod mounts the Secret epd-curve-keys read-only where its --curve-keys points, readable
+    by the image's group only; no Secret is no start, never a plain mesh."""
+    name, objs = overlay
+    secrets = named(objs, "Secret")
+    for comp, d in deployments(objs).items():
+        c, spec = container(d), d["spec"]["template"]["spec"]
+        cfg = parsed(comp, c, monkeypatch)
+        (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == str(cfg.curve_keys)]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        secret = volume["secret"]
+        assert mount["readOnly"] and not secret.get("optional"), comp
+        assert secret["defaultMode"] == 0o440 and spec["securityContext"]["fsGroup"] == 10001, comp
+        assert secret["secretName"].startswith("epd-curve-keys")
+        if name == "cpu-demo":  # the demo's generated key set; gpu: the user creates epd-curve-keys
+            assert set(secrets[secret["secretName"]]["data"]) == {
+                "server.key", "server.key_secret", "client.key", "client.key_secret",
+            }  # fmt: skip
+        else:
+            assert secret["secretName"] == "epd-curve-keys"
+
+
 def test_gpu_overlay_gives_each_worker_a_gpu():
     deps = deployments(rendered("gpu"))
     for comp, d in deps.items():
@@ -242,7 +264,8 @@ def test_gpu_overlay_gives_each_worker_a_gpu():
     assert deps["decode"]["spec"]["replicas"] == 2
     for comp, d in deployments(rendered("cpu-demo")).items():  # the demo: CPU, the bundled model
         c = container(d)
-        assert "nvidia.com/gpu" not in c["resources"]["limits"] and "volumeMounts" not in c
+        assert "nvidia.com/gpu" not in c["resources"]["limits"]
+        assert [m["name"] for m in c["volumeMounts"]] == ["curve-keys"], "no model volume"
         assert ENV_PREFIX[comp] + "MODEL" not in env_of(c) and "--model" not in c["command"]
 
 

@@ -43,3 +43,19 @@ def test_compose_file_is_valid(tmp_path):
         (REPO_ROOT / "docker-compose.yml").read_text().replace("condition: service_healthy", "condition: 7")
     )
     assert config(binary, broken).returncode != 0  # the binary really validates
+
+
+def test_curve_keys_are_off_by_default_and_mounted_when_given(tmp_path):
+    """EPD_CURVE_KEYS=DIR mounts DIR read-only in every service (the gpu profile's too) and points
+    its --curve-keys there; unset, the variable is empty, which the services read as no keys
+    (tests/wire/test_curve.py) and the mount an empty placeholder."""
+    from tests.router.test_compose_devices import all_services
+
+    target = "/run/secrets/epd-curve"
+    for given in ("", str(tmp_path)):
+        for name, service in all_services(EPD_CURVE_KEYS=given).items():
+            var = name.split("-")[0].upper() + "_CURVE_KEYS"
+            assert service["environment"][var] == (target if given else ""), name
+            (mount,) = [v for v in service["volumes"] if v["target"] == target]
+            assert mount["read_only"], name
+            assert mount["source"] == (given or str(REPO_ROOT / "docker" / "no-curve-keys")), name
