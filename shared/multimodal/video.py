@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from shared.multimodal.video_io import (
     probe_frames,
     probe_video,
 )
+from shared.multimodal.vision_inputs import PatchSettings, pixel_settings
 
 __all__ = [
     "VideoError",
@@ -64,12 +65,9 @@ BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
 
 
 @dataclass(frozen=True)
-class VideoProcessorConfig:
+class VideoProcessorConfig(PatchSettings):
     """Video preprocessing settings; the defaults are ``Qwen3VLVideoProcessor``'s class defaults."""
 
-    patch_size: int = 16
-    temporal_patch_size: int = 2
-    merge_size: int = 2
     min_pixels: int = 128 * 32 * 32  # size.shortest_edge: all frames together, not per frame
     max_pixels: int = 768 * 32 * 32  # size.longest_edge
     fps: float = 2.0  # frames sampled per second of video
@@ -78,19 +76,6 @@ class VideoProcessorConfig:
     do_sample_frames: bool = True
     cap_pixels_per_frame: bool = False  # qwen-vl-utils' per-frame budget; unset means off
     max_video_tokens: int = 768  # per-frame token ceiling of that cap
-    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    rescale_factor: float = 1 / 255
-    resample: int = BICUBIC
-    do_resize: bool = True
-    do_rescale: bool = True
-    do_normalize: bool = True
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def factor(self) -> int:
-        """Side length, in pixels, of one merged token: resized sides are multiples of it."""
-        return self.patch_size * self.merge_size
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VideoProcessorConfig:
@@ -103,14 +88,9 @@ class VideoProcessorConfig:
             value = data.get(key)
             return getattr(defaults, key) if value is None else value
 
-        def triple(value: Any) -> tuple[float, ...]:
-            return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * 3
-
         known = {"size", *(f for f in cls.__dataclass_fields__ if f != "extra")}
         return cls(
-            patch_size=int(get("patch_size")),
-            temporal_patch_size=int(get("temporal_patch_size")),
-            merge_size=int(get("merge_size")),
+            **pixel_settings(data, defaults),
             min_pixels=int(size.get("shortest_edge") or defaults.min_pixels),
             max_pixels=int(size.get("longest_edge") or defaults.max_pixels),
             fps=float(get("fps")),
@@ -119,13 +99,6 @@ class VideoProcessorConfig:
             do_sample_frames=bool(get("do_sample_frames")),
             cap_pixels_per_frame=bool(get("cap_pixels_per_frame")),
             max_video_tokens=int(get("max_video_tokens")),
-            image_mean=triple(get("image_mean")),
-            image_std=triple(get("image_std")),
-            rescale_factor=float(get("rescale_factor")),
-            resample=int(get("resample")),
-            do_resize=bool(get("do_resize")),
-            do_rescale=bool(get("do_rescale")),
-            do_normalize=bool(get("do_normalize")),
             extra={k: v for k, v in data.items() if k not in known},
         )
 

@@ -35,8 +35,9 @@ BICUBIC = 3
 
 
 @dataclass(frozen=True)
-class ImageProcessorConfig:
-    """Preprocessing settings; the defaults are those of the published Qwen3-VL checkpoints."""
+class PatchSettings:
+    """What image and video preprocessing share: patching, the pixel budget, resampling, rescale
+    and normalisation; the defaults are those of the published Qwen3-VL image processor."""
 
     patch_size: int = 16
     temporal_patch_size: int = 2
@@ -57,6 +58,11 @@ class ImageProcessorConfig:
         """Side length, in pixels, of one merged token: resized sides are multiples of it."""
         return self.patch_size * self.merge_size
 
+
+@dataclass(frozen=True)
+class ImageProcessorConfig(PatchSettings):
+    """Image preprocessing settings (``preprocessor_config.json``)."""
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageProcessorConfig:
         """Build from the JSON of a ``preprocessor_config.json``.
@@ -74,13 +80,6 @@ class ImageProcessorConfig:
         if data.get("max_pixels") is not None:
             max_pixels = data["max_pixels"]
 
-        def get(key: str) -> Any:
-            value = data.get(key)
-            return getattr(defaults, key) if value is None else value
-
-        def triple(value: Any) -> tuple[float, ...]:
-            return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * 3
-
         known = {
             "size",
             "min_pixels",
@@ -88,18 +87,9 @@ class ImageProcessorConfig:
             *(f for f in cls.__dataclass_fields__ if f != "extra"),
         }
         return cls(
-            patch_size=int(get("patch_size")),
-            temporal_patch_size=int(get("temporal_patch_size")),
-            merge_size=int(get("merge_size")),
+            **pixel_settings(data, defaults),
             min_pixels=int(min_pixels),
             max_pixels=int(max_pixels),
-            image_mean=triple(get("image_mean")),
-            image_std=triple(get("image_std")),
-            rescale_factor=float(get("rescale_factor")),
-            resample=int(get("resample")),
-            do_resize=bool(get("do_resize")),
-            do_rescale=bool(get("do_rescale")),
-            do_normalize=bool(get("do_normalize")),
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -137,6 +127,37 @@ class ImageProcessorConfig:
     def cache_key(self, content_hash: str) -> str:
         """Cache key of one image's encoder output: its content hash plus these settings."""
         return f"{content_hash}:{self.fingerprint()}"
+
+
+PIXEL_SETTINGS = (
+    "patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std", "rescale_factor",
+    "resample", "do_resize", "do_rescale", "do_normalize",
+)  # fmt: skip
+
+
+def pixel_settings(data: dict[str, Any], defaults: Any) -> dict[str, Any]:
+    """The settings image and video processor configs share, from a processor JSON: patching,
+    resampling, rescale and normalisation (a missing or null value keeps ``defaults``'), typed."""
+
+    def get(key: str) -> Any:
+        value = data.get(key)
+        return getattr(defaults, key) if value is None else value
+
+    def triple(value: Any) -> tuple[float, ...]:
+        return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * 3
+
+    out: dict[str, Any] = {}
+    for key in PIXEL_SETTINGS:
+        value = get(key)
+        if key in ("image_mean", "image_std"):
+            out[key] = triple(value)
+        elif key == "rescale_factor":
+            out[key] = float(value)
+        elif key.startswith("do_"):
+            out[key] = bool(value)
+        else:
+            out[key] = int(value)
+    return out
 
 
 def smart_resize(
