@@ -61,7 +61,6 @@ __all__ = [
 ]
 
 GridTHW = tuple[int, int, int]
-BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
 
 
 @dataclass(frozen=True)
