@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import signal
 import socket
 import sys
@@ -48,6 +49,26 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _reserved_port(host: str) -> int:
+    """A free port below the kernel's ephemeral range, for an address that must be chosen before
+    the process that binds it starts: a port from the ephemeral range could meanwhile be handed to
+    another service's ``--port 0`` bind (the router's inbox, which every worker reports to)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _free_port(host)
+    candidates = list(range(10000, low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return _free_port(host)
 
 
 def device_list(text: str) -> tuple[str, ...]:
@@ -115,7 +136,7 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
     def port(offset: int) -> str:
         return "0" if b == 0 else str(b + offset)
 
-    inbox = _free_port(args.host) if b == 0 else b + 300
+    inbox = _reserved_port(args.host) if b == 0 else b + 300
     report = ("--report-to", f"tcp://{args.host}:{inbox}")  # every worker registers and reports load
     specs = []
     for i in range(args.encoders):
