@@ -74,7 +74,9 @@ class RouterConfig:
     )
     heartbeat_timeout_s: float = flag(3.0, help="a worker whose load reports stop this long is taken as gone")
     max_retries: int = flag(
-        2, help="resubmissions of a request that failed before any token reached the client"
+        2,
+        help="resubmissions of a request whose worker failed or died: before its first token a retry, "
+        "after it a migration (the prompt and the tokens streamed so far, continued elsewhere)",
     )
     start_timeout_s: float = flag(300.0, help="seconds to wait for the workers' ready files")
     ready_file: Path | None = flag(None, help="write a JSON file with the HTTP URL once the cluster is ready")

@@ -1,12 +1,19 @@
 """A request as the orchestrator sees it (``Job``, its ``LoadedImage`` images and videos), what it
 tells the HTTP side (``Event``), and the wire messages one attempt of a job sends
-(``prefill_request``, ``encode_request``)."""
+(``prefill_request``, ``encode_request``).
+
+A job remembers the tokens it streamed to the client (``Job.streamed``). An attempt after some
+were streamed (a migration: the worker that held the request died) runs the prompt followed by
+those tokens, text positions after the prompt's layout, with ``max_tokens`` less what was streamed
+and the sampler's draws counted from there (``SamplingParams.draw_offset``): the engine samples the
+token that comes next, as the lost worker would have.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from router.timing import RequestTiming
 from shared.engine import SamplingParams
@@ -93,6 +100,15 @@ class Job:
     sink: Callable[[Event], None]  # thread-safe: hands an event to the HTTP side
     timing: RequestTiming = field(default_factory=RequestTiming.untraced)
     submitted: float = field(default_factory=time.monotonic)
+    streamed: list[int] = field(default_factory=list)  # token ids sent to the client so far
+
+    def resumable(self, tokens: VisionTokens) -> bool:
+        """Whether an attempt can continue after what was streamed: tokens remain to sample and
+        none streamed is a vision placeholder (a prompt cannot hold one without its features)."""
+        placeholders = (tokens.image_token_id, tokens.video_token_id)
+        return len(self.streamed) < self.params.max_tokens and not any(
+            t in placeholders for t in self.streamed
+        )
 
 
 def prefill_request(
@@ -100,11 +116,20 @@ def prefill_request(
 ) -> PrefillRequest:
     trace = job.timing.trace()
     layout = prompt_layout(job.prompt_ids, job.images, tokens)
-    segments = layout.segments if layout else ()
+    segments = [
+        MRopeSegment(s.start, s.length, s.position, s.grid) for s in (layout.segments if layout else ())
+    ]
+    done = len(job.streamed)
+    params = job.params
+    if done:  # a migration: the streamed tokens end the prompt, as text after it
+        t = len(job.prompt_ids)
+        if layout is not None:
+            segments.append(MRopeSegment(t, done, t + layout.delta, None))
+        params = replace(params, max_tokens=params.max_tokens - done, draw_offset=params.draw_offset + done)
     return PrefillRequest(
         request_id=wire_id,
-        prompt_token_ids=list(job.prompt_ids),
-        layout=[MRopeSegment(s.start, s.length, s.position, s.grid) for s in segments],
+        prompt_token_ids=[*job.prompt_ids, *job.streamed],
+        layout=segments,
         mrope_delta=layout.delta if layout else 0,
         images=[
             ImagePlacement(
@@ -112,7 +137,7 @@ def prefill_request(
             )
             for i, im in enumerate(job.images)
         ],
-        sampling=sampling_to_wire(job.params),
+        sampling=sampling_to_wire(params),
         decode_address=decode_kv,
         reply_to=reply_to,
         deadline=trace.clock + max(0.1, job.deadline - time.monotonic()),

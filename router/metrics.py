@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from shared.timeline import stage_histogram
 from shared.wire.security import export_refusals
@@ -15,11 +15,17 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 class RouterMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...
         self.requests = Counter(
             "router_requests", "HTTP requests, by route and status", ["route", "status"], registry=r
         )
         self.errors = Counter("router_errors", "Errors answered, by kind", ["kind"], registry=r)
         self.retries = Counter("router_retries", "Requests resubmitted after a stage failed", registry=r)
+        self.migrations = Counter(
+            "router_migrations",
+            "Requests resubmitted with the tokens already streamed (a worker died mid-answer)",
+            registry=r,
+        )
         self.aborts = Counter(
             "router_aborts", "Requests aborted in the workers, by reason", ["reason"], registry=r
         )

@@ -19,10 +19,14 @@ Request life cycle (one loop turn: commands, receive, timeouts):
    aware: a known image goes without its bytes to the encoder that has it; a ``CacheMiss``
    resends it with bytes); send ``PrefillRequest`` then the ``EncodeRequest``s.
 3. Tokens: the first from prefill, the rest from decode, forwarded as they come.
-4. A stage error, a worker gone (silent, leaving, or unready if configured): if no token reached the
-   client yet and retries are left, the attempt is aborted and the job dispatched again avoiding
-   the worker of the stage that failed (``StageError.stage``: the decode worker for ``decode``,
-   else the prefill worker) (wire id ``<rid>.r<n>``); otherwise the client gets the error.
+4. A stage error, a worker gone (silent, leaving, or unready if configured): while attempts are
+   left, the attempt is aborted and the job dispatched again avoiding the worker of the stage that
+   failed (``StageError.stage``: the decode worker for ``decode``, else the prefill worker) (wire
+   id ``<rid>.r<n>``); otherwise the client gets the error. Before the first token that is a
+   retry; after it a migration: the new attempt runs the prompt followed by the tokens already
+   streamed (``router.jobs``), so the client's stream goes on where it stopped, nothing repeated.
+   The prefill worker is needed until the decode worker has taken the KV over (its first token):
+   a prefill worker gone before that fails the attempt too.
 5. End: finish reason, error, deadline, or ``abort`` (client gone, stop string): the request is
    aborted in prefill and decode (best effort) and its slot and load counts are released.
 """
@@ -65,6 +69,12 @@ class Live:
     tokens: int = 0
     tried: set[str] = field(default_factory=set)  # worker addresses that failed this job
     prefill_done: bool = False
+    resumed: int = 0  # tokens streamed before this attempt (a migration)
+
+    @property
+    def decoding(self) -> bool:
+        """The decode worker has produced a token of this attempt: it holds the KV, prefill is done."""
+        return self.tokens - self.resumed > 1
 
 
 class Orchestrator(Backend):
@@ -227,7 +237,10 @@ class Orchestrator(Backend):
         wire_id = job.rid if attempt == 0 else f"{job.rid}.r{attempt}"
         if attempt == 0:
             job.timing.stamp(StageName.ADMISSION, job.submitted, now)
-        live = Live(job, wire_id, attempt, prefill, decode, plan, tried=tried)
+        live = Live(job, wire_id, attempt, prefill, decode, plan, tried=tried, resumed=len(job.streamed))
+        if job.streamed:  # a migration: the request's token timing goes on
+            live.submitted, live.tokens = job.submitted, len(job.streamed)
+            live.first = live.last = now
         self.live[wire_id], self.by_rid[job.rid] = live, live
         prefill.inflight += 1
         decode.inflight += 1
@@ -259,9 +272,9 @@ class Orchestrator(Backend):
             live = self.live.get(rec.request_id)
             if live is None:
                 continue
-            if live.tokens == 0:
-                self._release_prefill(live)
+            self._release_prefill(live)
             live.job.timing.add(rec.stamps)
+            live.job.streamed.extend(rec.token_ids)
             n, ended = len(rec.token_ids), rec.finish_reason is not None
             for _ in range(n):
                 self.metrics.token(live, now)
@@ -275,21 +288,24 @@ class Orchestrator(Backend):
                 self._end(live)
 
     def _failed(self, live: Live, kind: ErrorKind, message: str, stage: Stage) -> None:
-        """An attempt failed at ``stage``. Retryable, before the first token, with retries and time
-        left: run the job again avoiding that stage's worker (encoders are not avoided: images go
-        where they are cached, so an encoder's failure, like prefill's own, moves the job to
-        another prefill worker). Otherwise the client gets the error."""
+        """An attempt failed at ``stage``. Retryable, with attempts and time left, and (after tokens
+        were streamed) resumable: run the job again avoiding that stage's worker (encoders are not
+        avoided: images go where they are cached, so an encoder's failure, like prefill's own,
+        moves the job to another prefill worker). Otherwise the client gets the error."""
         job = live.job
         if (
             kind in RETRYABLE
-            and live.tokens == 0
+            and (not job.streamed or job.resumable(self.tokens))
             and live.attempt < self.max_retries
             and time.monotonic() < job.deadline
         ):
+            how = f"migrating after {len(job.streamed)} tokens" if job.streamed else "retrying"
             log.warning(
-                "attempt %d failed (%s); retrying", live.attempt, message, extra={"request_id": job.rid}
+                "attempt %d failed (%s); %s", live.attempt, message, how, extra={"request_id": job.rid}
             )
             self.metrics.retries.inc()
+            if job.streamed:
+                self.metrics.migrations.inc()
             tried = live.tried | {live.decode.kv if stage is Stage.DECODE else live.prefill.zmq}
             self._end(live, abort="retrying elsewhere", keep_slot=True)
             self._dispatch(job, live.attempt + 1, tried)
@@ -310,7 +326,7 @@ class Orchestrator(Backend):
                 self._failed(
                     live, ErrorKind.UNAVAILABLE, f"decode worker {live.decode.kv} is gone", Stage.DECODE
                 )
-            elif live.tokens == 0 and not alive(live.prefill):
+            elif not live.decoding and not alive(live.prefill):
                 self._failed(
                     live, ErrorKind.UNAVAILABLE, f"prefill worker {live.prefill.zmq} is gone", Stage.PREFILL
                 )

@@ -156,7 +156,10 @@ class Engine:
             return []
         seqs = [s.seq for s in sampling]
         sampled = self.sampler(
-            logits, [s.params for s in seqs], [s.generator for s in seqs], [s.num_output_tokens for s in seqs]
+            logits,
+            [s.params for s in seqs],
+            [s.generator for s in seqs],
+            [s.num_output_tokens + s.params.draw_offset for s in seqs],
         )
         outputs = []
         for i, seq in enumerate(seqs):

@@ -35,6 +35,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; n >= 0: the chosen token's logprob and the top n
+    # Tokens an earlier attempt sampled (a migrated request: its prompt ends with them): a seeded
+    # request's draws continue from there (``shared.engine.sampler``).
+    draw_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
@@ -43,6 +46,8 @@ class SamplingParams:
             raise ValueError("max_tokens must be >= 1")
         if self.logprobs is not None and self.logprobs < 0:
             raise ValueError("logprobs must be >= 0")
+        if self.draw_offset < 0:
+            raise ValueError("draw_offset must be >= 0")
 
     @property
     def greedy(self) -> bool:

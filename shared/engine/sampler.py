@@ -8,12 +8,14 @@ Sampling draws ``argmax(p / e)`` with ``e ~ Exp(1)`` per token, which picks toke
 probability p_i (the exponential race). Logprobs are those of the raw logits (before temperature
 and filters), as vLLM reports them.
 
-Seeds: the n-th token of a request with a seed (n = tokens it sampled before) is drawn from its
-generator reseeded with ``draw_seed(seed, n)``, so its whole random state is two integers that
+Seeds: the n-th token of a request with a seed (n = tokens it sampled before, counting those of
+an earlier attempt: ``SamplingParams.draw_offset``) is drawn from its generator reseeded with
+``draw_seed(seed, n)``, so its whole random state is two integers that
 every engine derives from the sequence itself; nothing of a generator travels. Guarantee: a
 seeded request's tokens depend only on its seed, prompt and sampling parameters and on the
 device kind that samples each step, not on its batch companions, and a request handed between
-engines of the same device kind gets exactly the tokens one engine gives. CPU and CUDA generators
+engines of the same device kind, or re-run elsewhere from its prompt and the tokens it had
+streamed (a migrated request), gets exactly the tokens one engine gives. CPU and CUDA generators
 give different streams, so a CPU-prefill/GPU-decode split reproduces only runs with the same split.
 Rows without a seed share the sampler's generator.
 

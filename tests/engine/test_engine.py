@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -135,3 +137,18 @@ def test_prefix_cache_reuses_and_evicts(lm):
     run(engine, [Request("d", ids, GREEDY)])
     assert engine.scheduler.num_cached_tokens == 32  # no new hit
     assert engine.num_free_blocks == 20
+
+
+@pytest.mark.parametrize(
+    "params", [GREEDY, SamplingParams(temperature=1.0, seed=7, max_tokens=8, ignore_eos=True)]
+)
+def test_a_request_resumed_from_its_streamed_tokens_goes_on_as_before(params, lm):
+    """A migrated request (``draw_offset``): its prompt plus the first k tokens it produced, asked
+    for the rest, gives the tokens the undisturbed run gave after those k (seeded draws included)."""
+    ids = build([20], lm.config, seed=3).ids
+    config = EngineConfig(block_size=16, num_blocks=64)
+    whole = [o.token_id for o in run(Engine(lm, config), [Request("a", ids, params)])["a"]]
+    for k in (1, 5):
+        rest = replace(params, max_tokens=params.max_tokens - k, draw_offset=k)
+        resumed = run(Engine(lm, config), [Request("b", ids + whole[:k], rest)])["b"]
+        assert [o.token_id for o in resumed] == whole[k:]

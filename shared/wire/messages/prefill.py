@@ -43,6 +43,8 @@ class Sampling:
     stop_token_ids: list[int] = rule(ge=0, le=MAX_TOKEN_ID, max_len=MAX_STOP_TOKENS)
     ignore_eos: bool
     logprobs: int | None = rule(ge=0, le=20)
+    # a migrated request: the tokens earlier attempts sampled, now the end of its prompt
+    draw_offset: int = rule(ge=0, le=MAX_PROMPT_TOKENS, default=0)
 
 
 @struct
