@@ -17,8 +17,11 @@ Request life cycle (one loop turn: commands, receive, timeouts):
 1. ``submit`` takes an admission slot (``max_inflight``) and queues the job (503 when full).
 2. Dispatch: pick a prefill and a decode worker by load and the encoders for the images (cache-
    aware: a known image goes without its bytes to the encoder that has it; a ``CacheMiss``
-   resends it with bytes); send ``PrefillRequest`` then the ``EncodeRequest``s.
-3. Tokens: the first from prefill, the rest from decode, forwarded as they come.
+   resends it with bytes); send ``PrefillRequest`` then the ``EncodeRequest``s. With no usable
+   worker for a stage the attempt waits (``parked``) up to ``--heartbeat-timeout-s`` for one: a
+   worker whose reports were late under load, or a replacement joining.
+3. Tokens: the first from prefill, the rest from decode, forwarded in order (``SequenceTokens.index``:
+   two senders, so decode's tokens may come before prefill's first; they wait for it).
 4. A stage error, a worker gone (silent, leaving, or unready if configured): while attempts are
    left, the attempt is aborted and the job dispatched again avoiding the worker of the stage that
    failed (``StageError.stage``: the decode worker for ``decode``, else the prefill worker) (wire
@@ -48,11 +51,20 @@ from router.metrics import RouterMetrics
 from router.workers import Decode, Encoder, Member, Prefill, Workers
 from shared.timeline import StageName
 from shared.wire import CacheMiss, DealerSocket, PullSocket, PushPool, StageError, WireError
-from shared.wire.messages import AbortRequest, ErrorKind, LoadReport, RouterHeartbeat, Stage, TokenBatch
+from shared.wire.messages import (
+    AbortRequest,
+    ErrorKind,
+    LoadReport,
+    RouterHeartbeat,
+    SequenceTokens,
+    Stage,
+    TokenBatch,
+)
 
 log = logging.getLogger("router.orchestrator")
 RETRYABLE = {ErrorKind.UNAVAILABLE, ErrorKind.OVERLOADED, ErrorKind.INTERNAL}
 HEARTBEAT_S = 0.5  # between this router's heartbeats to each worker
+MAX_HELD = 4096  # token records of one attempt held for their turn (decode's before prefill's first)
 
 
 @dataclass
@@ -70,11 +82,17 @@ class Live:
     tried: set[str] = field(default_factory=set)  # worker addresses that failed this job
     prefill_done: bool = False
     resumed: int = 0  # tokens streamed before this attempt (a migration)
+    decoding: bool = False  # decode produced a token of this attempt: it holds the KV, prefill is done
+    next_index: int = 0  # of the attempt's next output token to stream
+    held: dict[int, SequenceTokens] = field(default_factory=dict)  # records that came before their turn
 
-    @property
-    def decoding(self) -> bool:
-        """The decode worker has produced a token of this attempt: it holds the KV, prefill is done."""
-        return self.tokens - self.resumed > 1
+
+@dataclass
+class Parked:
+    job: Job
+    attempt: int
+    tried: set[str]
+    until: float  # monotonic: no worker by then -> overloaded
 
 
 class Orchestrator(Backend):
@@ -89,6 +107,7 @@ class Orchestrator(Backend):
         self.max_per_worker, self.max_retries = max_per_worker, max_retries
         self.live: dict[str, Live] = {}  # by wire id
         self.by_rid: dict[str, Live] = {}
+        self.parked: dict[str, Parked] = {}  # by request id: attempts waiting for a usable worker
 
     def start(self, timeout: float = 10.0) -> None:
         super().start(timeout)
@@ -196,6 +215,9 @@ class Orchestrator(Backend):
                 case Abort(rid, reason):
                     if (live := self.by_rid.get(rid)) is not None:
                         self._end(live, abort=reason)
+                    elif self.parked.pop(rid, None) is not None:
+                        self.metrics.aborts.labels(reason.split(":")[0]).inc()
+                        self.slots.release()
                 case Snapshot(future):
                     future.set_result(self._snapshot())
 
@@ -221,7 +243,10 @@ class Orchestrator(Backend):
                     req = encode_request(live.job, live.wire_id, msg.image_indexes, live.prefill.inbox, True)
                     self._send(self.encoder_socks[address], req)
 
-    def _dispatch(self, job: Job, attempt: int, tried: set[str]) -> None:
+    def _dispatch(self, job: Job, attempt: int, tried: set[str], until: float | None = None) -> None:
+        """Send an attempt to workers. With none usable for a stage, the job waits for one (a
+        worker's reports may be late under load, or a replacement joining) until ``until``, at
+        most ``--heartbeat-timeout-s`` from its first try, then fails as overloaded."""
         now = time.monotonic()
         prefill = self.workers.pick_prefill(tried, self.max_per_worker, now)
         decode = self.workers.pick_decode(tried, now)
@@ -230,6 +255,12 @@ class Orchestrator(Backend):
         plan = self.workers.assign_images(hashes, now) if job.images else {}
         if prefill is None or decode is None or (job.images and not plan):
             stage = "prefill" if prefill is None else "decode" if decode is None else "encoder"
+            until = min(job.deadline, now + self.workers.heartbeat_timeout_s) if until is None else until
+            if now < until:
+                self.by_rid.pop(job.rid, None)
+                self.parked[job.rid] = Parked(job, attempt, tried, until)
+                return
+            log.warning("no %s worker is available", stage, extra={"request_id": job.rid})
             self._finish_job(
                 job, Event(error=ErrorKind.OVERLOADED, message=f"no {stage} worker is available")
             )
@@ -267,25 +298,41 @@ class Orchestrator(Backend):
         )
 
     def _tokens(self, batch: TokenBatch) -> None:
-        now = time.monotonic()
         for rec in batch.records:
             live = self.live.get(rec.request_id)
             if live is None:
                 continue
-            self._release_prefill(live)
-            live.job.timing.add(rec.stamps)
-            live.job.streamed.extend(rec.token_ids)
-            n, ended = len(rec.token_ids), rec.finish_reason is not None
-            for _ in range(n):
-                self.metrics.token(live, now)
-            lps: list[float | None] = list(rec.logprobs) if rec.logprobs is not None else [None] * n
-            top = [
-                list(zip(ids, lp, strict=True))
-                for ids, lp in zip(rec.top_token_ids, rec.top_logprobs, strict=True)
-            ]
-            live.job.sink(Event(list(zip(rec.token_ids, lps, strict=True)), top, finish=rec.finish_reason))
-            if ended:
-                self._end(live)
+            live.decoding = live.decoding or rec.index > 0
+            if rec.index != live.next_index:  # decode's tokens overtook prefill's first: hold them
+                if rec.index > live.next_index and len(live.held) < MAX_HELD:
+                    live.held[rec.index] = rec
+                elif rec.index > live.next_index:
+                    self._failed(live, ErrorKind.INTERNAL, "token records out of order", Stage.ROUTER)
+                continue
+            while rec is not None:
+                if self._stream(live, rec):
+                    break
+                rec = live.held.pop(live.next_index, None)
+
+    def _stream(self, live: Live, rec: SequenceTokens) -> bool:
+        """Forward a record in its turn to the client; True when it ended the request."""
+        now = time.monotonic()
+        live.next_index += len(rec.token_ids)
+        self._release_prefill(live)
+        live.job.timing.add(rec.stamps)
+        live.job.streamed.extend(rec.token_ids)
+        n, ended = len(rec.token_ids), rec.finish_reason is not None
+        for _ in range(n):
+            self.metrics.token(live, now)
+        lps: list[float | None] = list(rec.logprobs) if rec.logprobs is not None else [None] * n
+        top = [
+            list(zip(ids, lp, strict=True))
+            for ids, lp in zip(rec.top_token_ids, rec.top_logprobs, strict=True)
+        ]
+        live.job.sink(Event(list(zip(rec.token_ids, lps, strict=True)), top, finish=rec.finish_reason))
+        if ended:
+            self._end(live)
+        return ended
 
     def _failed(self, live: Live, kind: ErrorKind, message: str, stage: Stage) -> None:
         """An attempt failed at ``stage``. Retryable, with attempts and time left, and (after tokens
@@ -314,6 +361,9 @@ class Orchestrator(Backend):
         self._end(live, abort=f"failed: {kind}", event=Event(error=kind, message=message))
 
     def _check(self, now: float) -> None:
+        parked, self.parked = self.parked, {}
+        for p in parked.values():
+            self._dispatch(p.job, p.attempt, p.tried, p.until)
         alive = lambda w: self.workers.alive(w, now)  # noqa: E731
         for live in list(self.live.values()):
             if now > live.job.deadline:
@@ -340,9 +390,9 @@ class Orchestrator(Backend):
         waiting = [v for v in self.live.values() if v.tokens == 0]
         self.metrics.queue.labels("admission").set(self.commands.qsize())
         self.metrics.queue.labels("encoder").set(sum(e.inflight for e in self.workers.encoders.values()))
-        self.metrics.queue.labels("prefill").set(len(waiting))
+        self.metrics.queue.labels("prefill").set(len(waiting) + len(self.parked))
         self.metrics.queue.labels("decode").set(len(self.live) - len(waiting))
-        self.metrics.inflight.set(len(self.by_rid))
+        self.metrics.inflight.set(len(self.by_rid) + len(self.parked))
 
     def _end(self, live: Live, abort: str = "", event: Event | None = None, keep_slot: bool = False) -> None:
         """Forget an attempt: abort it in the workers (when it did not finish by itself), release

@@ -26,6 +26,7 @@ def sequence_tokens(outs: list[TokenOutput], stamps: list[StageStamp] | None = N
         [[lp for _, lp in top] for top in tops] if tops[0] else [],
         finish_reason(outs[-1].finish_reason),
         stamps or [],
+        outs[0].index,
     )
 
 

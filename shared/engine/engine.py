@@ -167,7 +167,14 @@ class Engine:
             seq.token_ids.append(token)
             reason = self._stop_reason(seq, token)
             outputs.append(
-                TokenOutput(seq.request_id, token, sampled.logprobs[i], sampled.top_logprobs[i], reason)
+                TokenOutput(
+                    seq.request_id,
+                    token,
+                    sampled.logprobs[i],
+                    sampled.top_logprobs[i],
+                    reason,
+                    seq.num_output_tokens - 1,
+                )
             )
             if reason is not None:
                 seq.finish_reason = reason

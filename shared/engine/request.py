@@ -148,6 +148,7 @@ class TokenOutput:
     logprob: float | None = None  # of the chosen token, from the raw logits
     top_logprobs: list[tuple[int, float]] | None = None  # the top n (token, logprob), best first
     finish_reason: FinishReason | None = None
+    index: int = 0  # its place among the request's output tokens (0: the first)
 
     @property
     def finished(self) -> bool:

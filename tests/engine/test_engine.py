@@ -147,7 +147,9 @@ def test_a_request_resumed_from_its_streamed_tokens_goes_on_as_before(params, lm
     for the rest, gives the tokens the undisturbed run gave after those k (seeded draws included)."""
     ids = build([20], lm.config, seed=3).ids
     config = EngineConfig(block_size=16, num_blocks=64)
-    whole = [o.token_id for o in run(Engine(lm, config), [Request("a", ids, params)])["a"]]
+    outs = run(Engine(lm, config), [Request("a", ids, params)])["a"]
+    assert [o.index for o in outs] == list(range(params.max_tokens))
+    whole = [o.token_id for o in outs]
     for k in (1, 5):
         rest = replace(params, max_tokens=params.max_tokens - k, draw_offset=k)
         resumed = run(Engine(lm, config), [Request("b", ids + whole[:k], rest)])["b"]

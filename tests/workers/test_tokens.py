@@ -15,7 +15,10 @@ pytestmark = pytest.mark.unit
 
 
 def test_a_record_holds_a_requests_coalesced_tokens_in_order() -> None:
-    a = [TokenOutput("a", t, -0.5 * i, [(t, -0.5 * i), (9, -3.0)]) for i, t in enumerate((5, 6, 7))]
+    a = [
+        TokenOutput("a", t, -0.5 * i, [(t, -0.5 * i), (9, -3.0)], index=4 + i)
+        for i, t in enumerate((5, 6, 7))
+    ]
     a[-1].finish_reason = EngineFinish.LENGTH
     b = [TokenOutput("b", 8)]
     stamp = StageStamp("decode", 1.7e9, 0.2)
@@ -24,6 +27,7 @@ def test_a_record_holds_a_requests_coalesced_tokens_in_order() -> None:
     assert (ra.request_id, ra.token_ids, ra.logprobs) == ("a", [5, 6, 7], [0.0, -0.5, -1.0])
     assert ra.top_token_ids == [[5, 9], [6, 9], [7, 9]] and ra.top_logprobs[2] == [-1.0, -3.0]
     assert ra.finish_reason is FinishReason.LENGTH and [s.stage for s in ra.stamps] == ["decode"]
+    assert (ra.index, rb.index) == (4, 0)  # the place of a record's first token among the outputs
     assert (rb.token_ids, rb.logprobs, rb.top_token_ids, rb.finish_reason, rb.stamps) == (
         [8],
         None,

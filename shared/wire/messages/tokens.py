@@ -6,7 +6,9 @@
   with a record for every request of that router that advanced, or ``StageError``.
 
 A ``TokenBatch`` holds one ``SequenceTokens`` record per sequence. A record carries a list of
-tokens (one today; several once a sender coalesces steps) with their logprobs and top-n, the
+tokens (one, or several when a sender coalesces steps) with their logprobs and top-n, the place
+of its first token among the sequence's output tokens (``index``: prefill's first token is 0; the
+router puts records from prefill and decode, two senders, back in order by it), the
 finish reason (None: the request goes on) and the ``StageStamp``s of the stages that produced the
 tokens (prefill's first token: the encoders' and its own; decode: the hand-off and queue with its
 first token, ``decode`` with its last), which the router assembles into the request's timeline.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import enum
 
-from shared.wire.messages.common import MAX_TOKEN_ID, REQUEST_ID, SOURCE, StageStamp
+from shared.wire.messages.common import MAX_PROMPT_TOKENS, MAX_TOKEN_ID, REQUEST_ID, SOURCE, StageStamp
 from shared.wire.schema import message, rule, struct
 
 MAX_BATCH = 4096  # records in one batch
@@ -48,6 +50,7 @@ class SequenceTokens:
     top_logprobs: list[list[float]] = rule(max_len=MAX_RECORD_TOKENS, default_factory=list)
     finish_reason: FinishReason | None = None
     stamps: list[StageStamp] = rule(max_len=MAX_STAMPS, default_factory=list)
+    index: int = rule(ge=0, le=MAX_PROMPT_TOKENS, default=0)  # of its first token among the outputs
 
     def validate(self) -> None:
         n = len(self.token_ids)

@@ -1,0 +1,89 @@
+"""The orchestrator's bookkeeping, its thread not started: token records from prefill and decode
+(two senders) reach the client in the order of their ``index``, and an attempt that finds no
+usable worker waits for one (a late report, a replacement) until ``--heartbeat-timeout-s``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from router.jobs import Event, Job, VisionTokens
+from router.metrics import RouterMetrics
+from router.orchestrator import Live, Orchestrator
+from router.workers import Decode, Prefill, Workers
+from shared.engine import SamplingParams
+from shared.wire.messages import ErrorKind, FinishReason, SequenceTokens, TokenBatch
+
+pytestmark = pytest.mark.unit
+
+TIMEOUT = 0.3
+
+
+def orchestrator() -> Orchestrator:
+    workers = Workers({}, {}, TIMEOUT)
+    tokens = VisionTokens(9, 10, 2)
+    return Orchestrator(
+        workers, RouterMetrics(), inbox="tcp://127.0.0.1:0", advertise_host="127.0.0.1", tokens=tokens,
+        max_inflight=4, max_per_worker=4, max_retries=2,
+    )  # fmt: skip
+
+
+def job(events: list[Event]) -> Job:
+    return Job(
+        "rid",
+        [1, 2, 3],
+        [],
+        SamplingParams(temperature=0, max_tokens=6),
+        time.monotonic() + 60,
+        events.append,
+    )
+
+
+def record(index: int, *ids: int, finish: FinishReason | None = None) -> TokenBatch:
+    return TokenBatch("x", [SequenceTokens("rid", list(ids), index=index, finish_reason=finish)])
+
+
+def test_decode_tokens_that_overtake_the_first_token_wait_for_it() -> None:
+    orch, events = orchestrator(), []
+    j = job(events)
+    assert orch.slots.acquire(blocking=False)
+    live = Live(j, "rid", 0, Prefill(zmq="p", inbox="pi"), Decode(kv="d", control="dc"), {})
+    live.prefill.inflight = live.decode.inflight = 1
+    orch.live["rid"], orch.by_rid["rid"] = live, live
+    orch._tokens(record(1, 21))  # decode's first two steps, before prefill's token
+    orch._tokens(record(2, 22, 23))
+    assert events == [] and live.decoding  # held; and the decode worker has the KV
+    orch._tokens(record(0, 20))  # prefill's first token: everything flows
+    orch._tokens(record(1, 21))  # a stale duplicate is dropped
+    orch._tokens(record(4, 24, 25, finish=FinishReason.LENGTH))
+    assert [t for e in events for t, _ in e.tokens] == [20, 21, 22, 23, 24, 25]
+    assert events[-1].finish is FinishReason.LENGTH
+    assert j.streamed == [20, 21, 22, 23, 24, 25]
+    assert "rid" not in orch.live and "rid" not in orch.by_rid
+    assert (live.prefill.inflight, live.decode.inflight) == (0, 0)
+
+
+def test_an_attempt_without_workers_waits_for_one_then_fails_as_overloaded() -> None:
+    orch, events = orchestrator(), []
+    assert orch.slots.acquire(blocking=False)
+    orch._dispatch(job(events), 0, set())
+    assert events == [] and "rid" in orch.parked  # waits: nothing usable yet
+    orch._check(time.monotonic())
+    assert events == [] and "rid" in orch.parked
+    time.sleep(TIMEOUT + 0.05)
+    orch._check(time.monotonic())
+    assert not orch.parked and events[-1].error is ErrorKind.OVERLOADED
+    assert "no prefill worker is available" in events[-1].message
+    assert orch.slots.acquire(blocking=False)  # its slot came back
+
+
+def test_a_waiting_attempt_can_be_aborted() -> None:
+    orch, events = orchestrator(), []
+    assert orch.slots.acquire(blocking=False)
+    orch._dispatch(job(events), 0, set())
+    orch.abort("rid", "client gone")
+    orch._commands()
+    assert not orch.parked and events == []
+    for _ in range(4):  # every slot is free again
+        assert orch.slots.acquire(blocking=False)
