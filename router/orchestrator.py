@@ -309,10 +309,9 @@ class Orchestrator(Backend):
                 elif rec.index > live.next_index:
                     self._failed(live, ErrorKind.INTERNAL, "token records out of order", Stage.ROUTER)
                 continue
-            while rec is not None:
-                if self._stream(live, rec):
-                    break
-                rec = live.held.pop(live.next_index, None)
+            turn: SequenceTokens | None = rec
+            while turn is not None and not self._stream(live, turn):
+                turn = live.held.pop(live.next_index, None)
 
     def _stream(self, live: Live, rec: SequenceTokens) -> bool:
         """Forward a record in its turn to the client; True when it ended the request."""
