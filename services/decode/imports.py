@@ -6,7 +6,8 @@ bounded FIFO (the prefill worker is told ``queued`` and keeps its copy) until bl
 its deadline passes, and beyond that bound it is refused as ``overloaded``. Data is therefore
 never sent without room and never dropped. A state the engine cannot turn into a sequence is
 refused (``bad_request``) at once, and the other messages of the same batch are handled as
-usual. The KV then arrives while prefill still computes: as ``KVLayer`` pieces copied into the
+usual (a prompt or sampled token outside the vocabulary too: it would fail every step that runs
+it). The KV then arrives while prefill still computes: as ``KVLayer`` pieces copied into the
 blocks (zmq), or written into them by the sender with ``KVProgress`` after each landed batch
 (mooncake; nothing is copied here). ``KVDone`` brings the first token and ends the import. A
 granted transfer must show progress every ``transfer_timeout_s``: otherwise the prefill worker is
@@ -94,6 +95,9 @@ class Importer:
         if self.known(rid):
             self._refuse(rid, ErrorKind.BAD_REQUEST, "request id already in use here")
             return
+        if (bad := self._outside_vocab(msg.token_ids)) is not None:
+            self._refuse(rid, ErrorKind.BAD_REQUEST, bad)
+            return
         clock = RequestClock.received(msg.trace)
         if not self.pending and self._try_begin(msg, clock) is not Admission.FULL:
             return
@@ -136,7 +140,7 @@ class Importer:
             return  # dropped meanwhile (abort, timeout)
         try:
             self.engine.import_kv_layer(msg.request_id, msg.layer, msg.keys, msg.values, msg.start)
-        except (KeyError, ValueError) as e:
+        except UNUSABLE_STATE as e:  # torch may refuse a tensor the checks let through
             self._fail_import(imp, ErrorKind.BAD_REQUEST, f"bad KV layer {msg.layer}: {e}")
             return
         imp.layers.add(msg.layer)
@@ -154,6 +158,9 @@ class Importer:
         imp = self.importing.get(msg.request_id)
         if imp is None:
             return
+        if (bad := self._outside_vocab(msg.sampled)) is not None:
+            self._fail_import(imp, ErrorKind.BAD_REQUEST, bad)
+            return
         # Written by the sender when nothing arrived as frames and this receiver takes writes.
         written = self.receiver.one_sided and not imp.layers
         try:
@@ -168,6 +175,11 @@ class Importer:
         self.bytes_copied += imp.copied
         self.receiver.ack(msg.request_id)
         self.on_imported(imp.msg, imp)
+
+    def _outside_vocab(self, token_ids: list[int]) -> str | None:
+        vocab = self.engine.model_config.text.vocab_size
+        top = max(token_ids, default=0)
+        return f"token {top} is outside the vocabulary of {vocab}" if top >= vocab else None
 
     def expire(self) -> None:
         now = time.monotonic()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from shared.timeline import stage_histogram
 
@@ -12,6 +12,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 class DecodeMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...
         self.errors = Counter("decode_errors", "Errors reported, by kind", ["kind"], registry=r)
         self.running = Gauge("decode_running_requests", "Sequences in the running batch", registry=r)
         self.queued = Gauge("decode_queued_requests", "Waiting, swapped, importing or pending", registry=r)
@@ -43,3 +44,12 @@ class DecodeMetrics:
             registry=r,
         )
         self.stages = stage_histogram("decode", r)  # shared.timeline: this worker's stages
+        self.malformed = Counter(
+            "decode_malformed_messages", "Messages that failed decoding or validation", registry=r
+        )
+        self.oversized_drops = Counter(
+            "decode_oversized_drops", "Connections ZMQ dropped for a frame over the size limit", registry=r
+        )
+        self.protocol_drops = Counter(
+            "decode_protocol_drops", "Connections ZMQ dropped for a protocol error", registry=r
+        )

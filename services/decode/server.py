@@ -8,7 +8,10 @@ Sockets:
 * a ``KVReceiver`` (``shared.transfer``, a ROUTER at ``--kv-port``): prefill workers reserve
   room, send KV, get grants and acks on the same connection; with ``--kv-transfer mooncake`` the
   pool is registered with Mooncake's Transfer Engine and prefill writes the KV into it directly.
-* ``PULL`` at ``--port`` (control): ``AbortRequest`` and ``RouterHeartbeat`` from routers.
+* ``PULL`` at ``--port`` (control): ``AbortRequest`` and ``RouterHeartbeat`` from routers; a
+  malformed one has nobody to answer (neither names a reply address worth trusting): it is counted
+  and logged, like the malformed transfer messages the receiver answered. Connections ZMQ drops
+  for an oversized frame are counted on every bound socket (``shared.wire.monitor``).
 * ``PUSH`` to each request's ``reply_to`` (``PushPool``): one ``TokenBatch`` per step and router,
   or ``StageError``; ``LoadReport`` to every router of ``--report-to`` each ``--report-interval-s``
   (``services.common.membership``: registration, heartbeat, drain). A router gone silent: its
@@ -44,7 +47,7 @@ from services.decode.metrics import DecodeMetrics
 from shared.engine import Engine, TokenOutput
 from shared.timeline import RequestClock, Service, StageName, Tracer, observe
 from shared.transfer import KVReceiver
-from shared.wire import PullSocket, PushPool, StageError, WireError
+from shared.wire import PullSocket, PushPool, StageError, WireError, monitor
 from shared.wire.messages import (
     AbortRequest,
     ErrorKind,
@@ -91,6 +94,8 @@ class DecodeServer:
         self.timing: dict[str, Timing] = {}  # running requests' timelines
         self.held: dict[str, list[TokenOutput]] = {}  # tokens not sent yet (--stream-interval)
         self.tracer = Tracer(Service.DECODE, cfg.otlp_traces_endpoint, self.name)
+        self._unlisten = monitor.count_drops(metrics.oversized_drops, metrics.protocol_drops)
+        self._rejected = receiver.rejected  # malformed transfer messages, as counted so far
         self.membership = Membership(
             cfg,
             Stage.DECODE,
@@ -138,6 +143,7 @@ class DecodeServer:
     def close(self) -> None:
         self.membership.leave(self._load())
         self.membership.close()
+        self._unlisten()
         self.control.close()
         self.receiver.close()
         self.outbox.close()
@@ -153,6 +159,7 @@ class DecodeServer:
             except WireError as e:
                 log.warning("rejected a malformed control message: %s", e)
                 self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
+                self.metrics.malformed.inc()
                 continue
             if msg is None:
                 break
@@ -161,6 +168,8 @@ class DecodeServer:
             else:
                 self._abort(msg)
         self.importer.handle(self.receiver.poll(0))
+        rejected, self._rejected = self.receiver.rejected - self._rejected, self.receiver.rejected
+        self.metrics.malformed.inc(rejected)  # answered by the receiver (StageError bad_request)
 
     def _abort(self, msg: AbortRequest) -> None:
         found = self._drop(msg.request_id, f"aborted: {msg.reason}")

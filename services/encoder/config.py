@@ -27,6 +27,9 @@ class EncoderConfig(ServiceFlags):
     max_image_pixels: int = flag(
         DEFAULT_MAX_IMAGE_PIXELS, help="refuse images with more pixels than this (decompression bomb guard)"
     )
+    max_inflight_per_peer: int = flag(
+        4096, help="refuse requests as overloaded from a router with this many waiting for images here"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -34,6 +37,8 @@ class EncoderConfig(ServiceFlags):
             raise ValueError("patch_budget must be >= 0 (0: the device's default)")
         if self.cache_bytes < 0 or self.max_queued_patches < 1:
             raise ValueError("cache_bytes >= 0 and max_queued_patches >= 1 are required")
+        if self.max_inflight_per_peer < 1:
+            raise ValueError("max_inflight_per_peer must be >= 1")
 
     @property
     def batch_patches(self) -> int:

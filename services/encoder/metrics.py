@@ -7,6 +7,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
 )
 
 from shared.timeline import stage_histogram
@@ -19,6 +20,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class EncoderMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...
         self.requests = Counter("encoder_requests", "Encode requests received", registry=r)
         self.images = Counter("encoder_images", "Images received in encode requests", registry=r)
         self.queue_images = Gauge("encoder_queue_images", "Images waiting for a vision forward", registry=r)
@@ -52,6 +54,9 @@ class EncoderMetrics:
         )
         self.cache_hit_rate = Gauge("encoder_cache_hit_rate", "Cache hits / lookups since start", registry=r)
         self.cache_bytes = Gauge("encoder_cache_bytes", "Bytes held by the embedding cache", registry=r)
+        self.cache_max_bytes = Gauge(
+            "encoder_cache_max_bytes", "The embedding cache's cap (--cache-bytes)", registry=r
+        )
         self.cache_evictions = Counter("encoder_cache_evictions", "Cache entries evicted", registry=r)
         self.bytes_shipped = Counter(
             "encoder_bytes_shipped", "Bytes of embedding results sent to prefill", registry=r
@@ -65,3 +70,15 @@ class EncoderMetrics:
             "encoder_send_failures", "Results or errors that could not be delivered", registry=r
         )
         self.stages = stage_histogram("encoder", r)  # shared.timeline: this worker's stages
+        self.malformed = Counter(
+            "encoder_malformed_messages", "Messages that failed decoding or validation", registry=r
+        )
+        self.oversized_drops = Counter(
+            "encoder_oversized_drops", "Connections ZMQ dropped for a frame over the size limit", registry=r
+        )
+        self.protocol_drops = Counter(
+            "encoder_protocol_drops", "Connections ZMQ dropped for a protocol error", registry=r
+        )
+        self.peer_limit_refusals = Counter(
+            "encoder_peer_limit_refusals", "Requests refused: their peer had too many in flight", registry=r
+        )

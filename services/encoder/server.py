@@ -9,7 +9,10 @@ queue of images waiting for a batched vision forward.
 Sockets:
 * ``ROUTER`` bound at ``--host:--port``: routers connect with DEALER sockets and send
   ``EncodeRequest``; answers on it are ``CacheMiss`` (images sent without bytes that are not
-  cached) and ``StageError(bad_request)`` for messages that fail validation.
+  cached), ``StageError(bad_request)`` for messages that fail validation and
+  ``StageError(overloaded)`` for a request from a peer that already has
+  ``--max-inflight-per-peer`` requests with images waiting here (``shared.wire.inflight``).
+  Connections ZMQ drops for a frame over the size limit are counted (``shared.wire.monitor``).
 * ``PUSH`` to each prefill inbox named in a request's ``reply_to`` (``PushPool``): one
   ``ImageEmbeddingResult`` per image, or a ``StageError`` in its place.
 * HTTP on ``--http-port``: /health, /ready, /metrics (``metrics.py``).
@@ -18,9 +21,10 @@ Sockets:
 
 Life cycle of a request, one stage per step of the loop:
 1. receive: decode and validate the message (a malformed one is answered on the ROUTER, never
-   raised); for each image: past its deadline -> error; cached -> result sent at once; already
-   queued -> join that image; no bytes -> ``CacheMiss`` to the router; else check the hash,
-   decode and preprocess (bad bytes -> ``StageError(bad_image)`` to prefill) and queue it.
+   raised; so is one over its peer's in-flight limit); for each image: past its deadline ->
+   error; cached -> result sent at once; already queued -> join that image; no bytes ->
+   ``CacheMiss`` to the router; else check the hash, decode and preprocess (bad bytes ->
+   ``StageError(bad_image)`` to prefill) and queue it.
 2. schedule: drop waiters past their deadline (told so), then take a batch under the patch budget
    (``batcher.py``).
 3. run: one ``get_image_feature`` call for the batch.
@@ -31,7 +35,6 @@ Life cycle of a request, one stage per step of the loop:
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 
@@ -57,8 +60,11 @@ from shared.wire import (
     Stage,
     StageError,
     WireError,
+    monitor,
+    rejects,
 )
-from shared.wire.messages import MAX_IMAGE_BYTES, REQUEST_ID, RouterHeartbeat
+from shared.wire.inflight import PeerLimit
+from shared.wire.messages import MAX_IMAGE_BYTES, RouterHeartbeat
 
 log = logging.getLogger("encoder")
 
@@ -72,6 +78,7 @@ class EncoderServer:
         self.metrics = metrics
         self.health = health
         self.cache = EmbeddingCache(cfg.cache_bytes)
+        metrics.cache_max_bytes.set(cfg.cache_bytes)
         self.video_limits = VideoLimits()  # the router checked the file against its own limits
         self.batcher = PatchBatcher(cfg.batch_patches, cfg.cross_request_batching)
         self.requests = RouterSocket(
@@ -79,6 +86,8 @@ class EncoderServer:
             max_frame_bytes=MAX_IMAGE_BYTES + (1 << 20),
         )  # fmt: skip
         self.outbox = PushPool()
+        self.inflight = PeerLimit(cfg.max_inflight_per_peer)  # images queued, by request and peer
+        self._unlisten = monitor.count_drops(metrics.oversized_drops, metrics.protocol_drops)
         self.endpoint = self.requests.endpoint
         self.name = cfg.name or f"encoder@{self.endpoint}"
         self.tracer = Tracer(Service.ENCODER, cfg.otlp_traces_endpoint, self.name)
@@ -125,6 +134,7 @@ class EncoderServer:
     def close(self) -> None:
         self.membership.leave(self._load())
         self.membership.close()
+        self._unlisten()
         self.requests.close()
         self.outbox.close()
         self.tracer.shutdown()
@@ -147,20 +157,28 @@ class EncoderServer:
 
     def _reject(self, e: WireError) -> None:
         self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
-        rid = e.request_id if e.request_id and re.fullmatch(REQUEST_ID, e.request_id) else None
-        log.warning("rejected a malformed message (request %s): %s", rid, e)
-        if e.peer is None:
-            return
-        text = f"malformed message: {e}"[:4096]
-        reply = StageError(rid, None, ErrorKind.BAD_REQUEST, text, self.name, Stage.ENCODER)
+        self.metrics.malformed.inc()
+        reply = rejects.malformed(e, self.name, Stage.ENCODER)
+        log.warning("rejected a malformed message (request %s): %s", reply.request_id, e)
+        if e.peer is not None:
+            self._answer(e.peer, reply)
+
+    def _answer(self, peer: bytes, reply: StageError) -> None:
         try:
-            self.requests.send(e.peer, reply, self.cfg.send_timeout_s)
+            self.requests.send(peer, reply, self.cfg.send_timeout_s)
         except WireError as err:
             self.metrics.send_failures.inc()
-            log.warning("could not answer the sender of a malformed message: %s", err)
+            log.warning("could not answer a router: %s", err)
 
     def admit(self, peer: bytes, req: EncodeRequest) -> None:
         self.metrics.requests.inc()
+        if self.inflight.full(peer, req.request_id):
+            self.metrics.errors.labels(ErrorKind.OVERLOADED.value).inc()
+            self.metrics.peer_limit_refusals.inc()
+            self._answer(
+                peer, rejects.overloaded(req.request_id, self.inflight.limit, self.name, Stage.ENCODER)
+            )
+            return
         self.metrics.images.inc(len(req.images))
         arrived, misses = time.monotonic(), []
         clock = RequestClock.received(req.trace)
@@ -178,6 +196,7 @@ class EncoderServer:
             queued = self.batcher.find(key)
             if queued is not None:  # the same content is already waiting: share its forward
                 self.metrics.cache_lookups.labels("coalesced").inc()
+                self.inflight.hold(peer, req.request_id, image.index)
                 queued.waiters.append(waiter)
                 continue
             cached = self.cache.get(key) if self.cache.max_bytes else None
@@ -188,6 +207,7 @@ class EncoderServer:
             elif image.data is None:
                 misses.append(image)
             else:
+                self.inflight.hold(peer, req.request_id, image.index)  # released when delivered or failed
                 self._queue(image, key, waiter)
         if misses:
             self._report_misses(peer, req.request_id, misses)
@@ -266,6 +286,7 @@ class EncoderServer:
                 self._deliver(waiter, image.content_hash, output, from_cache=False)
 
     def _deliver(self, waiter: Waiter, content_hash: str, out: CachedEmbedding, from_cache: bool) -> None:
+        self.inflight.release(waiter.request_id, waiter.image_index)
         stamps = []
         if (
             waiter.clock is not None
@@ -300,6 +321,7 @@ class EncoderServer:
 
     def _fail(self, waiter: Waiter, kind: ErrorKind, message: str) -> None:
         """Tell the waiter's prefill inbox that this image failed."""
+        self.inflight.release(waiter.request_id, waiter.image_index)
         self.metrics.errors.labels(kind.value).inc()
         log.info("[%s] image %d: %s: %s", waiter.request_id, waiter.image_index, kind.value, message)
         error = StageError(

@@ -24,6 +24,9 @@ class PrefillConfig(ServiceFlags):
     max_orphan_bytes: int = flag(1 << 30, help="bytes of embeddings kept for requests not yet received")
     orphan_ttl_s: float = flag(60.0, help="seconds such embeddings wait for their request")
     max_transfers: int = flag(256, help="most computed prompts waiting for or in a KV transfer")
+    max_inflight_per_peer: int = flag(
+        4096, help="refuse requests as overloaded from a router with this many in flight here"
+    )
     kv_reply_timeout_s: float = flag(
         5.0, help="seconds a decode worker may stay silent after a reserve or the last layer (then gone)"
     )
@@ -39,8 +42,10 @@ class PrefillConfig(ServiceFlags):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.transfer.check_security(self.host, secured=self.curve_keys is not None)
-        if min(self.max_waiting, self.max_transfers) < 1 or self.max_orphan_bytes < 0:
-            raise ValueError("max_waiting and max_transfers must be >= 1, max_orphan_bytes >= 0")
+        if min(self.max_waiting, self.max_transfers, self.max_inflight_per_peer) < 1:
+            raise ValueError("max_waiting, max_transfers and max_inflight_per_peer must be >= 1")
+        if self.max_orphan_bytes < 0:
+            raise ValueError("max_orphan_bytes must be >= 0")
         if min(self.kv_reply_timeout_s, self.grant_timeout_s, self.orphan_ttl_s) <= 0:
             raise ValueError("timeouts must be positive")
 

@@ -6,8 +6,12 @@ transfers of computed prompts (``shipper.py``).
 
 Sockets:
 * ``ROUTER`` at ``--host:--port``: routers (DEALER) send ``PrefillRequest``, ``AbortRequest`` and
-  ``RouterHeartbeat``; a malformed message is answered with ``StageError(bad_request)`` on it.
-* ``PULL`` at ``--inbox-port``: encoders push ``ImageEmbeddingResult`` (or ``StageError``).
+  ``RouterHeartbeat``; a malformed message (or a prompt with a token outside the vocabulary) is
+  answered with ``StageError(bad_request)`` on it, a request from a peer that already has
+  ``--max-inflight-per-peer`` requests here with ``StageError(overloaded)`` (``shared.wire.inflight``).
+* ``PULL`` at ``--inbox-port``: encoders push ``ImageEmbeddingResult`` (or ``StageError``); a
+  malformed one that names a waiting request fails that request (``bad_request``), else it is
+  counted and logged. Connections ZMQ drops for an oversized frame are counted on both sockets.
 * a ``KVSender`` (``shared.transfer``, ``--kv-transfer``): one DEALER per decode worker, replies
   on the same; with mooncake, the KV itself goes as one-sided writes into the decode pool.
 * ``PUSH`` to each request's ``reply_to`` (``PushPool``): ``TokenBatch`` with the first token,
@@ -48,7 +52,17 @@ from services.prefill.waiting import Waiting, WaitingRoom
 from shared.engine import Engine, FinishReason, TokenOutput
 from shared.timeline import RequestClock, Service, StageName, Tracer, observe
 from shared.transfer import KVSender
-from shared.wire import ImageEmbeddingResult, PullSocket, PushPool, RouterSocket, StageError, WireError
+from shared.wire import (
+    ImageEmbeddingResult,
+    PullSocket,
+    PushPool,
+    RouterSocket,
+    StageError,
+    WireError,
+    monitor,
+    rejects,
+)
+from shared.wire.inflight import PeerLimit
 from shared.wire.messages import (
     AbortRequest,
     ErrorKind,
@@ -108,12 +122,16 @@ class PrefillServer:
         self.shipper.on_done = self._transferred
         self.sender = sender
         self.active: dict[str, Active] = {}  # in the engine
+        # requests in flight by router: until their KV is handed over (swept by what is still held)
+        self.inflight = PeerLimit(cfg.max_inflight_per_peer, held=self._holds)
+        self._unlisten = monitor.count_drops(metrics.oversized_drops, metrics.protocol_drops)
         self.tracer = Tracer(Service.PREFILL, cfg.otlp_traces_endpoint, self.name)
         self.membership = Membership(
             cfg, Stage.PREFILL, self.name, cfg.advertised(self.endpoint), cfg.advertised(self.inbox_endpoint),
             health.url(cfg.reachable_host),
         )  # fmt: skip
         metrics.total_blocks.set(engine.blocks.num_blocks)
+        metrics.orphan_max_bytes.set(cfg.max_orphan_bytes)
 
     # ----- the loop ------------------------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:
@@ -145,6 +163,7 @@ class PrefillServer:
         m.transfers.set(len(self.shipper))
         m.free_blocks.set(self.engine.num_free_blocks)
         m.orphan_bytes.set(self.waiting.orphan_bytes)
+        m.prefix_cached_blocks.set(self.engine.blocks.allocator.num_cached)
         self.membership.tick(self._load)
 
     def drain(self) -> None:
@@ -175,6 +194,7 @@ class PrefillServer:
     def close(self) -> None:
         self.membership.leave(self._load())
         self.membership.close()
+        self._unlisten()
         self.requests.close()
         self.inbox.close()
         self.outbox.close()
@@ -186,8 +206,14 @@ class PrefillServer:
         socks = [self.requests.zmq_socket, self.inbox.zmq_socket, *self.sender.sockets]
         if timeout and not wait_readable(socks, timeout):
             return
-        for _ in range(MAX_RECV_PER_STEP):
-            got = self._recv_request()
+        for _ in range(MAX_RECV_PER_STEP):  # malformed messages count: a flood of them cannot stall a step
+            try:
+                got = self.requests.recv(0)
+            except WireError as e:
+                self._malformed(e, "request")
+                if e.peer is not None:
+                    self._answer(e.peer, rejects.malformed(e, self.name, Stage.PREFILL))
+                continue
             if got is None:
                 break
             self._on_request(*got)
@@ -195,8 +221,8 @@ class PrefillServer:
             try:
                 msg = self.inbox.recv(0)
             except WireError as e:
-                log.warning("rejected a malformed embedding message: %s", e)
-                self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
+                self._malformed(e, "embedding")
+                self._bad_embedding(e)
                 continue
             if msg is None:
                 break
@@ -204,17 +230,25 @@ class PrefillServer:
                 self.waiting.add_embedding(msg)
         self.shipper.handle(self.sender.poll(0))
 
-    def _recv_request(self) -> tuple[bytes, PrefillRequest | AbortRequest | RouterHeartbeat] | None:
-        while True:
-            try:
-                return self.requests.recv(0)
-            except WireError as e:
-                self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
-                log.warning("rejected a malformed request: %s", e)
-                if e.peer is not None:
-                    text = f"malformed message: {e}"[:4096]
-                    err = StageError(None, None, ErrorKind.BAD_REQUEST, text, self.name, Stage.PREFILL)
-                    self._answer(e.peer, err)
+    def _malformed(self, e: WireError, what: str) -> None:
+        self.metrics.errors.labels(ErrorKind.BAD_REQUEST.value).inc()
+        self.metrics.malformed.inc()
+        log.warning("rejected a malformed %s message (request %s): %s", what, e.request_id, e)
+
+    def _bad_embedding(self, e: WireError) -> None:
+        """A PULL has nobody to answer; the request the message names (if it waits here) learns
+        now that one of its images will not come, instead of at its deadline."""
+        rid = rejects.valid_request_id(e.request_id)
+        w = self.waiting.requests.get(rid) if rid is not None else None
+        if w is not None and not w.problem:
+            w.problem = f"a malformed image embedding arrived: {e}"[:4096]
+
+    def _holds(self, request_id: str) -> bool:
+        return (
+            request_id in self.waiting.requests
+            or request_id in self.active
+            or request_id in self.shipper.transfers
+        )
 
     def _answer(self, peer: bytes, msg: StageError) -> None:
         try:
@@ -231,6 +265,16 @@ class PrefillServer:
             return
         self.metrics.requests.inc()
         rid = msg.request_id
+        if self.inflight.full(peer, rid):
+            self.metrics.errors.labels(ErrorKind.OVERLOADED.value).inc()
+            self.metrics.peer_limit_refusals.inc()
+            self._answer(peer, rejects.overloaded(rid, self.inflight.limit, self.name, Stage.PREFILL))
+            return
+        vocab = self.engine.model_config.text.vocab_size
+        if max(msg.prompt_token_ids) >= vocab:  # the embedding lookup would fail every step it runs in
+            text = f"prompt token {max(msg.prompt_token_ids)} is outside the vocabulary of {vocab}"
+            self._answer(peer, StageError(rid, None, ErrorKind.BAD_REQUEST, text, self.name, Stage.PREFILL))
+            return
         if self.membership.draining:
             self._error(rid, msg.reply_to, ErrorKind.UNAVAILABLE, "draining: taking no new requests")
             return
@@ -243,6 +287,8 @@ class PrefillServer:
         except (KeyError, OverflowError) as e:
             kind = ErrorKind.OVERLOADED if isinstance(e, OverflowError) else ErrorKind.BAD_REQUEST
             self._error(rid, msg.reply_to, kind, str(e))
+            return
+        self.inflight.hold(peer, rid)
 
     def _abort(self, request_id: str) -> None:
         found = self.waiting.remove(request_id) | self.shipper.abort(request_id)

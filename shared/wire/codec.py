@@ -11,8 +11,9 @@ frame count and header size; that the header is a well-formed msgpack map of exa
 the version; that the type is known and expected here; every frame descriptor against its frame's
 byte count (so a truncated or padded frame is caught); every body field against its declared type
 and rule (unknown and missing fields are errors); that every frame is used by exactly one field;
-then the class's own cross-field ``validate``. Any failure is a ``WireError``; nothing from the
-peer is ever executed or unpickled. ``encode`` applies the same checks to outgoing messages.
+then the class's own cross-field ``validate``. Any failure is a ``WireError`` (an unexpected
+exception on the way too, so a receiver catches one type); nothing from the peer is ever executed
+or unpickled. ``encode`` applies the same checks to outgoing messages.
 """
 
 from __future__ import annotations
@@ -107,9 +108,15 @@ class _Ctx:
 def decode(frames: Sequence[Frame], expect: Iterable[type] | None = None) -> Any:
     """Validate ``frames`` and build the message; ``expect`` limits the accepted message types.
 
-    Tensors in the result view the frames' memory (no copy); bytes fields are copied out.
+    Tensors in the result view the frames' memory (no copy); bytes fields are copied out. Raises
+    ``WireError`` and nothing else, whatever the frames hold.
     """
-    return _decode(frames, expect, copy_bytes=True)
+    try:
+        return _decode(frames, expect, copy_bytes=True)
+    except WireError:
+        raise
+    except Exception as e:  # a check this module missed must still be the peer's error, not ours
+        raise WireError(f"undecodable message: {type(e).__name__}: {e}") from None
 
 
 def _decode(frames: Sequence[Frame], expect: Iterable[type] | None, copy_bytes: bool) -> Any:
@@ -186,8 +193,9 @@ def _decode_struct(raw: dict, schema: Schema, ctx: _Ctx, prefix: str) -> Any:
         check = getattr(obj, "validate", None)
         if check is not None:
             check()
-    except (ValueError, TypeError) as e:
-        raise ctx.fail(prefix.rstrip(".") or "body", str(e)) from None
+    except Exception as e:  # a class's own checks may trip over any value the peer chose
+        text = str(e) if isinstance(e, (ValueError, TypeError)) else f"{type(e).__name__}: {e}"
+        raise ctx.fail(prefix.rstrip(".") or "body", text) from None
     return obj
 
 

@@ -186,9 +186,17 @@ def _authenticate(context: zmq.Context) -> None:
     with _mesh.lock:
         if any(ctx is context for ctx, _ in _mesh.authenticators):
             return
-        auth = ThreadAuthenticator(context, log=logging.getLogger("security.zap"))
-        auth.configure_curve_callback("*", credentials_provider=_mesh.allowlist)  # before any request
-        auth.start()
+        deadline = time.monotonic() + 2.0
+        while True:
+            auth = ThreadAuthenticator(context, log=logging.getLogger("security.zap"))
+            auth.configure_curve_callback("*", credentials_provider=_mesh.allowlist)  # before any request
+            try:
+                auth.start()
+                break
+            except zmq.ZMQError as e:  # a stopped handler's inproc endpoint is released asynchronously
+                if e.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         _mesh.authenticators.append((context, auth))
 
 

@@ -9,7 +9,9 @@ Every receive takes a timeout (seconds) and returns None when it passes; every s
 raises ``WireTimeout`` when the peer's queue stays full. A malformed inbound message raises
 ``WireError`` (with ``peer`` set on ROUTER sockets) after it has been consumed, so the next receive
 sees the next message. ``max_frame_bytes`` bounds what a peer can make this process buffer: ZMQ
-drops the connection of a peer that sends a larger frame.
+drops the connection of a peer that sends a larger frame, which the application never sees; every
+bound socket therefore runs a ``shared.wire.monitor.ConnectionMonitor`` that logs and reports such
+drops (with the peer's address).
 
 Security: every socket takes the process's mesh security (``shared.wire.security``) as it binds
 or connects: with keys configured a bound socket is a CurveZMQ server that admits only authorised
@@ -21,12 +23,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
 from shared.wire.codec import decode, encode
 from shared.wire.errors import WireError, WireTimeout
+from shared.wire.monitor import ConnectionMonitor
 from shared.wire.security import secure
 
 DEFAULT_HWM = 1000
@@ -62,9 +65,14 @@ class WireSocket:
         if bind and address.startswith("tcp://") and address.endswith(":0"):
             address = address[:-1] + "*"  # ZMQ's spelling of "any free port"
         secure(self._sock, server=bind, address=address)
+        # Before the bind, so that no connection escapes it; inproc has no descriptors to watch.
+        self._monitor = (
+            ConnectionMonitor(self._sock) if bind and not address.startswith("inproc://") else None
+        )
         try:
             self._sock.bind(address) if bind else self._sock.connect(address)
         except zmq.ZMQError as e:
+            self._stop_monitor()
             self._sock.close(linger=0)
             raise WireError(f"cannot {'bind' if bind else 'connect to'} {address}: {e}") from None
         self.address = address
@@ -75,9 +83,15 @@ class WireSocket:
         return self._sock.getsockopt_string(zmq.LAST_ENDPOINT) or self.address
 
     def close(self) -> None:
+        self._stop_monitor()
         self._sock.close()
 
-    def __enter__(self) -> WireSocket:
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
