@@ -71,7 +71,7 @@ def _is_public(host: str) -> bool:
     """True when every address ``host`` resolves to is a public unicast address."""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: no DNS name (IDNA: an empty or 64-character label, NUL)
         return False
     for info in infos:
         ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
@@ -82,8 +82,15 @@ def _is_public(host: str) -> bool:
     return bool(infos)
 
 
+def _malformed(param: str, limits: FetchLimits) -> APIError:
+    return bad_request(f"malformed {limits.kind} URL", param, f"invalid_{limits.kind}_url")
+
+
 async def fetch_http(url: str, param: str, limits: FetchLimits, client: httpx.AsyncClient) -> bytes:
-    host = urlsplit(url).hostname
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:  # an unclosed IPv6 bracket, say
+        raise _malformed(param, limits) from None
     if not host:
         raise bad_request(f"{limits.kind} URL has no host", param, f"invalid_{limits.kind}_url")
     if not limits.allow_private and not await asyncio.to_thread(_is_public, host):
@@ -114,6 +121,8 @@ async def fetch_http(url: str, param: str, limits: FetchLimits, client: httpx.As
             param,
             f"{limits.kind}_fetch_failed",
         ) from None
+    except httpx.InvalidURL:  # not an HTTPError: control characters, say; raised before connecting
+        raise _malformed(param, limits) from None
     except httpx.HTTPError as e:
         raise bad_request(
             f"fetching the {limits.kind} failed: {type(e).__name__}", param, f"{limits.kind}_fetch_failed"
@@ -124,12 +133,12 @@ async def fetch_http(url: str, param: str, limits: FetchLimits, client: httpx.As
 def read_file_url(url: str, param: str, limits: FetchLimits) -> bytes:
     if not limits.allow_file:
         raise bad_request(f"file:// {limits.kind} URLs are disabled", param, f"{limits.kind}_url_not_allowed")
-    path = Path(unquote(urlsplit(url).path))
     try:
+        path = Path(unquote(urlsplit(url).path))
         if path.stat().st_size > limits.max_bytes:
             raise _too_big(param, limits)
         return path.read_bytes()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate in the path, a bad netloc
         raise bad_request(
             f"cannot read the {limits.kind} file", param, f"invalid_{limits.kind}_url"
         ) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class APIError(Exception):
@@ -36,6 +36,18 @@ def overloaded(message: str = "the cluster is overloaded; retry later") -> APIEr
     return APIError(503, message, type="overloaded_error", code="overloaded", headers={"Retry-After": "1"})
 
 
+def _valid_unicode(value: Any) -> Any:
+    """A string, or a list of them, without lone surrogates: JSON's ``\\ud800`` escapes can carry
+    them, and no tokenizer (nor UTF-8) takes them. A field validator: a 400 names the field."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str) and not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise ValueError("the text holds a lone surrogate (it is not valid Unicode)") from None
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -48,6 +60,7 @@ class ImageURL(_Strict):
 class TextPart(_Strict):
     type: Literal["text"]
     text: str
+    _unicode = field_validator("text")(_valid_unicode)
 
 
 class ImagePart(_Strict):
@@ -85,6 +98,7 @@ class ChatMessage(_Strict):
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    _unicode = field_validator("content", "name", "tool_call_id")(_valid_unicode)
 
 
 class StreamOptions(_Strict):
@@ -96,7 +110,8 @@ class SamplingFields(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=-1)  # -1 or 0: off
+    # -1 or 0: off; bounded so that it fits the wire's and the sampler's integers (any vocabulary is smaller)
+    top_k: int = Field(default=0, ge=-1, le=(1 << 31) - 1)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, le=(1 << 63) - 1)
     stop: str | list[str] | None = None
@@ -105,6 +120,7 @@ class SamplingFields(_Strict):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     user: str | None = None
+    _unicode = field_validator("stop")(_valid_unicode)
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -126,6 +142,7 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
     max_tokens: int | None = Field(default=16, ge=1)
+    _prompt_unicode = field_validator("prompt")(_valid_unicode)
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
