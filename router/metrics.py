@@ -41,6 +41,10 @@ class RouterMetrics:
         # every stage of the requests that finished, as their services stamped them (shared.timeline)
         self.stage_latency = stage_histogram("router", r)
         self.inflight = Gauge("router_inflight_requests", "Requests in the cluster", registry=r)
+        self.image_homes = Gauge(
+            "router_image_homes", "Images whose encoder is remembered (cache-aware routing)", registry=r
+        )
+        self.image_homes_max = Gauge("router_image_homes_max", "Cap on router_image_homes", registry=r)
         export_refusals("router", r)  # rogue peers at the inbox (--curve-keys)
 
     def token(self, live: Any, now: float) -> None:

@@ -211,7 +211,11 @@ class Orchestrator(Backend):
                 return
             match command:
                 case Submit(job):
-                    self._dispatch(job, 0, set())
+                    try:
+                        self._dispatch(job, 0, set())
+                    except Exception:  # one request's bug must not stop the loop every request needs
+                        log.exception("dispatch failed", extra={"request_id": job.rid})
+                        self._internal_error(job)
                 case Abort(rid, reason):
                     if (live := self.by_rid.get(rid)) is not None:
                         self._end(live, abort=reason)
@@ -392,6 +396,8 @@ class Orchestrator(Backend):
         self.metrics.queue.labels("prefill").set(len(waiting) + len(self.parked))
         self.metrics.queue.labels("decode").set(len(self.live) - len(waiting))
         self.metrics.inflight.set(len(self.by_rid) + len(self.parked))
+        self.metrics.image_homes.set(len(self.workers.image_home))
+        self.metrics.image_homes_max.set(self.workers.max_homes)
 
     def _end(self, live: Live, abort: str = "", event: Event | None = None, keep_slot: bool = False) -> None:
         """Forget an attempt: abort it in the workers (when it did not finish by itself), release
@@ -411,6 +417,14 @@ class Orchestrator(Backend):
             if event is not None:
                 live.job.sink(event)
             self.slots.release()
+
+    def _internal_error(self, job: Job) -> None:
+        event = Event(error=ErrorKind.INTERNAL, message="the router failed to dispatch the request")
+        if (live := self.by_rid.get(job.rid)) is not None:
+            self._end(live, abort="internal", event=event)
+        else:
+            self.parked.pop(job.rid, None)
+            self._finish_job(job, event)
 
     def _finish_job(self, job: Job, event: Event) -> None:
         self.by_rid.pop(job.rid, None)
@@ -435,6 +449,9 @@ class Orchestrator(Backend):
             return True
         except WireError as e:
             log.warning("send to %s failed: %s", sock.address, e)
+            return False
+        except Exception:  # a message that cannot be encoded: that attempt fails, not the loop
+            log.exception("send to %s failed", sock.address)
             return False
 
     def _snapshot(self) -> dict[str, Any]:

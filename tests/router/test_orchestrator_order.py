@@ -87,3 +87,17 @@ def test_a_waiting_attempt_can_be_aborted() -> None:
     assert not orch.parked and events == []
     for _ in range(4):  # every slot is free again
         assert orch.slots.acquire(blocking=False)
+
+
+def test_a_request_that_breaks_dispatch_fails_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    orch, events = orchestrator(), []
+
+    def broken(*args: object) -> None:
+        raise OverflowError("Python int too large to convert to C long")
+
+    monkeypatch.setattr(orch.workers, "pick_prefill", broken)
+    orch.submit(job(events))
+    orch._commands()  # the loop goes on
+    assert events[-1].error is ErrorKind.INTERNAL and not orch.by_rid and not orch.parked
+    for _ in range(4):
+        assert orch.slots.acquire(blocking=False)
