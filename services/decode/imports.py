@@ -37,6 +37,10 @@ UNUSABLE_STATE = (ValueError, TypeError, KeyError, RuntimeError)
 Fail = Callable[[str, str, ErrorKind, str], None]  # (request id, reply_to, kind, message)
 
 
+MAX_ABORTED = 4096
+ABORTED_TTL_S = 60.0
+
+
 class Admission(enum.StrEnum):
     """What ``begin_import`` made of a reservation."""
 
@@ -69,6 +73,9 @@ class Importer:
         self.clocks: dict[str, RequestClock] = {}  # the pending ones' (the request's clock)
         self.importing: dict[str, Import] = {}
         self.refused: dict[str, int] = {}
+        # aborted before their reservation came (the router's abort overtook prefill's transfer):
+        # refused when it comes, not run to max_tokens for nobody; request id -> monotonic time
+        self.aborted: OrderedDict[str, float] = OrderedDict()
         self.bytes_received = 0
         self.bytes_copied = 0  # received frames copied into the pool (stays 0 under one-sided writes)
         self.num_queued = 0  # reservations that had to wait for room, since start
@@ -90,8 +97,22 @@ class Importer:
             elif isinstance(msg, KVAbort):
                 self.drop(msg.request_id, f"prefill aborted the transfer: {msg.reason}")
 
+    def forget_later(self, request_id: str) -> None:
+        """The router aborted a request this worker does not hold (yet): refuse its transfer if it
+        comes within ``ABORTED_TTL_S``."""
+        now = time.monotonic()
+        self.aborted[request_id] = now
+        self.aborted.move_to_end(request_id)
+        while self.aborted and (
+            len(self.aborted) > MAX_ABORTED or next(iter(self.aborted.values())) < now - ABORTED_TTL_S
+        ):
+            self.aborted.popitem(last=False)
+
     def _reserve(self, msg: KVReserve) -> None:
         rid = msg.request_id
+        if self.aborted.pop(rid, None) is not None:
+            self._refuse(rid, ErrorKind.BAD_REQUEST, "the router aborted this request")
+            return
         if self.known(rid):
             self._refuse(rid, ErrorKind.BAD_REQUEST, "request id already in use here")
             return

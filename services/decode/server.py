@@ -173,6 +173,8 @@ class DecodeServer:
 
     def _abort(self, msg: AbortRequest) -> None:
         found = self._drop(msg.request_id, f"aborted: {msg.reason}")
+        if not found:
+            self.importer.forget_later(msg.request_id)
         log.info("[%s] aborted%s", msg.request_id, "" if found else " (not here)")
 
     def _drop(self, rid: str, why: str) -> bool:

@@ -81,3 +81,19 @@ def test_an_unusable_state_is_refused_at_once_and_the_batch_goes_on(lm, link, sp
     assert list(importer.importing) == ["good"] and not importer.pending
     assert importer.refused == {"bad_request": 1} and not failed  # prefill tells the router
     assert engine.num_free_blocks == 30 - 3  # only the good one's 20 tokens hold blocks
+
+
+def test_a_transfer_the_router_aborted_before_it_came_is_refused(lm, link):
+    """The router's abort overtook prefill's reservation: the transfer is refused, not run to
+    max_tokens for nobody; other requests are unaffected."""
+    sender, receiver = link
+    engine = Engine(lm, EngineConfig(block_size=8, num_blocks=30))
+    importer = Importer(engine, receiver, lambda rid, to, kind, m: None, 4, 30.0)
+    importer.forget_later("gone")
+    for rid in ("gone", "kept"):
+        sender.reserve(receiver.address, reserve(rid, 20, receiver), 1.0)
+    importer.handle(collect(receiver.poll, 2))
+    by_id = {r.request_id: r for r in collect(sender.poll, 2)}
+    assert by_id["gone"].event is ReplyEvent.REFUSED and "aborted" in by_id["gone"].message
+    assert by_id["kept"].event is ReplyEvent.GRANTED and list(importer.importing) == ["kept"]
+    assert not importer.aborted  # remembered once
