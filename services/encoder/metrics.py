@@ -11,6 +11,7 @@ from prometheus_client import (
 )
 
 from shared.timeline import stage_histogram
+from shared.wire.monitor import wire_counters
 
 PATCH_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 IMAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -70,15 +71,7 @@ class EncoderMetrics:
             "encoder_send_failures", "Results or errors that could not be delivered", registry=r
         )
         self.stages = stage_histogram("encoder", r)  # shared.timeline: this worker's stages
-        self.malformed = Counter(
-            "encoder_malformed_messages", "Messages that failed decoding or validation", registry=r
-        )
-        self.oversized_drops = Counter(
-            "encoder_oversized_drops", "Connections ZMQ dropped for a frame over the size limit", registry=r
-        )
-        self.protocol_drops = Counter(
-            "encoder_protocol_drops", "Connections ZMQ dropped for a protocol error", registry=r
-        )
+        self.malformed, self.oversized_drops, self.protocol_drops = wire_counters("encoder", r)
         self.peer_limit_refusals = Counter(
             "encoder_peer_limit_refusals", "Requests refused: their peer had too many in flight", registry=r
         )

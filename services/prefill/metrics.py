@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from shared.timeline import stage_histogram
+from shared.wire.monitor import wire_counters
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -47,15 +48,7 @@ class PrefillMetrics:
             "prefill_transfer_seconds", "Grant to ack of one KV transfer", buckets=LATENCY_BUCKETS, registry=r
         )
         self.stages = stage_histogram("prefill", r)  # shared.timeline: this worker's stages
-        self.malformed = Counter(
-            "prefill_malformed_messages", "Messages that failed decoding or validation", registry=r
-        )
-        self.oversized_drops = Counter(
-            "prefill_oversized_drops", "Connections ZMQ dropped for a frame over the size limit", registry=r
-        )
-        self.protocol_drops = Counter(
-            "prefill_protocol_drops", "Connections ZMQ dropped for a protocol error", registry=r
-        )
+        self.malformed, self.oversized_drops, self.protocol_drops = wire_counters("prefill", r)
         self.peer_limit_refusals = Counter(
             "prefill_peer_limit_refusals", "Requests refused: their peer had too many in flight", registry=r
         )

@@ -36,9 +36,10 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
+from prometheus_client import CollectorRegistry, Counter
 from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger("wire.monitor")
@@ -86,6 +87,30 @@ def count_drops(oversized: Any, protocol: Any) -> Callable[[], None]:
     """Count this process's drops in two counters (anything with ``inc()``, e.g. Prometheus'):
     ``listen`` for the common case; returns the function that stops counting."""
     return listen(lambda d: (oversized if d.reason is DropReason.OVERSIZED else protocol).inc())
+
+
+class WireCounters(NamedTuple):
+    malformed: Counter  # messages that failed decoding or validation
+    oversized_drops: Counter
+    protocol_drops: Counter
+
+
+def wire_counters(prefix: str, registry: CollectorRegistry) -> WireCounters:
+    """A service's counters of bad traffic: ``<prefix>_malformed_messages``, ``_oversized_drops``,
+    ``_protocol_drops``."""
+    return WireCounters(
+        Counter(
+            f"{prefix}_malformed_messages", "Messages that failed decoding or validation", registry=registry
+        ),
+        Counter(
+            f"{prefix}_oversized_drops",
+            "Connections ZMQ dropped for a frame over the size limit",
+            registry=registry,
+        ),
+        Counter(
+            f"{prefix}_protocol_drops", "Connections ZMQ dropped for a protocol error", registry=registry
+        ),
+    )
 
 
 def _report(drop: Drop) -> None:
