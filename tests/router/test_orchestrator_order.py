@@ -7,21 +7,31 @@ from __future__ import annotations
 import time
 
 import pytest
+import zmq
 
 from router.jobs import Event, Job, VisionTokens
 from router.metrics import RouterMetrics
 from router.orchestrator import Live, Orchestrator
 from router.workers import Decode, Prefill, Workers
 from shared.engine import SamplingParams
-from shared.wire.messages import ErrorKind, FinishReason, SequenceTokens, TokenBatch
+from shared.wire import PushPool, RouterSocket
+from shared.wire.messages import (
+    ErrorKind,
+    FinishReason,
+    LoadReport,
+    PrefillRequest,
+    SequenceTokens,
+    Stage,
+    TokenBatch,
+)
 
 pytestmark = pytest.mark.unit
 
 TIMEOUT = 0.3
 
 
-def orchestrator() -> Orchestrator:
-    workers = Workers({}, {}, TIMEOUT)
+def orchestrator(heartbeat_timeout_s: float = TIMEOUT) -> Orchestrator:
+    workers = Workers({}, {}, heartbeat_timeout_s)
     tokens = VisionTokens(9, 10, 2)
     return Orchestrator(
         workers, RouterMetrics(), inbox="tcp://127.0.0.1:0", advertise_host="127.0.0.1", tokens=tokens,
@@ -101,3 +111,48 @@ def test_a_request_that_breaks_dispatch_fails_alone(monkeypatch: pytest.MonkeyPa
     assert events[-1].error is ErrorKind.INTERNAL and not orch.by_rid and not orch.parked
     for _ in range(4):
         assert orch.slots.acquire(blocking=False)
+
+
+def prefill_requests(server: RouterSocket) -> list[PrefillRequest]:
+    """What ``server`` was sent within a moment, heartbeats left out."""
+    out = []
+    while (got := server.recv(timeout=0.5)) is not None:
+        if isinstance(got[1], PrefillRequest):
+            out.append(got[1])
+    return out
+
+
+def test_a_prefill_worker_lost_after_the_first_token_is_migrated_from_it() -> None:
+    """Prefill streamed the first token, then went silent before the decode worker took the KV
+    over: the attempt moves to the other prefill worker with the prompt plus that token (real
+    sockets on loopback stand in for the two prefill workers)."""
+    orch, events = orchestrator(heartbeat_timeout_s=30.0), []
+    orch.prefill_socks, orch.encoder_socks, orch.poller = {}, {}, zmq.Poller()
+    orch.controls, orch.reply_to = PushPool(), "tcp://127.0.0.1:9"
+    servers = [RouterSocket("tcp://127.0.0.1:0", bind=True) for _ in range(2)]
+    try:
+        now = time.monotonic()
+        for s in servers:
+            orch._joined(LoadReport("p", Stage.PREFILL, s.endpoint, "tcp://127.0.0.1:8"))
+        orch.workers.heard(LoadReport("d", Stage.DECODE, "tcp://127.0.0.1:7", "tcp://127.0.0.1:6"), now)
+        assert orch.slots.acquire(blocking=False)
+        orch._dispatch(job(events), 0, set())
+        got = {s: prefill_requests(s) for s in servers}
+        lost = next(s for s in servers if got[s])
+        (sent,) = got[lost]
+        orch._tokens(record(0, 77))  # prefill's first token reached the client
+        orch.workers.prefills[lost.endpoint].heard = now - 60.0  # then it went silent
+        orch._check(time.monotonic())
+        other = next(s for s in servers if s is not lost)
+        (moved,) = prefill_requests(other)
+        assert moved.request_id == "rid.r1"
+        assert moved.prompt_token_ids == [*sent.prompt_token_ids, 77]
+        assert (moved.sampling.max_tokens, moved.sampling.draw_offset) == (5, 1)
+        assert [t for e in events for t, _ in e.tokens] == [77] and not any(e.error for e in events)
+        assert orch.metrics.migrations._value.get() == 1
+    finally:
+        for s in servers:
+            s.close()
+        for sock in orch.prefill_socks.values():
+            sock.close()
+        orch.controls.close()
