@@ -40,11 +40,11 @@ import contextlib
 import logging
 import queue
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
+from router.attempts import Live, Parked
 from router.backend import Abort, Backend, Snapshot, Submit
 from router.jobs import Event, Job, VisionTokens, encode_request, prefill_request
 from router.metrics import RouterMetrics
@@ -64,35 +64,6 @@ from shared.wire.messages import (
 log = logging.getLogger("router.orchestrator")
 RETRYABLE = {ErrorKind.UNAVAILABLE, ErrorKind.OVERLOADED, ErrorKind.INTERNAL}
 HEARTBEAT_S = 0.5  # between this router's heartbeats to each worker
-MAX_HELD = 4096  # token records of one attempt held for their turn (decode's before prefill's first)
-
-
-@dataclass
-class Live:
-    job: Job
-    wire_id: str
-    attempt: int
-    prefill: Prefill
-    decode: Decode
-    encoders: dict[str, list[int]]  # encoder address -> image indexes it was given
-    submitted: float = field(default_factory=time.monotonic)
-    first: float = 0.0
-    last: float = 0.0
-    tokens: int = 0
-    tried: set[str] = field(default_factory=set)  # worker addresses that failed this job
-    prefill_done: bool = False
-    resumed: int = 0  # tokens streamed before this attempt (a migration)
-    decoding: bool = False  # decode produced a token of this attempt: it holds the KV, prefill is done
-    next_index: int = 0  # of the attempt's next output token to stream
-    held: dict[int, SequenceTokens] = field(default_factory=dict)  # records that came before their turn
-
-
-@dataclass
-class Parked:
-    job: Job
-    attempt: int
-    tried: set[str]
-    until: float  # monotonic: no worker by then -> overloaded
 
 
 class Orchestrator(Backend):
@@ -306,21 +277,17 @@ class Orchestrator(Backend):
             live = self.live.get(rec.request_id)
             if live is None:
                 continue
-            live.decoding = live.decoding or rec.index > 0
-            if rec.index != live.next_index:  # decode's tokens overtook prefill's first: hold them
-                if rec.index > live.next_index and len(live.held) < MAX_HELD:
-                    live.held[rec.index] = rec
-                elif rec.index > live.next_index:
-                    self._failed(live, ErrorKind.INTERNAL, "token records out of order", Stage.ROUTER)
+            due = live.in_turn(rec)
+            if due is None:
+                self._failed(live, ErrorKind.INTERNAL, "token records out of order", Stage.ROUTER)
                 continue
-            turn: SequenceTokens | None = rec
-            while turn is not None and not self._stream(live, turn):
-                turn = live.held.pop(live.next_index, None)
+            for turn in due:
+                if self._stream(live, turn):
+                    break
 
     def _stream(self, live: Live, rec: SequenceTokens) -> bool:
         """Forward a record in its turn to the client; True when it ended the request."""
         now = time.monotonic()
-        live.next_index += len(rec.token_ids)
         self._release_prefill(live)
         live.job.timing.add(rec.stamps)
         live.job.streamed.extend(rec.token_ids)

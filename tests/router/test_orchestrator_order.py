@@ -9,9 +9,10 @@ import time
 import pytest
 import zmq
 
+from router.attempts import Live
 from router.jobs import Event, Job, VisionTokens
 from router.metrics import RouterMetrics
-from router.orchestrator import Live, Orchestrator
+from router.orchestrator import Orchestrator
 from router.workers import Decode, Prefill, Workers
 from shared.engine import SamplingParams
 from shared.wire import PushPool, RouterSocket
