@@ -182,11 +182,7 @@ class Orchestrator(Backend):
                 return
             match command:
                 case Submit(job):
-                    try:
-                        self._dispatch(job, 0, set())
-                    except Exception:  # one request's bug must not stop the loop every request needs
-                        log.exception("dispatch failed", extra={"request_id": job.rid})
-                        self._internal_error(job)
+                    self._try_dispatch(job, 0, set())
                 case Abort(rid, reason):
                     if (live := self.by_rid.get(rid)) is not None:
                         self._end(live, abort=reason)
@@ -217,6 +213,13 @@ class Orchestrator(Backend):
                 if address is not None:
                     req = encode_request(live.job, live.wire_id, msg.image_indexes, live.prefill.inbox, True)
                     self._send(self.encoder_socks[address], req)
+
+    def _try_dispatch(self, job: Job, attempt: int, tried: set[str], until: float | None = None) -> None:
+        try:
+            self._dispatch(job, attempt, tried, until)
+        except Exception:  # one request's bug must not stop the loop every request needs
+            log.exception("dispatch failed", extra={"request_id": job.rid})
+            self._internal_error(job)
 
     def _dispatch(self, job: Job, attempt: int, tried: set[str], until: float | None = None) -> None:
         """Send an attempt to workers. With none usable for a stage, the job waits for one (a
@@ -325,7 +328,7 @@ class Orchestrator(Backend):
                 self.metrics.migrations.inc()
             tried = live.tried | {live.decode.kv if stage is Stage.DECODE else live.prefill.zmq}
             self._end(live, abort="retrying elsewhere", keep_slot=True)
-            self._dispatch(job, live.attempt + 1, tried)
+            self._try_dispatch(job, live.attempt + 1, tried)
             return
         log.warning("failed: %s %s", kind, message, extra={"request_id": job.rid})
         self._end(live, abort=f"failed: {kind}", event=Event(error=kind, message=message))
@@ -333,7 +336,7 @@ class Orchestrator(Backend):
     def _check(self, now: float) -> None:
         parked, self.parked = self.parked, {}
         for p in parked.values():
-            self._dispatch(p.job, p.attempt, p.tried, p.until)
+            self._try_dispatch(p.job, p.attempt, p.tried, p.until)
         alive = lambda w: self.workers.alive(w, now)  # noqa: E731
         for live in list(self.live.values()):
             if now > live.job.deadline:
@@ -387,11 +390,12 @@ class Orchestrator(Backend):
 
     def _internal_error(self, job: Job) -> None:
         event = Event(error=ErrorKind.INTERNAL, message="the router failed to dispatch the request")
-        if (live := self.by_rid.get(job.rid)) is not None:
+        live = self.by_rid.get(job.rid)
+        if live is not None and self.live.get(live.wire_id) is live:  # the attempt went out
             self._end(live, abort="internal", event=event)
-        else:
-            self.parked.pop(job.rid, None)
-            self._finish_job(job, event)
+            return
+        self.parked.pop(job.rid, None)  # else no attempt is out (a retry's old one is ended)
+        self._finish_job(job, event)
 
     def _finish_job(self, job: Job, event: Event) -> None:
         self.by_rid.pop(job.rid, None)

@@ -157,3 +157,36 @@ def test_a_prefill_worker_lost_after_the_first_token_is_migrated_from_it() -> No
         for sock in orch.prefill_socks.values():
             sock.close()
         orch.controls.close()
+
+
+def test_a_retry_whose_dispatch_raises_fails_the_request_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failed attempt is ended once, the request gets one error, its slot comes back once."""
+    orch, events = orchestrator(heartbeat_timeout_s=30.0), []
+    orch.prefill_socks, orch.encoder_socks, orch.poller = {}, {}, zmq.Poller()
+    orch.controls, orch.reply_to = PushPool(), "tcp://127.0.0.1:9"
+    server = RouterSocket("tcp://127.0.0.1:0", bind=True)
+    try:
+        orch._joined(LoadReport("p", Stage.PREFILL, server.endpoint, "tcp://127.0.0.1:8"))
+        orch.workers.heard(
+            LoadReport("d", Stage.DECODE, "tcp://127.0.0.1:7", "tcp://127.0.0.1:6"), time.monotonic()
+        )
+        assert orch.slots.acquire(blocking=False)
+        orch._dispatch(job(events), 0, set())
+        (live,) = orch.live.values()
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(orch.workers, "pick_prefill", broken)
+        orch._failed(live, ErrorKind.UNAVAILABLE, "gone", Stage.DECODE)
+        assert [e.error for e in events] == [ErrorKind.INTERNAL]
+        assert (live.prefill.inflight, live.decode.inflight) == (0, 0)
+        assert not orch.live and not orch.by_rid and not orch.parked
+        for _ in range(4):
+            assert orch.slots.acquire(blocking=False)
+        assert not orch.slots.acquire(blocking=False)
+    finally:
+        server.close()
+        for sock in orch.prefill_socks.values():
+            sock.close()
+        orch.controls.close()
