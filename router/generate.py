@@ -41,7 +41,10 @@ def stage_error(kind: ErrorKind, message: str) -> APIError:
     if kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE):
         return overloaded(message)
     status, type_ = _STATUS.get(kind, (500, "internal_error"))
-    return APIError(status, message, type=type_, code=str(kind))
+    # An image the encoder could not decode has the code of one the router refused itself.
+    return APIError(
+        status, message, type=type_, code="invalid_image" if kind is ErrorKind.BAD_IMAGE else str(kind)
+    )
 
 
 @dataclass

@@ -22,7 +22,7 @@ from router.protocol import APIError, ChatCompletionRequest, CompletionRequest, 
 from router.videos import Sampling, VideoRules, load_video, too_many
 from shared.engine import SamplingParams
 from shared.models.config import load_config
-from shared.multimodal.image import ImageError, decode_image, image_hash
+from shared.multimodal.image import ImageError, image_hash, image_size
 from shared.multimodal.prompt import ChatPrompt, PromptBuilder
 from shared.multimodal.video import VideoProcessorConfig
 from shared.multimodal.vision_inputs import ImageProcessorConfig, grid_thw_for_size
@@ -170,12 +170,12 @@ class Preparer:
 
     async def _image(self, url: str, param: str, client: httpx.AsyncClient) -> LoadedImage:
         data = await load_image_url(url, param, self.limits, client)
-        try:
-            img = await asyncio.to_thread(decode_image, data)
+        try:  # the header only: the encoder decodes the pixels (a damaged body is its 400)
+            width, height = image_size(data)
         except ImageError as e:
             raise bad_request(f"invalid image: {e}", param, "invalid_image") from None
         try:
-            grid = grid_thw_for_size(img.height, img.width, self.processor)
+            grid = grid_thw_for_size(height, width, self.processor)
         except ValueError as e:
             raise bad_request(f"invalid image: {e}", param, "invalid_image") from None
         return LoadedImage(data, image_hash(data), grid)

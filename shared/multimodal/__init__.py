@@ -8,7 +8,7 @@
 """
 
 from shared.multimodal.chat_template import load_chat_template
-from shared.multimodal.image import ImageError, decode_image, image_hash
+from shared.multimodal.image import ImageError, decode_image, image_hash, image_size
 from shared.multimodal.mrope import MRopeLayout, decode_positions, mrope_layout, mrope_positions
 from shared.multimodal.prompt import ChatPrompt, PromptBuilder, VideoSlots, image_parts, video_parts
 from shared.multimodal.vision_inputs import (
@@ -31,6 +31,7 @@ __all__ = [
     "grid_thw_for_size",
     "image_hash",
     "image_parts",
+    "image_size",
     "load_chat_template",
     "mrope_layout",
     "mrope_positions",

@@ -113,6 +113,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def image_size(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of untrusted image bytes, from the header alone (no pixel is decoded).
+
+    Makes every check ``decode_image`` makes before decoding (format, sizes, aspect ratio) and
+    raises the same ``ImageError``s; damage past the header is found only by ``decode_image``.
+    The router uses this to count an image's tokens: the encoder decodes the pixels, once.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"image data must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError("image data is empty")
+    img = _open_header(bytes(data), max_image_pixels)
+    try:
+        return img.size
+    finally:
+        img.close()
+
+
 def decode_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode untrusted bytes to an RGB ``PIL.Image`` (first frame of animations).
 

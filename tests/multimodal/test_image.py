@@ -9,7 +9,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from shared.multimodal.image import ImageError, decode_image, image_hash
+from shared.multimodal.image import ImageError, decode_image, image_hash, image_size
 from tests.multimodal.conftest import encode, noise_image
 
 pytestmark = pytest.mark.unit
@@ -136,6 +136,26 @@ def test_bad_images_raise_image_error(name: str) -> None:
     assert info.value.__cause__ is None
     assert info.value.__context__ is None or info.value.__suppress_context__
     print(f"{name}: {info.value}")
+
+
+BODY_DAMAGE = ("truncated png", "truncated jpeg", "corrupt png body")  # a truncated WebP fails at its header
+
+
+@pytest.mark.parametrize("name", list(BAD_IMAGES))
+def test_image_size_reads_the_header_only_and_refuses_what_decode_refuses_before_pixels(name: str) -> None:
+    data, message, kwargs = BAD_IMAGES[name]
+    if name in BODY_DAMAGE:  # found only when the pixels are decoded (by the encoder)
+        width, height = image_size(data, **kwargs)
+        assert (width, height) == Image.open(io.BytesIO(data)).size
+        return
+    with pytest.raises(ImageError, match=message):
+        image_size(data, **kwargs)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF"])
+def test_image_size_is_the_decoded_size(fmt: str) -> None:
+    data = encode(noise_image(37, 21), fmt)
+    assert image_size(data) == decode_image(data).size == (37, 21)
 
 
 def test_non_bytes_input() -> None:

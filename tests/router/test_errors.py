@@ -121,6 +121,24 @@ def test_bad_requests_get_openai_4xx_errors(cluster):
     assert cluster.metric("router", "router_requests_total", 'route="/v1/chat/completions",status="500"') == 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_image_damaged_past_its_header_is_a_400_streamed_or_not(cluster, stream):
+    """The router reads an image's header only; the encoder finds the damaged body, and the router
+    answers before any token with the status and code of an image it refused itself."""
+    data = bytearray(png(32, 32, seed=5))
+    at = data.index(b"IDAT") + 8
+    data[at : at + 32] = bytes(b ^ 0x5A for b in data[at : at + 32])
+    url = "data:image/png;base64," + base64.b64encode(bytes(data)).decode()
+    body = {"model": cluster.model, "messages": img(url), "max_tokens": 4, "stream": stream}
+    with httpx.Client(base_url=cluster.url, timeout=30) as http:
+        r = http.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "invalid_image" and "PNG" in err["message"], err
+        ok = http.post("/v1/chat/completions", json={**body, "messages": img(GOOD_PNG)})
+        assert ok.status_code == 200, ok.text
+
+
 @pytest.mark.parametrize("image", [False, True])
 def test_disconnect_mid_stream_frees_the_request_everywhere(cluster, image):
     decodes = ["decode-0", "decode-1"]
