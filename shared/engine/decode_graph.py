@@ -6,8 +6,8 @@ sequence, no images). It is the same model code as the eager path, traced once w
 
 - attention reads each sequence's KV blocks where they lie in the pool (``FlexDecodeAttention``,
   FlexAttention with a block mask: no gather, GQA in the kernel);
-- MoE layers call the ``epd::routed_experts`` custom op (``moe_kernels``): one node per layer, token
-  counts per expert computed on the device;
+- MoE layers call the ``epd::routed_experts`` opaque op (``moe_kernels``, ``opaque``): one node
+  per layer, token counts per expert computed on the device;
 - the step's metadata is one small int32 tensor built on the host and copied to the device once
   (``pack``); everything derived from it is computed in the graph.
 
@@ -44,6 +44,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from shared.engine.compiler_check import missing_compiler
 from shared.engine.flex_attention import NO_Q_BLOCKS
 from shared.engine.kv_pool import KVPool
+from shared.engine.opaque import opaque_op
 from shared.engine.scheduler import ScheduledSeq
 from shared.models.layers.attention import AttentionBackend
 from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
@@ -136,7 +137,7 @@ class FlexDecodeAttention(DecodeAttention):
 
 class GatherDecodeAttention(DecodeAttention):
     """``epd::gather_decode_attention``: each row's blocks gathered into ``[Bp, Hkv, W * block, D]``
-    and one SDPA call, behind a custom op (one extern call in the graph). It moves more memory than
+    and one SDPA call, behind an opaque op (``opaque.py``: one extern call in the graph). It moves more memory than
     FlexAttention but, on the CPU, FlexAttention's kernel costs more at small head sizes (measured in
     docs/BENCHMARKS.md): the CPU's choice."""
 
@@ -147,7 +148,23 @@ class GatherDecodeAttention(DecodeAttention):
         )
 
 
-@torch.library.custom_op("epd::gather_decode_attention", mutates_args=())
+def _gather_decode_attention_fake(
+    q: torch.Tensor,
+    k_slots: torch.Tensor,
+    v_slots: torch.Tensor,
+    tables: torch.Tensor,
+    lengths: torch.Tensor,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+@opaque_op(
+    "gather_decode_attention(Tensor q, Tensor k_slots, Tensor v_slots, Tensor tables, Tensor lengths,"
+    " int block_size, float scale) -> Tensor",
+    _gather_decode_attention_fake,
+)
 def gather_decode_attention(
     q: torch.Tensor,  # [Bp, Hq, D]
     k_slots: torch.Tensor,  # [N * block, Hkv, D]
@@ -169,19 +186,6 @@ def gather_decode_attention(
         q.view(bp, hkv, hq // hkv, d), keys, values, attn_mask=allowed[:, None, None, :], scale=scale
     )
     return out.reshape(bp, hq, d)
-
-
-@gather_decode_attention.register_fake
-def _gather_decode_attention_fake(
-    q: torch.Tensor,
-    k_slots: torch.Tensor,
-    v_slots: torch.Tensor,
-    tables: torch.Tensor,
-    lengths: torch.Tensor,
-    block_size: int,
-    scale: float,
-) -> torch.Tensor:
-    return torch.empty_like(q)
 
 
 DECODE_ATTENTION: dict[str, type[DecodeAttention]] = {

@@ -7,8 +7,8 @@ per-expert GEMMs from C++, which saves the Python loop (a few percent at small b
 ``auto`` takes ``grouped_mm`` wherever a probe call works for the device and dtype, else ``loop``.
 Both compute the same function.
 
-The engine calls either through one custom op, ``epd::routed_experts``, with a fake (meta)
-kernel: a compiled decode step sees one opaque node per MoE layer (``torch._grouped_mm`` has no
+The engine calls either through one opaque op (``opaque.py``), ``epd::routed_experts``, with a fake
+(meta) kernel: a compiled decode step sees one opaque node per MoE layer (``torch._grouped_mm`` has no
 float32 fake kernel, and the loop's per-expert shapes would break the graph), and ``grouped_mm``
 counts tokens per expert on the device (``scatter_add_``), so a GPU step has no host sync to
 capture in a CUDA graph. The reference ``loop`` reads the counts on the host; it is for the CPU.
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.engine.opaque import opaque_op
 from shared.models.layers.moe import ExpertsKernel, SparseMoeBlock, grouped_experts
 
 
@@ -64,19 +65,6 @@ def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
 KERNELS: dict[str, ExpertsKernel] = {"loop": grouped_experts, "grouped_mm": grouped_mm_experts}
 
 
-@torch.library.custom_op("epd::routed_experts", mutates_args=())
-def routed_experts(
-    x: torch.Tensor,
-    gate_up: torch.Tensor,
-    down: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    kernel: str,
-) -> torch.Tensor:
-    return KERNELS[kernel](x, gate_up, down, topk_ids, topk_weights)
-
-
-@routed_experts.register_fake
 def _routed_experts_fake(
     x: torch.Tensor,
     gate_up: torch.Tensor,
@@ -86,6 +74,22 @@ def _routed_experts_fake(
     kernel: str,
 ) -> torch.Tensor:
     return torch.empty_like(x)
+
+
+@opaque_op(
+    "routed_experts(Tensor x, Tensor gate_up, Tensor down, Tensor topk_ids, Tensor topk_weights, str kernel)"
+    " -> Tensor",
+    _routed_experts_fake,
+)
+def routed_experts(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    kernel: str,
+) -> torch.Tensor:
+    return KERNELS[kernel](x, gate_up, down, topk_ids, topk_weights)
 
 
 class ExpertsOp:
