@@ -68,6 +68,7 @@ class CompareConfig:
     concurrency: int = 8
     images: str = "1"
     image_size: str = "224x224"
+    image_format: str = "png"  # png or jpeg (vllm bench serve sends JPEG)
     videos: str = "0"
     video_frames: int = 16
     video_size: str = "224x224"
@@ -98,7 +99,7 @@ class CompareConfig:
     def load(self, base_url: str, **shape: object) -> LoadConfig:
         return LoadConfig(
             base_url=base_url, num_requests=self.num_requests, seed=self.seed, images=self.images,
-            image_size=self.image_size, videos=self.videos, video_frames=self.video_frames,
+            image_size=self.image_size, image_format=self.image_format, videos=self.videos, video_frames=self.video_frames,
             video_size=self.video_size, prompt_words=self.prompt_words, max_tokens=self.max_tokens,
             ignore_eos=self.ignore_eos, timeout=self.request_timeout, progress=self.progress,
             **shape,  # type: ignore[arg-type]
@@ -234,6 +235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CompareConfig:
     p.add_argument("--concurrency", type=int, default=d.concurrency, help="closed loop: requests in flight")
     p.add_argument("--images", default=d.images, help="images per request (loadgen distribution)")
     p.add_argument("--image-size", default=d.image_size)
+    p.add_argument("--image-format", choices=("png", "jpeg"), default=d.image_format)
     p.add_argument("--videos", default=d.videos, help="videos per request (loadgen distribution)")
     p.add_argument("--video-frames", type=int, default=d.video_frames, help="frames per synthetic video")
     p.add_argument("--video-size", default=d.video_size)
@@ -273,7 +275,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CompareConfig:
     rates = tuple(float(r) for r in a.request_rates.split(",") if r.strip())
     cfg = CompareConfig(
         model=a.model.resolve(), setups=a.setups, sweep_setups=a.sweep_setups, num_requests=a.num_requests,
-        concurrency=a.concurrency, images=a.images, image_size=a.image_size, videos=a.videos,
+        concurrency=a.concurrency, images=a.images, image_size=a.image_size, image_format=a.image_format, videos=a.videos,
         video_frames=a.video_frames, video_size=a.video_size, prompt_words=a.prompt_words,
         max_tokens=a.max_tokens, ignore_eos=a.ignore_eos, warmup=a.warmup, request_rates=rates,
         dtype=a.dtype, torch_threads=a.torch_threads, cluster_flags=a.cluster_flags,
