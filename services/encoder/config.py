@@ -30,6 +30,12 @@ class EncoderConfig(ServiceFlags):
     max_inflight_per_peer: int = flag(
         4096, help="refuse requests as overloaded from a router with this many waiting for images here"
     )
+    prepare_threads: int = flag(
+        1, help="threads that decode and preprocess images while the loop runs forwards (0: in the loop)"
+    )
+    max_preparing: int = flag(
+        64, help="images prepared at once by the threads; more are prepared in the loop"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -39,6 +45,8 @@ class EncoderConfig(ServiceFlags):
             raise ValueError("cache_bytes >= 0 and max_queued_patches >= 1 are required")
         if self.max_inflight_per_peer < 1:
             raise ValueError("max_inflight_per_peer must be >= 1")
+        if self.prepare_threads < 0 or self.max_preparing < 1:
+            raise ValueError("prepare_threads >= 0 and max_preparing >= 1 are required")
 
     @property
     def batch_patches(self) -> int:

@@ -25,6 +25,9 @@ class EncoderMetrics:
         self.requests = Counter("encoder_requests", "Encode requests received", registry=r)
         self.images = Counter("encoder_images", "Images received in encode requests", registry=r)
         self.queue_images = Gauge("encoder_queue_images", "Images waiting for a vision forward", registry=r)
+        self.preparing_images = Gauge(
+            "encoder_preparing_images", "Images being decoded and preprocessed off the loop", registry=r
+        )
         self.queue_patches = Gauge(
             "encoder_queue_patches", "Patches waiting for a vision forward", registry=r
         )

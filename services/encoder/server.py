@@ -22,13 +22,15 @@ Sockets:
 Life cycle of a request, one stage per step of the loop:
 1. receive: decode and validate the message (a malformed one is answered on the ROUTER, never
    raised; so is one over its peer's in-flight limit); for each image: past its deadline ->
-   error; cached -> result sent at once; already queued -> join that image; no bytes ->
-   ``CacheMiss`` to the router; else check the hash, decode and preprocess (bad bytes ->
-   ``StageError(bad_image)`` to prefill) and queue it.
-2. schedule: drop waiters past their deadline (told so), then take a batch under the patch budget
+   error; cached -> result sent at once; already on its way (being prepared or queued) -> join
+   it; no bytes -> ``CacheMiss`` to the router; else hand it to a preparing thread
+   (``preparing.py``: hash check, decode, preprocess, off the loop).
+2. collect: prepared images join the patch queue (bad bytes -> ``StageError(bad_image)`` to
+   prefill); a loop with nothing queued first waits for those being prepared.
+3. schedule: drop waiters past their deadline (told so), then take a batch under the patch budget
    (``batcher.py``).
-3. run: one ``get_image_feature`` call for the batch.
-4. send: cache each output and push it to every waiter's prefill inbox, tagged with the request id
+4. run: one ``get_image_feature`` call for the batch.
+5. send: cache each output and push it to every waiter's prefill inbox, tagged with the request id
    and image index. One request's images may come from several encoders; prefill reassembles.
 """
 
@@ -43,7 +45,8 @@ from services.common.loop import IDLE_POLL_S, MAX_RECV_PER_STEP, serve_steps
 from services.common.membership import Load, Membership
 from services.encoder.config import EncoderConfig
 from services.encoder.metrics import EncoderMetrics
-from shared.multimodal.image import ImageError, image_hash
+from services.encoder.preparing import HashMismatch, Pixels, PreparePool
+from shared.multimodal.image import ImageError
 from shared.multimodal.video import VideoError, VideoLimits
 from shared.timeline import RequestClock, Service, StageName, Tracer, observe
 from shared.vision.batcher import PatchBatcher, PendingImage, Waiter
@@ -68,6 +71,8 @@ from shared.wire.messages import MAX_IMAGE_BYTES, RouterHeartbeat
 
 log = logging.getLogger("encoder")
 
+PREPARE_WAIT_S = 1.0  # the longest an idle loop waits for images being prepared before turning again
+
 
 class EncoderServer:
     def __init__(
@@ -81,6 +86,9 @@ class EncoderServer:
         metrics.cache_max_bytes.set(cfg.cache_bytes)
         self.video_limits = VideoLimits()  # the router checked the file against its own limits
         self.batcher = PatchBatcher(cfg.batch_patches, cfg.cross_request_batching)
+        self.preparing = PreparePool(
+            runner, cfg.prepare_threads, cfg.max_image_pixels, self.video_limits, cfg.max_preparing
+        )
         self.requests = RouterSocket(
             cfg.bind_address, bind=True, accept=[EncodeRequest, RouterHeartbeat],
             max_frame_bytes=MAX_IMAGE_BYTES + (1 << 20),
@@ -109,7 +117,8 @@ class EncoderServer:
 
     def step(self) -> None:
         self.health.tick()
-        self.receive(IDLE_POLL_S if not len(self.batcher) else 0.0)
+        self.receive(IDLE_POLL_S if self.idle() else 0.0)
+        self.collect()
         batch = self.schedule()
         if batch:
             outputs = self.run(batch)
@@ -117,6 +126,7 @@ class EncoderServer:
                 self.send(batch, outputs)
         self.metrics.queue_images.set(len(self.batcher))
         self.metrics.queue_patches.set(self.batcher.queued_patches)
+        self.metrics.preparing_images.set(len(self.preparing))
         self.membership.tick(self._load)
 
     def drain(self) -> None:
@@ -125,16 +135,17 @@ class EncoderServer:
         self.membership.drain()
 
     def idle(self) -> bool:
-        return not len(self.batcher)
+        return not len(self.batcher) and not len(self.preparing)
 
     def _load(self) -> Load:
         self.health.info["state"] = self.membership.state.value
-        return Load(queued=len(self.batcher), cache_bytes=self.cache.bytes)
+        return Load(queued=len(self.batcher) + len(self.preparing), cache_bytes=self.cache.bytes)
 
     def close(self) -> None:
         self.membership.leave(self._load())
         self.membership.close()
         self._unlisten()
+        self.preparing.close()
         self.requests.close()
         self.outbox.close()
         self.tracer.shutdown()
@@ -193,8 +204,8 @@ class EncoderServer:
                 self._fail(waiter, ErrorKind.DEADLINE_EXCEEDED, "deadline passed before the image was queued")
                 continue
             key = self.runner.cache_key(image.content_hash)
-            queued = self.batcher.find(key)
-            if queued is not None:  # the same content is already waiting: share its forward
+            queued = self.batcher.find(key) or self.preparing.find(key)
+            if queued is not None:  # the same content is already on its way: share its forward
                 self.metrics.cache_lookups.labels("coalesced").inc()
                 self.inflight.hold(peer, req.request_id, image.index)
                 queued.waiters.append(waiter)
@@ -213,32 +224,38 @@ class EncoderServer:
             self._report_misses(peer, req.request_id, misses)
 
     def _queue(self, image: ImageInput, key: str, waiter: Waiter) -> None:
-        assert image.data is not None
-        if image.video is None and image_hash(image.data) != image.content_hash:
-            self._fail(waiter, ErrorKind.BAD_REQUEST, "content_hash is not the SHA-256 of the image bytes")
+        """To a preparing thread; inline when there is none or too many images are on their way."""
+        if self.preparing.can_submit():
+            self.preparing.submit(image, key, waiter)
             return
-        what = "image" if image.video is None else "video"
         try:
-            if image.video is None:
-                pixel_values, grid = self.runner.prepare(image.data, self.cfg.max_image_pixels)
-            else:
-                pixel_values, grid = self.runner.prepare_video(
-                    image.data, image.video, image.content_hash, self.video_limits
-                )
-        except (ImageError, VideoError) as e:
-            self._fail(waiter, ErrorKind.BAD_IMAGE, f"invalid {what}: {e}")
+            pixels = self.preparing.prepare_inline(image)
+        except Exception as e:  # noqa: BLE001 - every failure is the image's, told to its waiter
+            self._prepare_failed(image, [waiter], e)
             return
-        except Exception as e:  # anything the media libraries did not anticipate, e.g. MemoryError
-            log.exception("[%s] %s %d: preprocessing failed", waiter.request_id, what, waiter.image_index)
-            self._fail(
-                waiter, ErrorKind.BAD_IMAGE, f"{what} could not be preprocessed: {type(e).__name__}: {e}"
-            )
-            return
+        self._enqueue(image, key, [waiter], pixels)
+
+    def _prepare_failed(self, image: ImageInput, waiters: list[Waiter], e: Exception) -> None:
+        what = "image" if image.video is None else "video"
+        if isinstance(e, HashMismatch):
+            kind, message = ErrorKind.BAD_REQUEST, str(e)
+        elif isinstance(e, (ImageError, VideoError)):
+            kind, message = ErrorKind.BAD_IMAGE, f"invalid {what}: {e}"
+        else:  # anything the media libraries did not anticipate, e.g. MemoryError
+            log.error("[%s] %s %d: preprocessing failed", waiters[0].request_id, what, waiters[0].image_index,
+                      exc_info=e)  # fmt: skip
+            kind, message = ErrorKind.BAD_IMAGE, f"{what} could not be preprocessed: {type(e).__name__}: {e}"
+        for waiter in waiters:
+            self._fail(waiter, kind, message)
+
+    def _enqueue(self, image: ImageInput, key: str, waiters: list[Waiter], pixels: Pixels) -> None:
+        pixel_values, grid = pixels
         queued = self.batcher.queued_patches
         if queued and queued + pixel_values.shape[0] > self.cfg.max_queued_patches:  # one image always fits
-            self._fail(waiter, ErrorKind.OVERLOADED, f"encoder queue is full ({queued} patches waiting)")
+            for waiter in waiters:
+                self._fail(waiter, ErrorKind.OVERLOADED, f"encoder queue is full ({queued} patches waiting)")
             return
-        self.batcher.add(PendingImage(key, image.content_hash, pixel_values, grid, [waiter]))
+        self.batcher.add(PendingImage(key, image.content_hash, pixel_values, grid, waiters))
 
     def _report_misses(self, peer: bytes, request_id: str, misses: list[ImageInput]) -> None:
         self.metrics.cache_misses_reported.inc(len(misses))
@@ -249,13 +266,27 @@ class EncoderServer:
             self.metrics.send_failures.inc()
             log.warning("[%s] could not report cache misses to the router: %s", request_id, e)
 
-    # ----- 2. schedule ---------------------------------------------------------------------------
+    # ----- 2. collect ----------------------------------------------------------------------------
+    def collect(self) -> None:
+        """Prepared images to the patch queue. With nothing queued to run, first wait for those on
+        their way (at most ``PREPARE_WAIT_S``): a burst that arrived together runs as one forward."""
+        if len(self.preparing) and not len(self.batcher):
+            self.preparing.wait(PREPARE_WAIT_S)
+        for p in self.preparing.finished():
+            try:
+                pixels = p.result()
+            except Exception as e:  # noqa: BLE001 - every failure is the image's, told to its waiters
+                self._prepare_failed(p.image, p.waiters, e)
+                continue
+            self._enqueue(p.image, p.key, p.waiters, pixels)
+
+    # ----- 3. schedule ---------------------------------------------------------------------------
     def schedule(self) -> list[PendingImage]:
         for waiter in self.batcher.expire(time.time()):
             self._fail(waiter, ErrorKind.DEADLINE_EXCEEDED, "deadline passed while the image was queued")
         return self.batcher.next_batch()
 
-    # ----- 3. run --------------------------------------------------------------------------------
+    # ----- 4. run --------------------------------------------------------------------------------
     def run(self, batch: list[PendingImage]) -> list[CachedEmbedding] | None:
         patches = sum(im.num_patches for im in batch)
         start = self.batch_started = time.monotonic()
@@ -274,7 +305,7 @@ class EncoderServer:
         self.metrics.batch_requests.observe(len({w.request_id for im in batch for w in im.waiters}))
         return outputs
 
-    # ----- 4. send -------------------------------------------------------------------------------
+    # ----- 5. send -------------------------------------------------------------------------------
     def send(self, batch: list[PendingImage], outputs: list[CachedEmbedding]) -> None:
         for image, output in zip(batch, outputs, strict=True):
             if self.cache.max_bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from services.common.http import Health
 from services.encoder.config import EncoderConfig
 from services.encoder.metrics import EncoderMetrics
 from services.encoder.server import EncoderServer
+from shared.multimodal.image import image_hash
 from shared.vision.runner import VisionRunner
 from shared.wire import ErrorKind, ImageEmbeddingResult, PullSocket, StageError
 from tests.encoder.conftest import collect, png
@@ -110,3 +112,57 @@ def test_overload_is_refused_with_an_error(client_and_server, inbox) -> None:
     errors = [m for m in got if isinstance(m, StageError)]
     assert [(e.request_id, e.image_index) for e in errors] == [("A", 1), ("B", 0), ("C", 0)]
     assert all(e.kind is ErrorKind.OVERLOADED for e in errors)
+
+
+def test_an_image_being_prepared_holds_neither_the_loop_nor_a_second_request_for_it(
+    checkpoint: Path, inbox, monkeypatch
+) -> None:
+    """A picture whose decode is slow (held on a gate here) is prepared off the loop: a later
+    image is encoded and delivered meanwhile, and a second request for the slow picture joins the
+    one being prepared (one decode, two results)."""
+    runner = VisionRunner(checkpoint, "cpu", "float32")
+    slow, fast = png(160, 64, 7), png(64, 64, 8)
+    gate, decoded = threading.Event(), []
+    prepare = runner.prepare
+
+    def gated(data: bytes, max_image_pixels: int):
+        if data == slow:
+            assert gate.wait(30)
+        decoded.append(data)
+        return prepare(data, max_image_pixels)
+
+    monkeypatch.setattr(runner, "prepare", gated)
+    server = make_server(runner, checkpoint, prepare_threads=2)
+    client = EncoderClient(server.endpoint)
+    try:
+        client.submit("slow", {0: slow}, inbox.endpoint)
+        client.submit("fast", {0: fast}, inbox.endpoint)
+        time.sleep(0.3)
+        server.step()  # both to the threads; the loop waits for them at most PREPARE_WAIT_S
+        client.submit("again", {0: slow}, inbox.endpoint)
+        time.sleep(0.3)
+        server.step()
+        (first,) = collect(inbox, 1)
+        assert isinstance(first, ImageEmbeddingResult) and first.request_id == "fast"
+        waiting = server.preparing.find(runner.cache_key(image_hash(slow)))  # still on its gate
+        assert waiting is not None and len(server.preparing) == 1
+        assert [w.request_id for w in waiting.waiters] == ["slow", "again"]
+        gate.set()
+        for _ in range(3):
+            server.step()
+        rest = collect(inbox, 2)
+        assert sorted(m.request_id for m in rest) == ["again", "slow"]
+        assert all(isinstance(m, ImageEmbeddingResult) for m in rest)
+        assert decoded.count(slow) == 1 and sample(server, "encoder_vision_forwards_total") == 2
+    finally:
+        gate.set()
+        client.close()
+        server.close()
+
+
+@pytest.mark.parametrize("client_and_server", [{"prepare_threads": 0}], indirect=True)
+def test_images_prepared_in_the_loop_share_one_forward_too(client_and_server, inbox) -> None:
+    client, server = client_and_server
+    submit_three(client, inbox)
+    server.step()
+    assert len(collect(inbox, 4)) == 4 and sample(server, "encoder_vision_forwards_total") == 1
