@@ -35,11 +35,11 @@ from shared.loadgen import LoadConfig, run
 REPO = Path(__file__).resolve().parent.parent
 
 
-def server(checkout: Path, args: argparse.Namespace, log_dir: Path) -> Server:
+def server(checkout: Path, args: argparse.Namespace, log_dir: Path, extra: Sequence[str] = ()) -> Server:
     cmd = (
         sys.executable, "-m", "router.cli", "up", "--model", str(args.model), "--dtype", args.dtype,
         "--torch-threads", "1", "--base-port", "0", "--port", "0", "--log-dir", str(log_dir),
-        *args.cluster_flag,
+        *args.cluster_flag, *extra,
     )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(checkout)}  # the checkout's packages before the venv's
     return Server(checkout.name, cmd, "cluster ready", 330, cwd=checkout, env=env)
@@ -63,15 +63,18 @@ def cpu_seconds(session: int) -> dict[str, float]:
     return used
 
 
-def measure(checkout: Path, args: argparse.Namespace, log_dir: Path) -> tuple[float, dict[str, float]]:
-    """Requests/s of one run, and each module's CPU milliseconds per request."""
+def measure(
+    checkout: Path, args: argparse.Namespace, log_dir: Path, extra: Sequence[str] = ()
+) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Requests/s of one run, each module's CPU milliseconds per request, and TTFT and TPOT p50 (ms)."""
     procs: list[subprocess.Popen] = []
-    with serve(server(checkout, args, log_dir), log_dir, procs.append) as url:
+    with serve(server(checkout, args, log_dir, extra), log_dir, procs.append) as url:
         before = cpu_seconds(procs[0].pid)
         load = LoadConfig(
             base_url=url, num_requests=args.num_requests, concurrency=args.concurrency, seed=0,
-            images=args.images, image_size=args.image_size, max_tokens=args.max_tokens, ignore_eos=True,
-            warmup=args.warmup, progress=False,
+            images=args.images, image_size=args.image_size, image_format=args.image_format,
+            prompt_words=args.prompt_words, max_tokens=args.max_tokens, ignore_eos=True, warmup=args.warmup,
+            progress=False,
         )  # fmt: skip
         report = run(load)["runs"][0]
         after = cpu_seconds(procs[0].pid)
@@ -80,7 +83,8 @@ def measure(checkout: Path, args: argparse.Namespace, log_dir: Path) -> tuple[fl
     sent = args.num_requests + args.warmup
     cpu = {m: 1000 * (t - before.get(m, 0.0)) / sent for m, t in after.items()}
     cpu["all"] = sum(cpu.values())
-    return float(report["request_throughput"]), cpu
+    latency = {"TTFT p50": report["ttft_ms"]["p50"], "TPOT p50": report["tpot_ms"]["p50"]}
+    return float(report["request_throughput"]), cpu, latency
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,25 +97,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--images", default="1")
     p.add_argument("--image-size", default="224x224")
+    p.add_argument("--image-format", choices=("png", "jpeg"), default="png")
+    p.add_argument("--prompt-words", default=LoadConfig.prompt_words)
     p.add_argument("--max-tokens", default="32")
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--cluster-flag", action="append", default=[], help="extra flag for epd up (repeatable)")
+    p.add_argument(
+        "--candidate-flag", action="append", default=[],
+        help="extra flag for the candidate's epd up only (repeatable): with --base HEAD, an A/B of a flag",
+    )  # fmt: skip
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="ab-"))
     base = tmp / "base"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(base), args.base], check=True)
     rps: dict[str, list[float]] = {"base": [], "candidate": []}
     cpu: dict[str, list[dict[str, float]]] = {"base": [], "candidate": []}
+    lat: dict[str, list[dict[str, float]]] = {"base": [], "candidate": []}
     try:
         for r in range(args.rounds):
             order = ("base", "candidate") if r % 2 == 0 else ("candidate", "base")
             for name in order:
                 checkout = base if name == "base" else REPO
-                throughput, used = measure(checkout, args, tmp / f"{name}-{r}")
+                extra = args.candidate_flag if name == "candidate" else ()
+                throughput, used, latency = measure(checkout, args, tmp / f"{name}-{r}", extra)
                 rps[name].append(throughput)
                 cpu[name].append(used)
+                lat[name].append(latency)
                 per = "  ".join(f"{m} {ms:.1f}" for m, ms in sorted(used.items()))
-                print(f"round {r + 1} {name:9s} {throughput:.3f} req/s  CPU ms/request: {per}", flush=True)
+                times = "  ".join(f"{k} {ms:.1f} ms" for k, ms in latency.items())
+                print(
+                    f"round {r + 1} {name:9s} {throughput:.3f} req/s  {times}  CPU ms/request: {per}",
+                    flush=True,
+                )
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
     med = {k: statistics.median(v) for k, v in rps.items()}
@@ -120,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"candidate (this checkout): median {med['candidate']:.3f} req/s  {[round(x, 3) for x in rps['candidate']]}"
     )
     print(f"candidate / base: {med['candidate'] / med['base']:.3f}")
+    for key in ("TTFT p50", "TPOT p50"):
+        b, c = (statistics.median(run[key] for run in lat[k]) for k in ("base", "candidate"))
+        print(f"{key}, median of the runs: base {b:.1f} ms -> candidate {c:.1f} ms  x{c / b:.3f}")
     print("CPU ms per request, median of the runs (base -> candidate, ratio):")
     for module in sorted({m for runs in cpu.values() for used in runs for m in used}):
         b, c = (statistics.median(used.get(module, 0.0) for used in cpu[k]) for k in ("base", "candidate"))
