@@ -141,7 +141,8 @@ def cluster_specs(args: argparse.Namespace, log_dir: Path) -> list[ServiceSpec]:
     specs = []
     for i in range(args.encoders):
         flags: tuple[str, ...] = ("--port", port(i), "--http-port", port(1000 + i), *report)
-        specs.append(ServiceSpec(f"encoder-{i}", "services.encoder", (*placed("encoder", i), *flags)))
+        encoder = (*placed("encoder", i), *flags, *args.encoder_arg)
+        specs.append(ServiceSpec(f"encoder-{i}", "services.encoder", encoder))
     for i in range(args.prefills):
         flags = (
             "--port",
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("zmq", "mooncake"),
         help="how prefill workers hand KV to decode workers (mooncake: the mooncake extra and `make deps`)",
     )
-    for stage in ("prefill", "decode", "router"):
+    for stage in ("encoder", "prefill", "decode", "router"):
         p.add_argument(
             f"--{stage}-arg", action="append", default=[], help=f"extra flag for every {stage} (repeatable)"
         )
