@@ -115,10 +115,10 @@ def test_the_encoder_answers_overloaded_past_a_peers_limit(server: EncoderServer
         assert reply.request_id == "a2"
         assert b.recv(0.3) is None  # another router is not limited by the first one
         assert server.metrics.registry.get_sample_value("encoder_peer_limit_refusals_total") == 1
-        while len(server.batcher):
-            server.step()  # forwards: the images are delivered and their requests leave
+        while not server.idle():
+            server.step()  # preparation, forwards: the images are delivered and their requests leave
         got = {inbox.recv(5).request_id for _ in range(3)}  # type: ignore[union-attr]
         assert got == {"a0", "a1", "b0"}
         a.send(request("a3", 3, inbox.endpoint))
         server.receive(1.0)
-        assert a.recv(0.3) is None and len(server.batcher) == 1  # room again
+        assert a.recv(0.3) is None and len(server.batcher) + len(server.preparing) == 1  # room again
