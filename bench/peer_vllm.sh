@@ -7,7 +7,8 @@
 # The servers are started together and stay up, idle but for the one under load (their idle CPU is
 # measured and printed first); then ROUNDS rounds, the order of the servers rotating each round, run
 # each load on each server: 16 warm-up requests, then the measured ones, with every server
-# process's CPU per request (bench.tree_cpu). This machine's speed drifts by tens of percent within
+# process's CPU per request (bench.tree_cpu). Every run has its own seed, the same on every server
+# of a round: no server sees a prompt or an image twice (caches would answer repeats). This machine's speed drifts by tens of percent within
 # an hour: alternating in one sitting is what makes the servers' figures comparable.
 # bench/peer_report.py prints the medians as a table.
 # Usage: [CKPT=dir] [OUT=dir] [N1=256] [N3=128] [ROUNDS=3] [REPO=checkout] bench/peer_vllm.sh [vllm,cluster,colocated]
@@ -40,7 +41,7 @@ load() {  # server shape round
   local common=(--backend openai-chat --base-url http://127.0.0.1:${PORT[$server]} --endpoint /v1/chat/completions
     --model $CKPT --served-model-name demo --tokenizer $CKPT --dataset-name random-mm
     --random-output-len 32 --ignore-eos --random-mm-num-mm-items-range-ratio 0
-    --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,99 --seed 0)
+    --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,90,99)
   local args=(--max-concurrency 8 --random-input-len 64 --random-mm-base-items-per-request 1
     --random-mm-limit-mm-per-prompt '{"image": 1, "video": 0}' --random-mm-bucket-config '{(224, 224, 1): 1.0}')
   local n=${N1:-256}
@@ -50,10 +51,11 @@ load() {  # server shape round
       --random-mm-limit-mm-per-prompt '{"image": 3, "video": 0}' --random-mm-bucket-config '{(448, 448, 1): 1.0}')
   fi
   local txt=$OUT/$server-$shape-r$round.txt
-  $VB/vllm bench serve "${common[@]}" "${args[@]}" --num-prompts 16 > /dev/null 2>&1  # warm-up
+  # Seeds: the warm-up's and every round's prompts and images are new to every server (no cache hits).
+  $VB/vllm bench serve "${common[@]}" "${args[@]}" --num-prompts 16 --seed $((1000 + round)) > /dev/null 2>&1
   $PY -m bench.tree_cpu ${PID[$server]} > $txt.cpu.json
   /usr/bin/time -f "client cpu user %U s sys %S s wall %e s" $VB/vllm bench serve "${common[@]}" "${args[@]}" \
-    --num-prompts $n > $txt 2>&1
+    --num-prompts $n --seed $round > $txt 2>&1
   $PY -m bench.tree_cpu ${PID[$server]} --since $txt.cpu.json --requests $n >> $txt
   echo "round $round $server $shape: $(grep -E 'Request throughput|Median TTFT|Median TPOT' $txt | tr -s ' ' | tr '\n' ' ')"
 }
