@@ -65,6 +65,11 @@ def sniff_format(data: bytes) -> str | None:
 
 def _open_header(data: bytes, max_image_pixels: int) -> Image.Image:
     """Open lazily (header only) and check the declared size before any pixel is decoded."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"image data must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError("image data is empty")
+    data = bytes(data)
     try:
         with warnings.catch_warnings():
             # Our own limit is stricter than PIL's bomb warning; silence it and check below.
@@ -120,11 +125,7 @@ def image_size(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS)
     raises the same ``ImageError``s; damage past the header is found only by ``decode_image``.
     The router uses this to count an image's tokens: the encoder decodes the pixels, once.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ImageError(f"image data must be bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise ImageError("image data is empty")
-    img = _open_header(bytes(data), max_image_pixels)
+    img = _open_header(data, max_image_pixels)
     try:
         return img.size
     finally:
@@ -138,11 +139,7 @@ def decode_image(data: bytes, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
     GIF), zero-size or oversized images; the size limits are checked from the header first.
     EXIF orientation is not applied, as in transformers.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ImageError(f"image data must be bytes, got {type(data).__name__}")
-    if len(data) == 0:
-        raise ImageError("image data is empty")
-    img = _open_header(bytes(data), max_image_pixels)
+    img = _open_header(data, max_image_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
