@@ -40,11 +40,10 @@ class Preparing:
     key: str
     image: ImageInput
     waiters: list[Waiter]
-    future: cf.Future[Pixels] | None = None  # None: prepared inline
+    future: cf.Future[Pixels]
 
     def result(self) -> Pixels:
         """The pixel rows, or the preparation's exception (ImageError, VideoError, HashMismatch...)."""
-        assert self.future is not None
         return self.future.result()
 
 
@@ -92,16 +91,15 @@ class PreparePool:
 
     def finished(self) -> list[Preparing]:
         """The images whose preparation ended (well or not), in submission order; never blocks."""
-        done = [p for p in self._by_key.values() if p.future is not None and p.future.done()]
+        done = [p for p in self._by_key.values() if p.future.done()]
         for p in done:
             del self._by_key[p.key]
         return done
 
     def wait(self, timeout: float) -> None:
         """Block until every image being prepared is ready, at most ``timeout`` seconds."""
-        futures = [p.future for p in self._by_key.values() if p.future is not None]
-        if futures:
-            cf.wait(futures, timeout=timeout)
+        if self._by_key:
+            cf.wait([p.future for p in self._by_key.values()], timeout=timeout)
 
     def close(self) -> None:
         if self._pool is not None:
