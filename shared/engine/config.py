@@ -16,8 +16,8 @@ import torch
 from shared.flags import flag
 from shared.models.config import TextConfig
 
-MOE_KERNELS = ("auto", "loop", "grouped_mm")
-ATTENTION_BACKENDS = ("auto", "gather", "flex")
+MOE_KERNELS = ("auto", "loop", "grouped_mm", "cpu")
+ATTENTION_BACKENDS = ("auto", "gather", "flex", "cpu")
 # The most KV a CPU engine gets by default, as vLLM's CPU backend (VLLM_CPU_KVCACHE_SPACE): a CPU
 # engine cannot run enough sequences to use more, and the zero-filled pool is resident memory.
 CPU_KV_CACHE_CAP = 4 << 30
@@ -52,12 +52,17 @@ class EngineConfig:
     max_model_len: int | None = flag(None, help="longest sequence (default: the model's)")
     seed: int = flag(0, help="sampling seed of requests that carry none")
     moe_kernel: str = flag(
-        "auto", help="MoE expert kernel: auto (torch grouped GEMM where available), loop or grouped_mm"
+        "auto",
+        help="MoE expert kernel: loop, grouped_mm (torch's grouped GEMM), cpu (a C kernel built on "
+        "first use, for decode-sized steps; grouped GEMM above) or auto (cpu on CPUs where it builds, "
+        "else grouped_mm where available, else loop)",
     )
     attention_backend: str = flag(
         "auto",
         help="paged attention kernel: gather (blocks copied out, then SDPA), flex (FlexAttention "
-        "reading blocks in place) or auto (gather on CPU, flex on GPUs: docs/BENCHMARKS.md)",
+        "reading blocks in place), cpu (decode rows by a C kernel built on first use, reading blocks "
+        "in place; other rows gather) or auto (cpu on CPUs where it builds, else gather; flex on "
+        "GPUs: docs/BENCHMARKS.md)",
     )
     compile_decode: bool = flag(
         False,
@@ -84,9 +89,10 @@ class EngineConfig:
             raise ValueError(f"moe_kernel must be one of {MOE_KERNELS}")
 
     def attention_for(self, device: torch.device) -> str:
-        """The paged attention kernel on this device: ``auto`` is gather on CPU, flex elsewhere."""
+        """The paged attention kernel on this device: ``auto`` is cpu on CPU, flex elsewhere (the
+        engine falls back to gather where that kernel cannot be built)."""
         if self.attention_backend == "auto":
-            return "gather" if device.type == "cpu" else "flex"
+            return "cpu" if device.type == "cpu" else "flex"
         return self.attention_backend
 
     def block_bytes(self, text: TextConfig, dtype: torch.dtype) -> int:

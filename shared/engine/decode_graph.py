@@ -4,10 +4,12 @@ Owns the step that repeats most often: a batch of decodes only (one generated to
 sequence, no images). It is the same model code as the eager path, traced once with
 ``fullgraph=True``:
 
-- attention reads each sequence's KV blocks where they lie in the pool (``FlexDecodeAttention``,
-  FlexAttention with a block mask: no gather, GQA in the kernel);
+- attention reads each sequence's KV blocks where they lie in the pool: on a GPU
+  ``FlexDecodeAttention`` (FlexAttention with a block mask, GQA in the kernel), on a CPU
+  ``CpuDecodeAttention`` (the C kernel of ``cpu_kernels``); ``GatherDecodeAttention`` (blocks
+  copied out, then SDPA) where that kernel cannot be built;
 - MoE layers call the ``epd::routed_experts`` opaque op (``moe_kernels``, ``opaque``): one node
-  per layer, token counts per expert computed on the device;
+  per layer, token counts per expert computed on the device (on a CPU, the C kernel);
 - the step's metadata is one small int32 tensor built on the host and copied to the device once
   (``pack``); everything derived from it is computed in the graph.
 
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from shared.engine.compiler_check import missing_compiler
+from shared.engine.cpu_kernels import paged_decode_attention
 from shared.engine.flex_attention import NO_Q_BLOCKS
 from shared.engine.kv_pool import KVPool
 from shared.engine.opaque import opaque_op
@@ -139,11 +142,22 @@ class GatherDecodeAttention(DecodeAttention):
     """``epd::gather_decode_attention``: each row's blocks gathered into ``[Bp, Hkv, W * block, D]``
     and one SDPA call, behind an opaque op (``opaque.py``: one extern call in the graph). It moves more memory than
     FlexAttention but, on the CPU, FlexAttention's kernel costs more at small head sizes (measured in
-    docs/BENCHMARKS.md): the CPU's choice."""
+    docs/BENCHMARKS.md): the CPU's fallback where the C kernel cannot be built."""
 
     def attend(self, q: torch.Tensor, k_slots: torch.Tensor, v_slots: torch.Tensor) -> torch.Tensor:
         lengths = (self.num_blocks - 1) * self.pool.block_size + self.last_offset + 1  # [Bp]
         return gather_decode_attention(
+            q, k_slots, v_slots, self.tables, lengths, self.pool.block_size, self.scale
+        )
+
+
+class CpuDecodeAttention(DecodeAttention):
+    """``epd::paged_decode_attention`` (``cpu_kernels``): a C loop over each row's blocks where they
+    lie in the pool, one opaque node in the graph. The CPU's kernel where it builds."""
+
+    def attend(self, q: torch.Tensor, k_slots: torch.Tensor, v_slots: torch.Tensor) -> torch.Tensor:
+        lengths = (self.num_blocks - 1) * self.pool.block_size + self.last_offset + 1  # [Bp] int32
+        return paged_decode_attention(
             q, k_slots, v_slots, self.tables, lengths, self.pool.block_size, self.scale
         )
 
@@ -191,6 +205,7 @@ def gather_decode_attention(
 DECODE_ATTENTION: dict[str, type[DecodeAttention]] = {
     "flex": FlexDecodeAttention,
     "gather": GatherDecodeAttention,
+    "cpu": CpuDecodeAttention,
 }
 
 
@@ -202,7 +217,7 @@ class DecodeGraph:
         model: Qwen3VLMoeForConditionalGeneration,
         pool: KVPool,
         max_num_seqs: int,
-        attention: str,  # "gather" or "flex"
+        attention: str,  # a key of DECODE_ATTENTION
     ) -> None:
         self.model, self.pool = model, pool
         self.attention = DECODE_ATTENTION[attention]

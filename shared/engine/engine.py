@@ -34,6 +34,7 @@ import torch
 from shared.engine.block_manager import BlockManager
 from shared.engine.compiler_check import missing_compiler
 from shared.engine.config import EngineConfig
+from shared.engine.cpu_kernels import decode_kernel
 from shared.engine.decode_graph import DecodeGraph
 from shared.engine.kv_pool import KVPool
 from shared.engine.kv_transfer import SequenceState, check_kv, check_layer
@@ -57,7 +58,10 @@ class Engine:
         text = model.config.text
         weight = next(model.parameters())
         self.device, dtype = weight.device, weight.dtype
-        install_kernel(model, select_kernel(config.moe_kernel, self.device, dtype))  # profiled with it
+        experts = (text.hidden_size, text.moe_intermediate_size)
+        install_kernel(
+            model, select_kernel(config.moe_kernel, self.device, dtype, experts)
+        )  # profiled with it
         profile = None if self.device.type == "cpu" else lambda: profile_forward(model, config)
         self.kv_plan = plan_kv_blocks(config, text, dtype, self.device, profile)
         num_blocks = self.kv_plan.num_blocks
@@ -74,6 +78,17 @@ class Engine:
                 raise ValueError(f"--attention-backend flex compiles FlexAttention, but {reason}")
             log.warning("paged attention: gather instead of flex, %s", reason)
             attention = "gather"
+        if attention == "cpu":
+            group = text.num_attention_heads // text.num_key_value_heads
+            if self.device.type != "cpu":
+                reason = f"the cpu kernel runs on CPUs, not {self.device.type}"
+            else:
+                reason = decode_kernel(text.head_dim, group, config.block_size)
+            if reason:
+                if config.attention_backend == "cpu":
+                    raise ValueError(f"--attention-backend cpu: {reason}")
+                log.warning("paged attention: gather instead of the cpu kernel, %s", reason)
+                attention = "gather"
         graph = (
             DecodeGraph(model, self.pool, config.max_num_seqs, attention) if config.compile_decode else None
         )

@@ -8,8 +8,10 @@ of each part); it builds the ``PagedAttention`` backend from the block tables, r
 computes logits only for sequences whose last token was computed (the ones that sample).
 
 The attention backend is the engine's choice (``EngineConfig.attention_for``): ``PagedAttention``
-(blocks gathered, then SDPA; the reference) or ``FlexPagedAttention`` (blocks read in place).
-Decode-only batches go to the compiled ``DecodeGraph`` when the engine built one.
+(blocks gathered, then SDPA; the reference) or ``FlexPagedAttention`` (blocks read in place); with
+``cpu``, batches that mix prefill chunks gather and decode-only ones run the C kernel
+(``CpuDecodeAttention``). Decode-only batches go to the compiled ``DecodeGraph`` when the engine
+built one.
 
 Shape legend: T packed tokens, H hidden, N image tokens in the batch, S deepstack levels, R rows
 that sample, V vocabulary.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.engine.decode_graph import DecodeGraph
+from shared.engine.decode_graph import CpuDecodeAttention, DecodeGraph
 from shared.engine.flex_attention import FlexPagedAttention
 from shared.engine.host import long_tensor
 from shared.engine.kv_pool import KVPool
@@ -45,6 +47,7 @@ class ModelRunner:
         self.scale = model.config.text.head_dim**-0.5
         self.graph = graph  # compiled decode steps, when enabled
         self.attention = FlexPagedAttention if attention == "flex" else PagedAttention
+        self.cpu_decode = attention == "cpu"  # decode-only batches: the C kernel
 
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> tuple[list[ScheduledSeq], torch.Tensor | None]:
@@ -137,11 +140,36 @@ class ModelRunner:
             positions.append(i + seq.mrope_delta)
             tables.append(table)
             lengths.append(i + 1)
-        attn = self.attention(
-            self.pool, [1] * len(batch), lengths, tables, long_tensor(slots, dev), self.scale
+        attn = (
+            self._cpu_decode_attention(tables, lengths, long_tensor(slots, dev))
+            if self.cpu_decode
+            else self.attention(
+                self.pool, [1] * len(batch), lengths, tables, long_tensor(slots, dev), self.scale
+            )
         )
         pos = long_tensor(positions, dev).expand(3, -1)  # [3, T]
         lm = self.model.model
         assert lm is not None
         hidden = self.model(lm.embed_tokens(long_tensor(ids, dev)), pos, attn, None)  # [T, H]
         return self.model.compute_logits(hidden)  # [T, V]
+
+    def _cpu_decode_attention(
+        self, tables: list[list[int]], lengths: list[int], slots: torch.Tensor
+    ) -> CpuDecodeAttention:
+        bs = self.pool.block_size
+        used = [-(-n // bs) for n in lengths]
+        width = max(used)
+        flat = [b for table, u in zip(tables, used, strict=True) for b in (*table[:u], *[0] * (width - u))]
+        meta = torch.tensor(
+            [[u, table[u - 1], (n - 1) % bs] for table, u, n in zip(tables, used, lengths, strict=True)],
+            dtype=torch.int32,
+        )  # [B, 3]: blocks in use, last block, offset of the newest token in it
+        return CpuDecodeAttention(
+            self.pool,
+            slots,
+            torch.tensor(flat, dtype=torch.int32).view(len(lengths), width),
+            meta[:, 0],
+            meta[:, 1],
+            meta[:, 2],
+            self.scale,
+        )

@@ -4,8 +4,10 @@
 ``grouped_mm`` runs all experts in one grouped GEMM call per projection (``torch._grouped_mm``):
 on a GPU that is the grouped-GEMM kernel the design calls for; on the CPU torch runs the same
 per-expert GEMMs from C++, which saves the Python loop (a few percent at small batch sizes).
-``auto`` takes ``grouped_mm`` wherever a probe call works for the device and dtype, else ``loop``.
-Both compute the same function.
+``cpu`` runs the C kernel of ``cpu_kernels`` (each active expert's weights streamed once, no
+packing) for steps of up to ``MAX_EXPERT_TOKENS`` tokens, decode steps, and ``grouped_mm`` (or
+``loop``) above. ``auto`` takes ``cpu`` on a CPU where that kernel builds, else ``grouped_mm``
+wherever a probe call works for the device and dtype, else ``loop``. All compute the same function.
 
 The engine calls either through one opaque op (``opaque.py``), ``epd::routed_experts``, with a fake
 (meta) kernel: a compiled decode step sees one opaque node per MoE layer (``torch._grouped_mm`` has no
@@ -19,12 +21,18 @@ I expert intermediate size.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.engine import cpu_kernels
 from shared.engine.opaque import opaque_op
 from shared.models.layers.moe import ExpertsKernel, SparseMoeBlock, grouped_experts
+
+log = logging.getLogger(__name__)
 
 
 def grouped_mm_experts(
@@ -47,6 +55,7 @@ def grouped_mm_experts(
     return torch.zeros_like(x).index_add_(0, token_idx, routed)
 
 
+@functools.cache
 def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
     if not hasattr(torch, "_grouped_mm"):
         return False
@@ -62,7 +71,24 @@ def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
     return True
 
 
-KERNELS: dict[str, ExpertsKernel] = {"loop": grouped_experts, "grouped_mm": grouped_mm_experts}
+def cpu_experts(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+) -> torch.Tensor:
+    if x.shape[0] <= cpu_kernels.MAX_EXPERT_TOKENS:
+        return cpu_kernels.routed_experts(x, gate_up, down, topk_ids, topk_weights)
+    many = grouped_mm_experts if _grouped_mm_works(x.device, x.dtype) else grouped_experts
+    return many(x, gate_up, down, topk_ids, topk_weights)
+
+
+KERNELS: dict[str, ExpertsKernel] = {
+    "loop": grouped_experts,
+    "grouped_mm": grouped_mm_experts,
+    "cpu": cpu_experts,
+}
 
 
 def _routed_experts_fake(
@@ -109,9 +135,24 @@ class ExpertsOp:
         return routed_experts(x, gate_up, down, topk_ids, topk_weights, self.name)
 
 
-def select_kernel(name: str, device: torch.device, dtype: torch.dtype) -> ExpertsKernel:
+def select_kernel(
+    name: str, device: torch.device, dtype: torch.dtype, sizes: tuple[int, int]
+) -> ExpertsKernel:
+    """The kernel called ``name`` (or the one ``auto`` picks) for experts of ``sizes``
+    (hidden, expert intermediate) on this device and dtype; ValueError if it cannot run there."""
+    cpu_reason = (
+        cpu_kernels.experts_kernel(*sizes) if device.type == "cpu" and dtype in cpu_kernels.DTYPES
+        else f"the cpu kernel runs {tuple(cpu_kernels.DTYPES)} on CPUs, not {dtype} on {device.type}"
+    )  # fmt: skip
     if name == "auto":
-        name = "grouped_mm" if _grouped_mm_works(device, dtype) else "loop"
+        if cpu_reason is None:
+            name = "cpu"
+        else:
+            name = "grouped_mm" if _grouped_mm_works(device, dtype) else "loop"
+            if device.type == "cpu":
+                log.warning("MoE kernel: %s instead of cpu, %s", name, cpu_reason)
+    elif name == "cpu" and cpu_reason is not None:
+        raise ValueError(f"--moe-kernel cpu: {cpu_reason}")
     elif name == "grouped_mm" and not _grouped_mm_works(device, dtype):
         raise ValueError(f"torch._grouped_mm is not usable for {dtype} on {device}")
     elif name not in KERNELS:

@@ -1,7 +1,7 @@
 """The compiled decode step: the eager step's logits, padding rows that never touch real rows, one
 graph for every batch bucket and table width (CPU), no graph breaks (``fullgraph=True``).
 
-One engine per attention kernel (gather, the CPU's; flex, the GPU's): its graph is compiled once
+One engine per attention kernel (gather and cpu, the CPU's; flex, the GPU's): its graph is compiled once
 (~20-70 s each on 2 cores); the tests then run batches of 2 to 8 rows (buckets 2, 4 and 8) and
 block tables 1 to 26 blocks wide through that one graph.
 """
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 LENGTHS = [15, 16, 17, 31, 40]
 
 
-@pytest.fixture(scope="module", params=["gather", "flex"])
+@pytest.fixture(scope="module", params=["gather", "cpu", "flex"])
 def engine(request, lm):
     config = EngineConfig(
         block_size=16,
@@ -134,7 +134,10 @@ def test_without_a_compiler_the_engine_serves_eager(lm, monkeypatch, caplog):
     """No C++ compiler on PATH (as in the image): the engine says so at once and decodes eager."""
     import torch._inductor.cpp_builder as cpp_builder
 
+    from shared.engine import cpu_kernels
+
     cpp_builder.cpp_compiler_search.cache_clear()  # Inductor caches the compiler it found
+    cpu_kernels._load.cache_clear()  # and the engine the C kernels it loaded
     monkeypatch.setenv("PATH", "/nonexistent")
     try:
         engine = Engine(lm, EngineConfig(block_size=16, num_blocks=96, max_num_seqs=8, compile_decode=True))
@@ -142,6 +145,7 @@ def test_without_a_compiler_the_engine_serves_eager(lm, monkeypatch, caplog):
             Engine(lm, EngineConfig(num_blocks=96, max_num_seqs=8, attention_backend="flex"))
     finally:
         cpp_builder.cpp_compiler_search.cache_clear()
+        cpu_kernels._load.cache_clear()
     graph = engine.runner.graph
     assert graph is not None and not graph.ready and graph.warmup_seconds == 0  # nothing traced
     assert graph.error == "no C++ compiler for Inductor's CPU kernels (g++ on PATH, or CXX)"

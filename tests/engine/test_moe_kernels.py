@@ -33,8 +33,9 @@ def test_grouped_mm_equals_the_loop(tokens):
 
 def test_install_sets_the_kernel_of_one_model_only(lm):
     cpu = torch.device("cpu")
-    for name, want in (("auto", "grouped_mm"), ("loop", "loop"), ("grouped_mm", "grouped_mm")):
-        kernel = select_kernel(name, cpu, torch.float32)
+    sizes = (lm.config.text.hidden_size, lm.config.text.moe_intermediate_size)
+    for name, want in (("auto", "cpu"), ("loop", "loop"), ("grouped_mm", "grouped_mm"), ("cpu", "cpu")):
+        kernel = select_kernel(name, cpu, torch.float32, sizes)
         assert isinstance(kernel, ExpertsOp) and kernel.name == want
     blocks = [m for m in lm.modules() if isinstance(m, SparseMoeBlock)]
     try:
@@ -55,7 +56,7 @@ def test_the_op_compiles_as_one_node_without_graph_breaks():
     )
     ids = torch.stack([torch.randperm(8, generator=g)[:2] for _ in range(6)])
     weights = torch.rand(6, 2, generator=g)
-    for name in ("loop", "grouped_mm"):
+    for name in ("loop", "grouped_mm", "cpu"):
         op = ExpertsOp(name)
         compiled = torch.compile(op.__call__, fullgraph=True, backend="eager")
         assert torch.equal(compiled(x, gate_up, down, ids, weights), op(x, gate_up, down, ids, weights))

@@ -1,0 +1,136 @@
+/* Decode attention over a paged KV pool on the CPU: one query token per sequence, keys and values read
+ * where they lie in the pool (no gather), the GROUP query heads of each key/value head computed
+ * together, an online softmax that rescales once per block. Built and loaded by
+ * shared/engine/cpu_kernels.py, once per (HEAD_DIM, GROUP, BLOCK_SIZE): constant trip counts let the
+ * compiler unroll and vectorize every inner loop.
+ *
+ * Layouts (row-major, contiguous):
+ *   q, out   [B, Hkv * GROUP, HEAD_DIM]
+ *   k, v     [num_slots, Hkv, HEAD_DIM]   slot = block * BLOCK_SIZE + offset in the block
+ *   tables   [B, W] int32                 each row's blocks, in order
+ *   lengths  [B] int32                    tokens each row attends to (its newest included), >= 1
+ * Element type: float32 (paged_decode_f32) or bfloat16 (paged_decode_bf16, as uint16); sums in float32.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#if !defined(HEAD_DIM) || !defined(GROUP) || !defined(BLOCK_SIZE)
+#error "build with -DHEAD_DIM=... -DGROUP=... -DBLOCK_SIZE=..."
+#endif
+#define D HEAD_DIM
+#define G GROUP
+#define BS BLOCK_SIZE
+
+/* e^x for x <= 0 (every exponent here is a score minus a running maximum): 2^n * p(r) with
+ * x = n ln2 + r, |r| <= ln2 / 2, p of degree 6 (relative error ~2e-7); below -87, ~1e-38. Plain
+ * arithmetic, so that the loops calling it vectorize (libm's expf does not). */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = __builtin_floorf(x * 1.44269504f + 0.5f);
+    const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { uint32_t u; float f; } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
+    return p * two_n.f;
+}
+
+static inline void load_f32(const float *src, float *dst) { memcpy(dst, src, D * sizeof(float)); }
+static inline void store_f32(const float *src, float *dst) { memcpy(dst, src, D * sizeof(float)); }
+
+static inline void load_bf16(const uint16_t *src, float *dst) {
+    for (int d = 0; d < D; d++) {
+        union { uint32_t u; float f; } x = {.u = (uint32_t)src[d] << 16};
+        dst[d] = x.f;
+    }
+}
+
+static inline void store_bf16(const float *src, uint16_t *dst) { /* round to nearest even */
+    for (int d = 0; d < D; d++) {
+        union { float f; uint32_t u; } x = {.f = src[d]};
+        const uint32_t nan = (x.u & 0x7fffffffu) > 0x7f800000u;
+        const uint32_t rounded = (x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16;
+        dst[d] = (uint16_t)(nan ? (x.u >> 16) | 0x40u : rounded);
+    }
+}
+
+/* One (sequence, key/value head): its GROUP query rows against its blocks. */
+#define DEFINE_HEAD(NAME, T, LOAD)                                                                      \
+    static void NAME(const T *q, const T *k, const T *v, const int32_t *table, int64_t length,         \
+                     int64_t row, float scale, float acc[G][D]) {                                        \
+        float qs[G][D], kf[D], vf[D], s[G][BS], top[G], sum[G];                                        \
+        for (int g = 0; g < G; g++) {                                                                   \
+            LOAD(q + g * D, qs[g]);                                                                     \
+            for (int d = 0; d < D; d++) qs[g][d] *= scale, acc[g][d] = 0.0f;                            \
+            top[g] = -1e30f;                                                                            \
+            sum[g] = 0.0f;                                                                              \
+        }                                                                                               \
+        for (int64_t j = 0, left = length; left > 0; j++, left -= BS) {                                 \
+            const int64_t first = (int64_t)table[j] * BS, n = left < BS ? left : BS;                    \
+            for (int t = 0; t < BS; t++) { /* a whole block: slots past n are the block's own, masked */ \
+                LOAD(k + (first + t) * row, kf);                                                        \
+                for (int g = 0; g < G; g++) {                                                           \
+                    float dot = 0.0f;                                                                   \
+                    for (int d = 0; d < D; d++) dot += qs[g][d] * kf[d];                                \
+                    s[g][t] = dot;                                                                      \
+                }                                                                                       \
+            }                                                                                           \
+            for (int g = 0; g < G; g++) {                                                               \
+                float m = top[g], total = 0.0f;                                                         \
+                for (int t = 0; t < BS; t++) m = t < n && s[g][t] > m ? s[g][t] : m;                    \
+                const float fix = exp_nonpositive(top[g] - m);                                          \
+                for (int t = 0; t < BS; t++) {                                                          \
+                    const float p = exp_nonpositive(s[g][t] - m);                                       \
+                    s[g][t] = t < n ? p : 0.0f;                                                         \
+                    total += s[g][t];                                                                   \
+                }                                                                                       \
+                for (int d = 0; d < D; d++) acc[g][d] *= fix;                                           \
+                sum[g] = sum[g] * fix + total;                                                          \
+                top[g] = m;                                                                             \
+            }                                                                                           \
+            for (int t = 0; t < n; t++) { /* values: only written slots (the rest may hold anything) */ \
+                LOAD(v + (first + t) * row, vf);                                                        \
+                for (int g = 0; g < G; g++)                                                             \
+                    for (int d = 0; d < D; d++) acc[g][d] += s[g][t] * vf[d];                           \
+            }                                                                                           \
+        }                                                                                               \
+        for (int g = 0; g < G; g++) {                                                                   \
+            const float inv = 1.0f / sum[g];                                                            \
+            for (int d = 0; d < D; d++) acc[g][d] *= inv;                                               \
+        }                                                                                               \
+    }
+
+/* Returns the number of rows refused (a length outside [1, width * BS] or a block outside the pool:
+ * nothing is read for them and their output is left as it was); 0 when all were computed. */
+#define DEFINE_KERNEL(NAME, HEAD, T, STORE)                                                             \
+    int64_t NAME(const T *q, const T *k, const T *v, const int32_t *tables, const int32_t *lengths, T *out, \
+                 int64_t batch, int64_t kv_heads, int64_t width, int64_t pool_blocks, float scale) {     \
+        const int64_t row = kv_heads * D;                                                               \
+        float acc[G][D];                                                                                \
+        int64_t refused = 0;                                                                            \
+        for (int64_t b = 0; b < batch; b++) {                                                           \
+            const int64_t length = lengths[b], used = (length + BS - 1) / BS;                           \
+            int ok = length >= 1 && length <= width * BS;                                               \
+            for (int64_t j = 0; ok && j < used; j++)                                                    \
+                ok = tables[b * width + j] >= 0 && tables[b * width + j] < pool_blocks;                 \
+            if (!ok) {                                                                                  \
+                refused++;                                                                              \
+                continue;                                                                               \
+            }                                                                                           \
+            for (int64_t h = 0; h < kv_heads; h++) {                                                    \
+                const int64_t first_row = (b * kv_heads + h) * G;                                       \
+                HEAD(q + first_row * D, k + h * D, v + h * D, tables + b * width, length, row, scale, acc); \
+                for (int g = 0; g < G; g++) STORE(acc[g], out + (first_row + g) * D);                    \
+            }                                                                                           \
+        }                                                                                               \
+        return refused;                                                                                 \
+    }
+
+DEFINE_HEAD(head_f32, float, load_f32)
+DEFINE_HEAD(head_bf16, uint16_t, load_bf16)
+DEFINE_KERNEL(paged_decode_f32, head_f32, float, store_f32)
+DEFINE_KERNEL(paged_decode_bf16, head_bf16, uint16_t, store_bf16)

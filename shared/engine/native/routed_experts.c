@@ -1,0 +1,125 @@
+/* The routed experts of one MoE layer on the CPU, for the few tokens of a decode step: each active
+ * expert's weights are streamed once per ROWS of its tokens (gate/up projection, SiLU(gate) * up,
+ * down projection, routing weight), the results summed into the tokens' rows. At a handful of tokens
+ * per expert a GEMM library spends most of its time packing the weights it then reads once; this
+ * reads them in place. Built and loaded by shared/engine/cpu_kernels.py once per (HIDDEN, INTER).
+ *
+ * Layouts (row-major, contiguous):
+ *   x, out     [T, HIDDEN]
+ *   gate_up    [E, HIDDEN, 2 * INTER]   gate columns first (the published fused layout)
+ *   down       [E, INTER, HIDDEN]
+ *   ids        [T, K] int64            each token's experts
+ *   weights    [T, K] float32          each token's routing weights
+ * Element type of x, out and the expert weights: float32 (routed_experts_f32) or bfloat16
+ * (routed_experts_bf16, as uint16); sums in float32. Returns 0, or -1 when an expert id is outside
+ * [0, E) (nothing written), -2 when scratch memory could not be allocated.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if !defined(HIDDEN) || !defined(INTER)
+#error "build with -DHIDDEN=... -DINTER=..."
+#endif
+#define H HIDDEN
+#define I INTER
+#define ROWS 8 /* tokens of one expert computed per pass over its weights */
+
+/* e^x, |x| <= 88 (clamped): 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p of degree 6. */
+static inline float exp_clamped(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float n = __builtin_floorf(x * 1.44269504f + 0.5f);
+    const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { uint32_t u; float f; } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
+    return p * two_n.f;
+}
+
+static inline void load_f32(const float *src, float *dst, int64_t n) { memcpy(dst, src, n * sizeof(float)); }
+static inline void store_f32(const float *src, float *dst, int64_t n) { memcpy(dst, src, n * sizeof(float)); }
+
+static inline void load_bf16(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        union { uint32_t u; float f; } x = {.u = (uint32_t)src[i] << 16};
+        dst[i] = x.f;
+    }
+}
+
+static inline void store_bf16(const float *src, uint16_t *dst, int64_t n) { /* round to nearest even */
+    for (int64_t i = 0; i < n; i++) {
+        union { float f; uint32_t u; } x = {.f = src[i]};
+        const uint32_t nan = (x.u & 0x7fffffffu) > 0x7f800000u;
+        const uint32_t rounded = (x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16;
+        dst[i] = (uint16_t)(nan ? (x.u >> 16) | 0x40u : rounded);
+    }
+}
+
+#define DEFINE_KERNEL(NAME, T, LOAD, STORE)                                                             \
+    int64_t NAME(const T *x, const T *gate_up, const T *down, const int64_t *ids, const float *weights,  \
+                 T *out, int64_t tokens, int64_t topk, int64_t experts) {                               \
+        const int64_t pairs = tokens * topk;                                                            \
+        for (int64_t p = 0; p < pairs; p++)                                                             \
+            if (ids[p] < 0 || ids[p] >= experts) return -1;                                             \
+        int64_t *start = calloc(experts + 1, sizeof(int64_t)), *order = malloc(pairs * sizeof(int64_t)); \
+        float *acc = calloc(tokens * H, sizeof(float));                                                 \
+        float(*xs)[H] = malloc(ROWS * sizeof *xs), (*h)[2 * I] = malloc(ROWS * sizeof *h);              \
+        float(*act)[I] = malloc(ROWS * sizeof *act), (*y)[H] = malloc(ROWS * sizeof *y);                \
+        float *wrow = malloc((2 * I > H ? 2 * I : H) * sizeof(float));                                  \
+        if (!start || !order || !acc || !xs || !h || !act || !y || !wrow) {                             \
+            free(start), free(order), free(acc), free(xs), free(h), free(act), free(y), free(wrow);     \
+            return -2;                                                                                  \
+        }                                                                                               \
+        for (int64_t p = 0; p < pairs; p++) start[ids[p] + 1]++; /* counting sort of the pairs */      \
+        for (int64_t e = 0; e < experts; e++) start[e + 1] += start[e];                                 \
+        for (int64_t p = 0; p < pairs; p++) order[start[ids[p]]++] = p;                                 \
+        for (int64_t e = experts; e > 0; e--) start[e] = start[e - 1];                                  \
+        start[0] = 0;                                                                                   \
+        for (int64_t e = 0; e < experts; e++)                                                           \
+            for (int64_t lo = start[e]; lo < start[e + 1]; lo += ROWS) {                                \
+                const int64_t rows = start[e + 1] - lo < ROWS ? start[e + 1] - lo : ROWS;               \
+                for (int64_t m = 0; m < rows; m++) {                                                    \
+                    LOAD(x + (order[lo + m] / topk) * H, xs[m], H);                                     \
+                    memset(h[m], 0, sizeof *h);                                                       \
+                    memset(y[m], 0, sizeof *y);                                                       \
+                }                                                                                       \
+                const T *w1 = gate_up + e * (int64_t)H * 2 * I;                                         \
+                for (int64_t k = 0; k < H; k++) {                                                       \
+                    LOAD(w1 + k * 2 * I, wrow, 2 * I);                                                  \
+                    for (int64_t m = 0; m < rows; m++) {                                                \
+                        const float xk = xs[m][k];                                                      \
+                        for (int64_t n = 0; n < 2 * I; n++) h[m][n] += xk * wrow[n];                    \
+                    }                                                                                   \
+                }                                                                                       \
+                for (int64_t m = 0; m < rows; m++)                                                      \
+                    for (int64_t n = 0; n < I; n++) {                                                   \
+                        const float g = h[m][n];                                                        \
+                        act[m][n] = g / (1.0f + exp_clamped(-g)) * h[m][I + n];                         \
+                    }                                                                                   \
+                const T *w2 = down + e * (int64_t)I * H;                                                \
+                for (int64_t k = 0; k < I; k++) {                                                       \
+                    LOAD(w2 + k * H, wrow, H);                                                          \
+                    for (int64_t m = 0; m < rows; m++) {                                                \
+                        const float ak = act[m][k];                                                     \
+                        for (int64_t n = 0; n < H; n++) y[m][n] += ak * wrow[n];                        \
+                    }                                                                                   \
+                }                                                                                       \
+                for (int64_t m = 0; m < rows; m++) {                                                    \
+                    const int64_t pair = order[lo + m];                                                 \
+                    const float wt = weights[pair];                                                     \
+                    float *dst = acc + (pair / topk) * H;                                               \
+                    for (int64_t n = 0; n < H; n++) dst[n] += wt * y[m][n];                             \
+                }                                                                                       \
+            }                                                                                           \
+        for (int64_t t = 0; t < tokens; t++) STORE(acc + t * H, out + t * H, H);                        \
+        free(start), free(order), free(acc), free(xs), free(h), free(act), free(y), free(wrow);         \
+        return 0;                                                                                       \
+    }
+
+DEFINE_KERNEL(routed_experts_f32, float, load_f32, store_f32)
+DEFINE_KERNEL(routed_experts_bf16, uint16_t, load_bf16, store_bf16)
