@@ -71,6 +71,14 @@ static inline void store_bf16(const float *src, uint16_t *dst) { /* round to nea
         }                                                                                               \
         for (int64_t j = 0, left = length; left > 0; j++, left -= BS) {                                 \
             const int64_t first = (int64_t)table[j] * BS, n = left < BS ? left : BS;                    \
+            if (left > BS) { /* the next block's rows of this head, requested while this one computes: \
+                                blocks lie anywhere in the pool, no hardware prefetcher guesses them */ \
+                const int64_t next = (int64_t)table[j + 1] * BS;                                        \
+                for (int t = 0; t < BS; t++) {                                                          \
+                    __builtin_prefetch(k + (next + t) * row);                                           \
+                    __builtin_prefetch(v + (next + t) * row);                                           \
+                }                                                                                       \
+            }                                                                                           \
             for (int t = 0; t < BS; t++) { /* a whole block: slots past n are the block's own, masked */ \
                 LOAD(k + (first + t) * row, kf);                                                        \
                 for (int g = 0; g < G; g++) {                                                           \

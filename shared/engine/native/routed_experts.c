@@ -24,6 +24,12 @@
 #define H HIDDEN
 #define I INTER
 #define ROWS 8 /* tokens of one expert computed per pass over its weights */
+#ifndef TILE
+#define TILE 128 /* output columns whose sums one pass over the weights keeps */
+#endif
+#ifndef AHEAD
+#define AHEAD 8 /* weight rows requested ahead of the one multiplied */
+#endif
 
 /* e^x, |x| <= 88 (clamped): 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p of degree 6. */
 static inline float exp_clamped(float x) {
@@ -44,6 +50,24 @@ static inline float exp_clamped(float x) {
 static inline void load_f32(const float *src, float *dst, int64_t n) { memcpy(dst, src, n * sizeof(float)); }
 static inline void store_f32(const float *src, float *dst, int64_t n) { memcpy(dst, src, n * sizeof(float)); }
 
+/* A weight row as float32: float32 rows are read in place, bfloat16 ones converted into ``buf``. */
+static inline const float *row_f32(const float *src, float *buf, int64_t n) {
+    (void)buf, (void)n;
+    return src;
+}
+
+static inline void load_bf16(const uint16_t *src, float *dst, int64_t n);
+
+static inline const float *row_bf16(const uint16_t *src, float *buf, int64_t n) {
+    load_bf16(src, buf, n);
+    return buf;
+}
+
+/* Ask for the cache lines of a weight row a few rows ahead of the one being multiplied. */
+static inline void prefetch_row(const void *row, int64_t bytes) {
+    for (int64_t c = 0; c < bytes; c += 64) __builtin_prefetch((const char *)row + c);
+}
+
 static inline void load_bf16(const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         union { uint32_t u; float f; } x = {.u = (uint32_t)src[i] << 16};
@@ -60,7 +84,31 @@ static inline void store_bf16(const float *src, uint16_t *dst, int64_t n) { /* r
     }
 }
 
-#define DEFINE_KERNEL(NAME, T, LOAD, STORE)                                                             \
+/* out[m][:N] = sum_k a[m][k] * w[k][:N] for up to ROWS rows of a, in column tiles of TILE: a tile's
+ * sums stay in L1 while the weight rows stream past, each weight read once (for every K, any N). */
+#define DEFINE_ROWS_MATMUL(NAME, T, ROW)                                                                \
+    static inline void NAME(const float *a, int64_t lda, int64_t rows, const T *w, int64_t K, int64_t N, \
+                            float *out, int64_t ldo, float *buf) {                                      \
+        for (int64_t n0 = 0; n0 < N; n0 += TILE) {                                                      \
+            const int64_t nt = N - n0 < TILE ? N - n0 : TILE;                                           \
+            float tile[ROWS][TILE];                                                                     \
+            memset(tile, 0, sizeof tile);                                                               \
+            for (int64_t k = 0; k < K; k++) {                                                           \
+                if (k + AHEAD < K) prefetch_row(w + (k + AHEAD) * N + n0, nt * sizeof(T));              \
+                const float *wk = ROW(w + k * N + n0, buf, nt);                                         \
+                for (int64_t m = 0; m < rows; m++) {                                                    \
+                    const float ak = a[m * lda + k];                                                    \
+                    for (int64_t t = 0; t < nt; t++) tile[m][t] += ak * wk[t];                          \
+                }                                                                                       \
+            }                                                                                           \
+            for (int64_t m = 0; m < rows; m++) memcpy(out + m * ldo + n0, tile[m], nt * sizeof(float)); \
+        }                                                                                               \
+    }
+
+DEFINE_ROWS_MATMUL(rows_matmul_f32, float, row_f32)
+DEFINE_ROWS_MATMUL(rows_matmul_bf16, uint16_t, row_bf16)
+
+#define DEFINE_KERNEL(NAME, T, LOAD, MATMUL, STORE)                                                             \
     int64_t NAME(const T *x, const T *gate_up, const T *down, const int64_t *ids, const float *weights,  \
                  T *out, int64_t tokens, int64_t topk, int64_t experts) {                               \
         const int64_t pairs = tokens * topk;                                                            \
@@ -70,7 +118,7 @@ static inline void store_bf16(const float *src, uint16_t *dst, int64_t n) { /* r
         float *acc = calloc(tokens * H, sizeof(float));                                                 \
         float(*xs)[H] = malloc(ROWS * sizeof *xs), (*h)[2 * I] = malloc(ROWS * sizeof *h);              \
         float(*act)[I] = malloc(ROWS * sizeof *act), (*y)[H] = malloc(ROWS * sizeof *y);                \
-        float *wrow = malloc((2 * I > H ? 2 * I : H) * sizeof(float));                                  \
+        float *wrow = malloc(TILE * sizeof(float));                                  \
         if (!start || !order || !acc || !xs || !h || !act || !y || !wrow) {                             \
             free(start), free(order), free(acc), free(xs), free(h), free(act), free(y), free(wrow);     \
             return -2;                                                                                  \
@@ -85,30 +133,14 @@ static inline void store_bf16(const float *src, uint16_t *dst, int64_t n) { /* r
                 const int64_t rows = start[e + 1] - lo < ROWS ? start[e + 1] - lo : ROWS;               \
                 for (int64_t m = 0; m < rows; m++) {                                                    \
                     LOAD(x + (order[lo + m] / topk) * H, xs[m], H);                                     \
-                    memset(h[m], 0, sizeof *h);                                                       \
-                    memset(y[m], 0, sizeof *y);                                                       \
                 }                                                                                       \
-                const T *w1 = gate_up + e * (int64_t)H * 2 * I;                                         \
-                for (int64_t k = 0; k < H; k++) {                                                       \
-                    LOAD(w1 + k * 2 * I, wrow, 2 * I);                                                  \
-                    for (int64_t m = 0; m < rows; m++) {                                                \
-                        const float xk = xs[m][k];                                                      \
-                        for (int64_t n = 0; n < 2 * I; n++) h[m][n] += xk * wrow[n];                    \
-                    }                                                                                   \
-                }                                                                                       \
+                MATMUL(xs[0], H, rows, gate_up + e * (int64_t)H * 2 * I, H, 2 * I, h[0], 2 * I, wrow);  \
                 for (int64_t m = 0; m < rows; m++)                                                      \
                     for (int64_t n = 0; n < I; n++) {                                                   \
                         const float g = h[m][n];                                                        \
                         act[m][n] = g / (1.0f + exp_clamped(-g)) * h[m][I + n];                         \
                     }                                                                                   \
-                const T *w2 = down + e * (int64_t)I * H;                                                \
-                for (int64_t k = 0; k < I; k++) {                                                       \
-                    LOAD(w2 + k * H, wrow, H);                                                          \
-                    for (int64_t m = 0; m < rows; m++) {                                                \
-                        const float ak = act[m][k];                                                     \
-                        for (int64_t n = 0; n < H; n++) y[m][n] += ak * wrow[n];                        \
-                    }                                                                                   \
-                }                                                                                       \
+                MATMUL(act[0], I, rows, down + e * (int64_t)I * H, I, H, y[0], H, wrow);                \
                 for (int64_t m = 0; m < rows; m++) {                                                    \
                     const int64_t pair = order[lo + m];                                                 \
                     const float wt = weights[pair];                                                     \
@@ -121,5 +153,5 @@ static inline void store_bf16(const float *src, uint16_t *dst, int64_t n) { /* r
         return 0;                                                                                       \
     }
 
-DEFINE_KERNEL(routed_experts_f32, float, load_f32, store_f32)
-DEFINE_KERNEL(routed_experts_bf16, uint16_t, load_bf16, store_bf16)
+DEFINE_KERNEL(routed_experts_f32, float, load_f32, rows_matmul_f32, store_f32)
+DEFINE_KERNEL(routed_experts_bf16, uint16_t, load_bf16, rows_matmul_bf16, store_bf16)
