@@ -22,7 +22,9 @@ per machine (~1 s), loaded by every later process. ``EPD_KERNEL_CACHE`` picks th
 Concurrent builders (a cluster starting) each build to a temp file and rename it into place.
 
 ``decode_kernel`` / ``experts_kernel`` return None when the kernel is ready, else why not (no C
-compiler, a failed build): the engine then keeps the library path and logs why.
+compiler, a failed build): the engine then keeps the library path and logs why. The kernels are
+single-threaded: ``auto`` takes them where torch runs at most ``AUTO_MAX_THREADS`` threads (the
+measured case); an explicit ``cpu`` takes them at any thread count.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ SIGNATURES = {  # argument types of <name>_f32 and <name>_bf16; both return int6
     "routed_experts": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64],
 }
 MAX_EXPERT_TOKENS = 32  # tokens per MoE layer up to which routed_experts beats the grouped GEMM
+# The kernels run on the calling thread only. Measured faster than the library kernels at one and two
+# torch threads (docs/BENCHMARKS.md); with more, ``auto`` keeps the library kernels and their pool.
+AUTO_MAX_THREADS = 2
 
 
 class KernelUnavailable(RuntimeError):
@@ -144,6 +149,13 @@ def _decode_defines(head_dim: int, group: int, block_size: int) -> tuple[str, ..
 
 def _experts_defines(hidden: int, intermediate: int) -> tuple[str, ...]:
     return (f"-DHIDDEN={hidden}", f"-DINTER={intermediate}")
+
+
+def auto_reason() -> str | None:
+    """Why ``auto`` should not pick these kernels in this thread (None: it should)."""
+    if (n := torch.get_num_threads()) > AUTO_MAX_THREADS:
+        return f"torch runs {n} threads and the C kernels one (auto takes them up to {AUTO_MAX_THREADS})"
+    return None
 
 
 def decode_kernel(head_dim: int, group: int, block_size: int) -> str | None:

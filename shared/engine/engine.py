@@ -34,7 +34,7 @@ import torch
 from shared.engine.block_manager import BlockManager
 from shared.engine.compiler_check import missing_compiler
 from shared.engine.config import EngineConfig
-from shared.engine.cpu_kernels import decode_kernel
+from shared.engine.cpu_kernels import auto_reason, decode_kernel
 from shared.engine.decode_graph import DecodeGraph
 from shared.engine.kv_pool import KVPool
 from shared.engine.kv_transfer import SequenceState, check_kv, check_layer
@@ -45,6 +45,7 @@ from shared.engine.request import FinishReason, Request, TokenOutput
 from shared.engine.sampler import Sampler
 from shared.engine.scheduler import Scheduler
 from shared.engine.sequence import Sequence, Status
+from shared.models.config import TextConfig
 from shared.models.layers.attention import SequenceKV
 from shared.models.qwen3_vl_moe import Qwen3VLMoeForConditionalGeneration
 
@@ -79,16 +80,7 @@ class Engine:
             log.warning("paged attention: gather instead of flex, %s", reason)
             attention = "gather"
         if attention == "cpu":
-            group = text.num_attention_heads // text.num_key_value_heads
-            if self.device.type != "cpu":
-                reason = f"the cpu kernel runs on CPUs, not {self.device.type}"
-            else:
-                reason = decode_kernel(text.head_dim, group, config.block_size)
-            if reason:
-                if config.attention_backend == "cpu":
-                    raise ValueError(f"--attention-backend cpu: {reason}")
-                log.warning("paged attention: gather instead of the cpu kernel, %s", reason)
-                attention = "gather"
+            attention = self._cpu_attention(config, text)
         graph = (
             DecodeGraph(model, self.pool, config.max_num_seqs, attention) if config.compile_decode else None
         )
@@ -104,6 +96,24 @@ class Engine:
         self._imported_layers: dict[str, list[int]] = {}  # tokens stored so far, per layer
         self.on_preempt: Callable[[str], None] = lambda request_id: None
         self._arrivals = itertools.count()
+
+    def _cpu_attention(self, config: EngineConfig, text: TextConfig) -> str:
+        """``cpu`` where its C kernel runs here, else (``auto`` only) ``gather``, logged."""
+        auto = config.attention_backend == "auto"
+        if auto and (reason := auto_reason()):
+            log.info("paged attention: gather, not the cpu kernel: %s", reason)
+            return "gather"
+        if self.device.type != "cpu":
+            reason = f"the cpu kernel runs on CPUs, not {self.device.type}"
+        else:
+            group = text.num_attention_heads // text.num_key_value_heads
+            reason = decode_kernel(text.head_dim, group, config.block_size)
+        if reason is None:
+            return "cpu"
+        if not auto:
+            raise ValueError(f"--attention-backend cpu: {reason}")
+        log.warning("paged attention: gather instead of the cpu kernel, %s", reason)
+        return "gather"
 
     # ----- requests ---------------------------------------------------------------------------------
     def add_request(self, request: Request) -> None:

@@ -140,24 +140,34 @@ def select_kernel(
 ) -> ExpertsKernel:
     """The kernel called ``name`` (or the one ``auto`` picks) for experts of ``sizes``
     (hidden, expert intermediate) on this device and dtype; ValueError if it cannot run there."""
-    cpu_reason = (
-        cpu_kernels.experts_kernel(*sizes) if device.type == "cpu" and dtype in cpu_kernels.DTYPES
-        else f"the cpu kernel runs {tuple(cpu_kernels.DTYPES)} on CPUs, not {dtype} on {device.type}"
-    )  # fmt: skip
     if name == "auto":
-        if cpu_reason is None:
-            name = "cpu"
-        else:
-            name = "grouped_mm" if _grouped_mm_works(device, dtype) else "loop"
-            if device.type == "cpu":
-                log.warning("MoE kernel: %s instead of cpu, %s", name, cpu_reason)
-    elif name == "cpu" and cpu_reason is not None:
-        raise ValueError(f"--moe-kernel cpu: {cpu_reason}")
+        name = "cpu" if device.type == "cpu" and _cpu_kernel_for_auto(device, dtype, sizes) else "grouped_mm"
+        if name == "grouped_mm" and not _grouped_mm_works(device, dtype):
+            name = "loop"
+    elif name == "cpu" and (reason := _cpu_kernel_missing(device, dtype, sizes)):
+        raise ValueError(f"--moe-kernel cpu: {reason}")
     elif name == "grouped_mm" and not _grouped_mm_works(device, dtype):
         raise ValueError(f"torch._grouped_mm is not usable for {dtype} on {device}")
     elif name not in KERNELS:
         raise ValueError(f"unknown MoE kernel {name!r}")
     return ExpertsOp(name)
+
+
+def _cpu_kernel_missing(device: torch.device, dtype: torch.dtype, sizes: tuple[int, int]) -> str | None:
+    if device.type != "cpu" or dtype not in cpu_kernels.DTYPES:
+        return f"the cpu kernel runs {tuple(cpu_kernels.DTYPES)} on CPUs, not {dtype} on {device.type}"
+    return cpu_kernels.experts_kernel(*sizes)
+
+
+def _cpu_kernel_for_auto(device: torch.device, dtype: torch.dtype, sizes: tuple[int, int]) -> bool:
+    """Whether ``auto`` takes the C kernel on this CPU; when not, the log says why."""
+    if reason := cpu_kernels.auto_reason():
+        log.info("MoE kernel: the grouped GEMM, not cpu: %s", reason)
+        return False
+    if reason := _cpu_kernel_missing(device, dtype, sizes):
+        log.warning("MoE kernel: the grouped GEMM instead of cpu, %s", reason)
+        return False
+    return True
 
 
 def install_kernel(model: nn.Module, kernel: ExpertsKernel) -> int:

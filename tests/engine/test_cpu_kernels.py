@@ -139,7 +139,7 @@ def test_without_a_c_compiler_the_engine_keeps_the_library_kernels(lm, tmp_path,
         with caplog.at_level(logging.WARNING):
             engine = Engine(lm, EngineConfig(num_blocks=32, max_num_seqs=4))
         assert "paged attention: gather instead of the cpu kernel, no C compiler" in caplog.text
-        assert "MoE kernel: grouped_mm instead of cpu, no C compiler" in caplog.text
+        assert "MoE kernel: the grouped GEMM instead of cpu, no C compiler" in caplog.text
         req = Request("a", [5, 6, 7, 8], SamplingParams(temperature=0, max_tokens=4))
         assert len(engine.generate([req])["a"]) == 4
         with pytest.raises(ValueError, match="--attention-backend cpu: no C compiler"):
@@ -160,3 +160,22 @@ def test_a_compiler_that_fails_is_reported(tmp_path, monkeypatch):
         assert not list(tmp_path.iterdir())  # no half-built library left behind
     finally:
         cpu_kernels._load.cache_clear()
+
+
+def test_auto_keeps_the_library_kernels_above_two_threads(lm, caplog):
+    """The C kernels are single-threaded: with more torch threads, auto keeps gather and the grouped
+    GEMM (their thread pool); an explicit cpu still takes the C kernels."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cpu_kernels.AUTO_MAX_THREADS + 1)
+    try:
+        with caplog.at_level(logging.INFO):
+            engine = Engine(lm, EngineConfig(num_blocks=32, max_num_seqs=4))
+        explicit = Engine(
+            lm, EngineConfig(num_blocks=32, max_num_seqs=4, attention_backend="cpu", moe_kernel="cpu")
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert f"torch runs {cpu_kernels.AUTO_MAX_THREADS + 1} threads and the C kernels one" in caplog.text
+    assert not engine.runner.cpu_decode and explicit.runner.cpu_decode
+    req = lambda: [Request("a", [5, 6, 7, 8], SamplingParams(temperature=0, max_tokens=6))]  # noqa: E731
+    assert engine.generate(req()) == explicit.generate(req())
