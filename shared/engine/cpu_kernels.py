@@ -59,6 +59,10 @@ SIGNATURES = {  # argument types of <name>_f32 and <name>_bf16; both return int6
     "routed_experts": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64],
 }
 MAX_EXPERT_TOKENS = 32  # tokens per MoE layer up to which routed_experts beats the grouped GEMM
+# Experts larger than this (bytes of one expert's three projections) stream faster through the
+# grouped GEMM's library kernel: at Qwen3-VL-30B-A3B's widths (18.9 MB in float32) the C kernel
+# took 1.2-1.3x its time at 1 and 8 tokens (docs/BENCHMARKS.md); ``auto`` keeps the GEMM there.
+AUTO_MAX_EXPERT_BYTES = 4 << 20
 # The kernels run on the calling thread only. Measured faster than the library kernels at one and two
 # torch threads (docs/BENCHMARKS.md); with more, ``auto`` keeps the library kernels and their pool.
 AUTO_MAX_THREADS = 2
@@ -230,6 +234,8 @@ def routed_experts(
     if not (gate_up.is_contiguous() and down.is_contiguous()) or down.shape != (e, i2 // 2, h):
         raise ValueError("routed_experts: contiguous gate_up [E, H, 2I] and down [E, I, H]")
     lib = _load("routed_experts", _experts_defines(h, i2 // 2))
+    if x.shape[0] == 0:
+        return torch.empty_like(x)
     x = x.contiguous()
     ids = topk_ids.to(torch.int64).contiguous()
     weights = topk_weights.to(torch.float32).contiguous()

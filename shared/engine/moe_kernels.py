@@ -161,7 +161,14 @@ def _cpu_kernel_missing(device: torch.device, dtype: torch.dtype, sizes: tuple[i
 
 def _cpu_kernel_for_auto(device: torch.device, dtype: torch.dtype, sizes: tuple[int, int]) -> bool:
     """Whether ``auto`` takes the C kernel on this CPU; when not, the log says why."""
-    if reason := cpu_kernels.auto_reason():
+    hidden, intermediate = sizes
+    expert_bytes = 3 * hidden * intermediate * torch.empty((), dtype=dtype).element_size()
+    reason: str | None
+    if expert_bytes > cpu_kernels.AUTO_MAX_EXPERT_BYTES:
+        reason = f"experts of {expert_bytes / 2**20:.1f} MiB stream faster through it"
+    else:
+        reason = cpu_kernels.auto_reason()
+    if reason:
         log.info("MoE kernel: the grouped GEMM, not cpu: %s", reason)
         return False
     if reason := _cpu_kernel_missing(device, dtype, sizes):

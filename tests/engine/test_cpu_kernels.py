@@ -103,6 +103,12 @@ def test_routed_experts_equal_the_reference_loop(dtype, tokens):
     assert_close_scaled(out.double(), want, rel=REL[dtype], name=f"routed experts {dtype} T={tokens}")
 
 
+def test_routed_experts_of_no_tokens():
+    x, gate_up, down, ids, weights = experts_case(torch.float32, 3)
+    out = cpu_kernels.routed_experts(x[:0], gate_up, down, ids[:0], weights[:0])
+    assert out.shape == (0, x.shape[1])
+
+
 def test_cpu_experts_hand_larger_steps_to_the_grouped_gemm():
     case = experts_case(torch.float32, cpu_kernels.MAX_EXPERT_TOKENS + 7, seed=1)
     assert_close_scaled(cpu_experts(*case), grouped_experts(*case), name="many tokens")
@@ -179,3 +185,17 @@ def test_auto_keeps_the_library_kernels_above_two_threads(lm, caplog):
     assert not engine.runner.cpu_decode and explicit.runner.cpu_decode
     req = lambda: [Request("a", [5, 6, 7, 8], SamplingParams(temperature=0, max_tokens=6))]  # noqa: E731
     assert engine.generate(req()) == explicit.generate(req())
+
+
+def test_auto_keeps_the_grouped_gemm_for_large_experts(caplog):
+    from shared.engine.moe_kernels import ExpertsOp, select_kernel
+
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.INFO):
+        large = select_kernel("auto", cpu, torch.float32, (2048, 768))  # Qwen3-VL-30B-A3B: 18 MiB each
+        small = select_kernel("auto", cpu, torch.float32, (512, 192))
+    assert isinstance(large, ExpertsOp) and large.name == "grouped_mm"
+    assert isinstance(small, ExpertsOp) and small.name == "cpu"
+    assert (
+        "MoE kernel: the grouped GEMM, not cpu: experts of 18.0 MiB stream faster through it" in caplog.text
+    )

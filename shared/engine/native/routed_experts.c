@@ -25,7 +25,7 @@
 #define I INTER
 #define ROWS 8 /* tokens of one expert computed per pass over its weights */
 #ifndef TILE
-#define TILE 128 /* output columns whose sums one pass over the weights keeps */
+#define TILE 512 /* output columns whose sums one pass over the weights keeps */
 #endif
 #ifndef AHEAD
 #define AHEAD 8 /* weight rows requested ahead of the one multiplied */
