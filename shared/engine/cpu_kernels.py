@@ -100,7 +100,15 @@ def _cpu_identity() -> str:
 
 def _build(cc: str, source: Path, defines: tuple[str, ...]) -> Path:
     version = subprocess.run([*cc.split(), "--version"], capture_output=True, text=True, timeout=30).stdout
-    parts = (source.read_text(), " ".join(FLAGS + ARCH_FLAGS + defines), cc, version, _cpu_identity())
+    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]  # what the source includes
+    parts = (
+        source.read_text(),
+        *headers,
+        " ".join(FLAGS + ARCH_FLAGS + defines),
+        cc,
+        version,
+        _cpu_identity(),
+    )
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
@@ -172,7 +180,7 @@ def experts_kernel(hidden: int, intermediate: int) -> str | None:
     return _available("routed_experts", _experts_defines(hidden, intermediate))
 
 
-def _paged_decode_attention_fake(
+def decode_attention_fake(
     q: torch.Tensor,
     k_slots: torch.Tensor,
     v_slots: torch.Tensor,
@@ -181,13 +189,14 @@ def _paged_decode_attention_fake(
     block_size: int,
     scale: float,
 ) -> torch.Tensor:
+    """The output's shape for the compiler, of this op and of the gather op (``decode_graph``)."""
     return torch.empty_like(q)
 
 
 @opaque_op(
     "paged_decode_attention(Tensor q, Tensor k_slots, Tensor v_slots, Tensor tables, Tensor lengths,"
     " int block_size, float scale) -> Tensor",
-    _paged_decode_attention_fake,
+    decode_attention_fake,
 )
 def paged_decode_attention(
     q: torch.Tensor,  # [B, Hq, D]

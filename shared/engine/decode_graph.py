@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from shared.engine.compiler_check import missing_compiler
-from shared.engine.cpu_kernels import paged_decode_attention
+from shared.engine.cpu_kernels import decode_attention_fake, paged_decode_attention
 from shared.engine.flex_attention import NO_Q_BLOCKS
 from shared.engine.kv_pool import KVPool
 from shared.engine.opaque import opaque_op
@@ -162,22 +162,10 @@ class CpuDecodeAttention(DecodeAttention):
         )
 
 
-def _gather_decode_attention_fake(
-    q: torch.Tensor,
-    k_slots: torch.Tensor,
-    v_slots: torch.Tensor,
-    tables: torch.Tensor,
-    lengths: torch.Tensor,
-    block_size: int,
-    scale: float,
-) -> torch.Tensor:
-    return torch.empty_like(q)
-
-
 @opaque_op(
     "gather_decode_attention(Tensor q, Tensor k_slots, Tensor v_slots, Tensor tables, Tensor lengths,"
     " int block_size, float scale) -> Tensor",
-    _gather_decode_attention_fake,
+    decode_attention_fake,
 )
 def gather_decode_attention(
     q: torch.Tensor,  # [Bp, Hq, D]

@@ -11,8 +11,7 @@
  *   lengths  [B] int32                    tokens each row attends to (its newest included), >= 1
  * Element type: float32 (paged_decode_f32) or bfloat16 (paged_decode_bf16, as uint16); sums in float32.
  */
-#include <stdint.h>
-#include <string.h>
+#include "common.h"
 
 #if !defined(HEAD_DIM) || !defined(GROUP) || !defined(BLOCK_SIZE)
 #error "build with -DHEAD_DIM=... -DGROUP=... -DBLOCK_SIZE=..."
@@ -21,50 +20,13 @@
 #define G GROUP
 #define BS BLOCK_SIZE
 
-/* e^x for x <= 0 (every exponent here is a score minus a running maximum): 2^n * p(r) with
- * x = n ln2 + r, |r| <= ln2 / 2, p of degree 6 (relative error ~2e-7); below -87, ~1e-38. Plain
- * arithmetic, so that the loops calling it vectorize (libm's expf does not). */
-static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    const float n = __builtin_floorf(x * 1.44269504f + 0.5f);
-    const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { uint32_t u; float f; } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
-    return p * two_n.f;
-}
-
-static inline void load_f32(const float *src, float *dst) { memcpy(dst, src, D * sizeof(float)); }
-static inline void store_f32(const float *src, float *dst) { memcpy(dst, src, D * sizeof(float)); }
-
-static inline void load_bf16(const uint16_t *src, float *dst) {
-    for (int d = 0; d < D; d++) {
-        union { uint32_t u; float f; } x = {.u = (uint32_t)src[d] << 16};
-        dst[d] = x.f;
-    }
-}
-
-static inline void store_bf16(const float *src, uint16_t *dst) { /* round to nearest even */
-    for (int d = 0; d < D; d++) {
-        union { float f; uint32_t u; } x = {.f = src[d]};
-        const uint32_t nan = (x.u & 0x7fffffffu) > 0x7f800000u;
-        const uint32_t rounded = (x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16;
-        dst[d] = (uint16_t)(nan ? (x.u >> 16) | 0x40u : rounded);
-    }
-}
-
 /* One (sequence, key/value head): its GROUP query rows against its blocks. */
 #define DEFINE_HEAD(NAME, T, LOAD)                                                                      \
     static void NAME(const T *q, const T *k, const T *v, const int32_t *table, int64_t length,         \
                      int64_t row, float scale, float acc[G][D]) {                                        \
         float qs[G][D], kf[D], vf[D], s[G][BS], top[G], sum[G];                                        \
         for (int g = 0; g < G; g++) {                                                                   \
-            LOAD(q + g * D, qs[g]);                                                                     \
+            LOAD(q + g * D, qs[g], D);                                                                     \
             for (int d = 0; d < D; d++) qs[g][d] *= scale, acc[g][d] = 0.0f;                            \
             top[g] = -1e30f;                                                                            \
             sum[g] = 0.0f;                                                                              \
@@ -80,7 +42,7 @@ static inline void store_bf16(const float *src, uint16_t *dst) { /* round to nea
                 }                                                                                       \
             }                                                                                           \
             for (int t = 0; t < BS; t++) { /* a whole block: slots past n are the block's own, masked */ \
-                LOAD(k + (first + t) * row, kf);                                                        \
+                LOAD(k + (first + t) * row, kf, D);                                                        \
                 for (int g = 0; g < G; g++) {                                                           \
                     float dot = 0.0f;                                                                   \
                     for (int d = 0; d < D; d++) dot += qs[g][d] * kf[d];                                \
@@ -90,9 +52,9 @@ static inline void store_bf16(const float *src, uint16_t *dst) { /* round to nea
             for (int g = 0; g < G; g++) {                                                               \
                 float m = top[g], total = 0.0f;                                                         \
                 for (int t = 0; t < BS; t++) m = t < n && s[g][t] > m ? s[g][t] : m;                    \
-                const float fix = exp_nonpositive(top[g] - m);                                          \
+                const float fix = exp_clamped(top[g] - m);                                          \
                 for (int t = 0; t < BS; t++) {                                                          \
-                    const float p = exp_nonpositive(s[g][t] - m);                                       \
+                    const float p = exp_clamped(s[g][t] - m);                                       \
                     s[g][t] = t < n ? p : 0.0f;                                                         \
                     total += s[g][t];                                                                   \
                 }                                                                                       \
@@ -101,7 +63,7 @@ static inline void store_bf16(const float *src, uint16_t *dst) { /* round to nea
                 top[g] = m;                                                                             \
             }                                                                                           \
             for (int t = 0; t < n; t++) { /* values: only written slots (the rest may hold anything) */ \
-                LOAD(v + (first + t) * row, vf);                                                        \
+                LOAD(v + (first + t) * row, vf, D);                                                        \
                 for (int g = 0; g < G; g++)                                                             \
                     for (int d = 0; d < D; d++) acc[g][d] += s[g][t] * vf[d];                           \
             }                                                                                           \
@@ -132,7 +94,7 @@ static inline void store_bf16(const float *src, uint16_t *dst) { /* round to nea
             for (int64_t h = 0; h < kv_heads; h++) {                                                    \
                 const int64_t first_row = (b * kv_heads + h) * G;                                       \
                 HEAD(q + first_row * D, k + h * D, v + h * D, tables + b * width, length, row, scale, acc); \
-                for (int g = 0; g < G; g++) STORE(acc[g], out + (first_row + g) * D);                    \
+                for (int g = 0; g < G; g++) STORE(acc[g], out + (first_row + g) * D, D);                    \
             }                                                                                           \
         }                                                                                               \
         return refused;                                                                                 \

@@ -14,9 +14,9 @@
  * (routed_experts_bf16, as uint16); sums in float32. Returns 0, or -1 when an expert id is outside
  * [0, E) (nothing written), -2 when scratch memory could not be allocated.
  */
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include "common.h"
 
 #if !defined(HIDDEN) || !defined(INTER)
 #error "build with -DHIDDEN=... -DINTER=..."
@@ -31,32 +31,12 @@
 #define AHEAD 8 /* weight rows requested ahead of the one multiplied */
 #endif
 
-/* e^x, |x| <= 88 (clamped): 2^n * p(r), x = n ln2 + r, |r| <= ln2 / 2, p of degree 6. */
-static inline float exp_clamped(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float n = __builtin_floorf(x * 1.44269504f + 0.5f);
-    const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { uint32_t u; float f; } two_n = {.u = (uint32_t)((int32_t)n + 127) << 23};
-    return p * two_n.f;
-}
-
-static inline void load_f32(const float *src, float *dst, int64_t n) { memcpy(dst, src, n * sizeof(float)); }
-static inline void store_f32(const float *src, float *dst, int64_t n) { memcpy(dst, src, n * sizeof(float)); }
 
 /* A weight row as float32: float32 rows are read in place, bfloat16 ones converted into ``buf``. */
 static inline const float *row_f32(const float *src, float *buf, int64_t n) {
     (void)buf, (void)n;
     return src;
 }
-
-static inline void load_bf16(const uint16_t *src, float *dst, int64_t n);
 
 static inline const float *row_bf16(const uint16_t *src, float *buf, int64_t n) {
     load_bf16(src, buf, n);
@@ -66,22 +46,6 @@ static inline const float *row_bf16(const uint16_t *src, float *buf, int64_t n) 
 /* Ask for the cache lines of a weight row a few rows ahead of the one being multiplied. */
 static inline void prefetch_row(const void *row, int64_t bytes) {
     for (int64_t c = 0; c < bytes; c += 64) __builtin_prefetch((const char *)row + c);
-}
-
-static inline void load_bf16(const uint16_t *src, float *dst, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        union { uint32_t u; float f; } x = {.u = (uint32_t)src[i] << 16};
-        dst[i] = x.f;
-    }
-}
-
-static inline void store_bf16(const float *src, uint16_t *dst, int64_t n) { /* round to nearest even */
-    for (int64_t i = 0; i < n; i++) {
-        union { float f; uint32_t u; } x = {.f = src[i]};
-        const uint32_t nan = (x.u & 0x7fffffffu) > 0x7f800000u;
-        const uint32_t rounded = (x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16;
-        dst[i] = (uint16_t)(nan ? (x.u >> 16) | 0x40u : rounded);
-    }
 }
 
 /* out[m][:N] = sum_k a[m][k] * w[k][:N] for up to ROWS rows of a, in column tiles of TILE: a tile's
