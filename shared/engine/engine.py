@@ -60,9 +60,8 @@ class Engine:
         weight = next(model.parameters())
         self.device, dtype = weight.device, weight.dtype
         experts = (text.hidden_size, text.moe_intermediate_size)
-        install_kernel(
-            model, select_kernel(config.moe_kernel, self.device, dtype, experts)
-        )  # profiled with it
+        kernel = select_kernel(config.moe_kernel, self.device, dtype, experts)
+        install_kernel(model, kernel)  # before the profiling forward: profiled with it
         profile = None if self.device.type == "cpu" else lambda: profile_forward(model, config)
         self.kv_plan = plan_kv_blocks(config, text, dtype, self.device, profile)
         num_blocks = self.kv_plan.num_blocks
