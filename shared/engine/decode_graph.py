@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -264,9 +265,11 @@ class DecodeGraph:
         pad_row = [0, 0, self.sink * bs, 1, self.sink, 0, self.sink]
         rows += [pad_row] * (bp - len(batch))
         cols = META_COLUMNS + width
-        flat = [x for row in rows for x in (*row, *[0] * (cols - len(row)))]
-        meta = torch.tensor(flat, dtype=torch.int32).view(bp, cols)
-        return meta
+        flat = array("i")  # one buffer copy into the tensor (torch.tensor of a list walks each int)
+        for row in rows:
+            flat.extend(row)
+            flat.extend([0] * (cols - len(row)))
+        return torch.frombuffer(flat, dtype=torch.int32).view(bp, cols)  # keeps the array alive
 
     @torch.inference_mode()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
