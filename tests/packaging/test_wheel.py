@@ -71,7 +71,8 @@ def test_wheel_holds_the_runtime_packages_and_their_data(bare_install: BareInsta
     shipped = {n: i.file_size for n, i in infos.items() if not n.startswith(dist_info)}
     assert shipped == source
     assert "shared/multimodal/chat_template.jinja" in shipped
-    assert {f"shared/engine/native/{f}" for f in ("paged_decode.c", "routed_experts.c", "common.h")} <= set(shipped)
+    native = {f"shared/engine/native/{f}" for f in ("paged_decode.c", "routed_experts.c", "common.h")}
+    assert native <= set(shipped)
     assert {f"shared/assets/demo/{f}" for f in DEMO_FILES} <= set(shipped)
     assert re.search(r"^epd = router\.cli:main$", entry_points, re.M), entry_points
 
