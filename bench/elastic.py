@@ -12,8 +12,9 @@ prefill and one decode worker. A closed-loop load of streamed chat requests (one
    own counters: images encoded, KV imports);
 2. the first decode worker and the first encoder get SIGTERM: each drains (finishes what it
    holds, deregisters) and must exit 0 with nothing in flight;
-3. the first router gets SIGTERM while its streams run: they must finish, it must exit 0; from
-   then on the load goes to the other router only (as a load balancer would).
+3. the first router is taken out of the load's rotation and, once the requests already sent to it
+   have their first token (a load balancer's deregistration delay), gets SIGTERM while its streams
+   run: they must finish, it must exit 0; from then on the load goes to the other router only.
 
 Prints what happened and exits 1 if any acceptance point fails (a failed request, a new worker
 that served nothing, a drain or router exit that was not clean). ``tests/elastic`` runs a smaller
@@ -29,6 +30,7 @@ import re
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -138,6 +140,8 @@ class Run:
         self.out = Outcome()
         self.open_routers = list(ROUTERS)
         self.inflight = {r: 0 for r in ROUTERS}
+        self.open_records: dict[str, list[RequestRecord]] = {r: [] for r in ROUTERS}
+        self.routing = threading.Lock()  # a request's choice of router against the router's removal
 
     def start(self) -> None:
         self.ready = self.sup.start(timeout=600)
@@ -171,7 +175,14 @@ class Run:
         deadline = time.monotonic() + 30
         while self.inflight[name] == 0 and time.monotonic() < deadline:  # signal it mid-stream
             time.sleep(0.005)
-        self.open_routers.remove(name)  # the load balancer takes it out first
+        with self.routing:
+            self.open_routers.remove(name)  # the load balancer takes it out first
+            sent = list(self.open_records[name])
+        # and, as a load balancer's deregistration delay, signals it once the requests already sent
+        # to it have been answered (first token): one still on its way when the server closes its
+        # idle keep-alive connections would be reset there (a client-side ReadError), not drained.
+        while any(r.ttft_s is None and r.error_kind is None for r in sent) and time.monotonic() < deadline:
+            time.sleep(0.005)
         self.out.router_streams_at_sigterm = self.inflight[name]
         self.out.exits[name] = self.sup.drain(name)
 
@@ -199,8 +210,10 @@ class Run:
             async def one(i: int) -> None:
                 nonlocal done
                 spec = workload.next()
-                router = self.open_routers[i % len(self.open_routers)]
                 rec = RequestRecord(i, spec.n_images, spec.prompt_words, spec.max_tokens)
+                with self.routing:
+                    router = self.open_routers[i % len(self.open_routers)]
+                    self.open_records[router].append(rec)
                 payload = json.dumps({**spec.body, "model": model}).encode()
                 self.inflight[router] += 1
                 try:
@@ -215,6 +228,8 @@ class Run:
                     )
                 finally:
                     self.inflight[router] -= 1
+                    with self.routing:
+                        self.open_records[router].remove(rec)
                 self.out.records.append(rec)
                 self.out.by_router[router] = self.out.by_router.get(router, 0) + 1
                 done += 1
