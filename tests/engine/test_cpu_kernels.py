@@ -34,9 +34,8 @@ def paged_reference(q, k_slots, v_slots, tables, lengths, block_size, scale):
     return out
 
 
-def paged_case(dtype, group, block_size, lengths, seed=0):
+def paged_case(dtype, group, block_size, lengths, seed=0, hkv=2, d=16):
     g = torch.Generator().manual_seed(seed)
-    hkv, d = 2, 16
     width = max(-(-n // block_size) for n in lengths)
     num_blocks = len(lengths) * width + 3
     k_slots = torch.randn(num_blocks * block_size, hkv, d, generator=g).to(dtype)
@@ -57,6 +56,15 @@ def test_paged_decode_attention_equals_the_reference(dtype, group, block_size):
     assert out.dtype == dtype and out.shape == case[0].shape
     want = paged_reference(*case, block_size, 0.25)
     assert_close_scaled(out.double(), want, rel=REL[dtype], name=f"paged decode {dtype} G={group}")
+
+
+def test_paged_decode_attention_at_the_real_head_layout():
+    """Qwen3-VL-30B-A3B's heads (4 KV heads of 128, 8 query heads each): the kernel walks a row's
+    blocks once with every KV head's state side by side; no head may see another's."""
+    case = paged_case(torch.float32, 8, 16, [1, 17, 40, 95], seed=3, hkv=4, d=128)
+    out = cpu_kernels.paged_decode_attention(*case, 16, 128**-0.5)
+    want = paged_reference(*case, 16, 128**-0.5)
+    assert_close_scaled(out.double(), want, rel=REL[torch.float32], name="paged decode 4 x 8 heads of 128")
 
 
 def test_paged_decode_attention_is_not_moved_by_large_scores():
