@@ -5,8 +5,8 @@
 # with its declared dependencies and the mooncake and tracing extras (`--kv-transfer mooncake`,
 # `--otlp-traces-endpoint`) into the venv
 # /opt/venv; the second is the base image plus the Debian libraries that Mooncake's Transfer Engine
-# links (libibverbs1 librdmacm1 libnuma1 libcurl4, as `make deps`) plus that venv: no source tree,
-# no tests.
+# links (libibverbs1 librdmacm1 libnuma1 libcurl4, as `make deps`), a C and C++ compiler with the
+# Python headers (the engine builds its CPU kernels at start) and that venv: no source tree, no tests.
 #
 #   docker build -t epd:latest .                     CPU torch from the PyTorch index, the rest from PyPI
 #   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128   CUDA torch (compose `gpu` profile)
@@ -40,18 +40,24 @@ RUN set -eu; \
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title=epd-serve
-# The Transfer Engine's libraries: apt-get only where the base lacks them (python:3.11-slim; on
-# trixie apt picks librdmacm1t64 and libcurl4t64 for the old names). docker/build-base.sh's offline
-# base has them already (mmdebstrap --include), so an offline build needs no Debian mirror here.
+# The Transfer Engine's libraries, and the compilers the engine's fast CPU paths build with: gcc for
+# the C decode kernels (shared/engine/cpu_kernels.py), g++ and the Python headers for Inductor's
+# kernels of the compiled decode step (without them the workers log why and decode eager, with the
+# library kernels). apt-get only for what the base lacks (python:3.11-slim lacks all but the headers;
+# on trixie apt picks librdmacm1t64 and libcurl4t64 for the old names). docker/build-base.sh's
+# offline base has everything already (mmdebstrap --include): an offline build needs no mirror here.
 RUN set -eu; \
     for so in libibverbs.so.1 librdmacm.so.1 libnuma.so.1 libcurl.so.4; do \
         ldconfig -p | grep -q "^[[:space:]]*$so " || missing="${missing:-} $so"; \
     done; \
-    if [ -n "${missing:-}" ]; then \
-        echo "apt-get install for:$missing"; \
+    for tool in cc g++; do command -v $tool >/dev/null || missing="${missing:-} $tool"; done; \
+    python3 -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
+        || headers=python3-dev; \
+    if [ -n "${missing:-}${headers:-}" ]; then \
+        echo "apt-get install for:${missing:-} ${headers:-}"; \
         apt-get update -q; \
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-            libibverbs1 librdmacm1 libnuma1 libcurl4; \
+            libibverbs1 librdmacm1 libnuma1 libcurl4 gcc g++ libc6-dev ${headers:-}; \
         rm -rf /var/lib/apt/lists/*; \
     fi
 COPY --from=build /opt/venv /opt/venv

@@ -14,9 +14,10 @@ IMAGE=${1:-${EPD_BASE_IMAGE:-localhost/epd-base:bookworm}}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PODMAN=${PODMAN:-podman}
 # minbase + what python:3.11-slim offers the Dockerfile: python3.11 with venv/pip, CA certificates,
-# `python` on PATH; and the libraries that Mooncake's Transfer Engine links (the image's mooncake
-# extra, as `make deps`), here because an offline build cannot apt-get them in the Dockerfile.
-PACKAGES=python3,python3-venv,python3-pip,python-is-python3,ca-certificates,libibverbs1,librdmacm1,libnuma1,libcurl4
+# `python` on PATH; the libraries that Mooncake's Transfer Engine links (the image's mooncake extra,
+# as `make deps`) and the compilers and Python headers the engine builds its CPU kernels with (C
+# decode kernels, Inductor), here because an offline build cannot apt-get them in the Dockerfile.
+PACKAGES=python3,python3-venv,python3-pip,python-is-python3,ca-certificates,libibverbs1,librdmacm1,libnuma1,libcurl4,gcc,g++,libc6-dev,python3-dev
 LABEL=epd-serve.base.packages
 
 if [[ -z ${FORCE:-} ]] && $PODMAN image exists "$IMAGE"; then

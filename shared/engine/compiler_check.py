@@ -2,7 +2,7 @@
 
 Inductor builds its CPU kernels with a C++ compiler (``g++``, or ``CXX``) and Triton builds its GPU
 launchers with a C compiler (``cc``, ``gcc``, ``clang``, or ``CC``). Slim images carry neither (the
-project's image does not). Asking first lets an engine fall back at once, with the reason in its
+project's image installs both). Asking first lets an engine fall back at once, with the reason in its
 log, rather than fail after tracing: the decode graph stays eager, and ``--attention-backend auto``
 takes the gather kernel instead of FlexAttention.
 """
