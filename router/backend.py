@@ -81,21 +81,29 @@ class Backend:
         except queue.Full:
             self.slots.release()
             raise Overloaded("the router's queue is full") from None
+        self._wake()
 
     def abort(self, rid: str, reason: str) -> None:
         with contextlib.suppress(queue.Full):  # the deadline frees it if the queue is jammed
             self.commands.put(Abort(rid, reason), timeout=1.0)
+            self._wake()
 
     def snapshot(self) -> Future:
         """A future of the ``/debug/requests`` dict, answered by the backend's thread."""
         fut: Future = Future()
         self.commands.put(Snapshot(fut), timeout=1.0)
+        self._wake()
         return fut
 
     def stop(self) -> None:
         self.stopping.set()
+        self._wake()
         self.thread.join(5.0)
         self.tracer.shutdown()
+
+    def _wake(self) -> None:
+        """A command was queued (or ``stop`` called): a thread that waits on more than the queue
+        is told here; one that blocks on the queue needs nothing."""
 
     def _run(self) -> None:
         raise NotImplementedError
