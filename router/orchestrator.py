@@ -118,8 +118,8 @@ class Orchestrator(Backend):
         log.info("orchestrator inbox %s (advertised as %s)", self.inbox.endpoint, self.reply_to)
         next_check = next_beat = 0.0
         while not self.stopping.is_set():
-            self._commands()
-            wait_s = min(next_check, next_beat) - time.monotonic()
+            more = self._commands()  # (then no sleep: the rest of a burst is read next turn)
+            wait_s = 0.0 if more else min(next_check, next_beat) - time.monotonic()
             ready = dict(self.poller.poll(math.ceil(max(0.0, wait_s) * 1000)))
             if self._woken in ready:
                 with contextlib.suppress(BlockingIOError):
@@ -201,12 +201,13 @@ class Orchestrator(Backend):
             return self.encoder_socks.get(w.zmq)
         return self.prefill_socks.get(w.zmq) if isinstance(w, Prefill) else None
 
-    def _commands(self) -> None:
+    def _commands(self) -> bool:
+        """Carry out up to 256 queued commands; whether more may be waiting."""
         for _ in range(256):
             try:
                 command = self.commands.get_nowait()
             except queue.Empty:
-                return
+                return False
             match command:
                 case Submit(job):
                     self._try_dispatch(job, 0, set())
@@ -218,6 +219,7 @@ class Orchestrator(Backend):
                         self.slots.release()
                 case Snapshot(future):
                     future.set_result(self._snapshot())
+        return True
 
     def _drain(self, sock: PullSocket | DealerSocket) -> None:
         for _ in range(1024):

@@ -25,7 +25,7 @@ def test_commands_wake_the_thread_and_stop_is_prompt(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(orchestrator_module, "HEARTBEAT_S", 60.0)
     orch = Orchestrator(
         Workers({}, {}, 15.0), RouterMetrics(), inbox="tcp://127.0.0.1:0", advertise_host="127.0.0.1",
-        tokens=VisionTokens(9, 10, 2), max_inflight=4, max_per_worker=4, max_retries=2,
+        tokens=VisionTokens(9, 10, 2), max_inflight=200, max_per_worker=4, max_retries=2,
     )  # fmt: skip
     orch.start()
     try:
@@ -33,6 +33,8 @@ def test_commands_wake_the_thread_and_stop_is_prompt(monkeypatch: pytest.MonkeyP
         for _ in range(3):
             snapshot = orch.snapshot().result(timeout=10)  # waits for the thread's answer
             assert snapshot is not None
+        burst = [orch.snapshot() for _ in range(300)]  # more than one turn reads (256)
+        assert all(f.result(timeout=10) is not None for f in burst)
     finally:
         started = time.monotonic()
         orch.stop()
