@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import time
 from array import array
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,6 +46,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from shared.engine.compiler_check import missing_compiler
 from shared.engine.cpu_kernels import decode_attention_fake, paged_decode_attention
 from shared.engine.flex_attention import NO_Q_BLOCKS
+from shared.engine.graph_entry import DirectCompiled
 from shared.engine.kv_pool import KVPool
 from shared.engine.opaque import opaque_op
 from shared.engine.scheduler import ScheduledSeq
@@ -207,6 +207,7 @@ class DecodeGraph:
         pool: KVPool,
         max_num_seqs: int,
         attention: str,  # a key of DECODE_ATTENTION
+        direct: bool = True,  # skip Dynamo's entry at shapes it accepted once (graph_entry)
     ) -> None:
         self.model, self.pool = model, pool
         self.attention = DECODE_ATTENTION[attention]
@@ -219,17 +220,13 @@ class DecodeGraph:
         if self.cuda:  # the pool is mutated in place by every step: give it a fixed address
             torch._dynamo.mark_static_address(pool.k)
             torch._dynamo.mark_static_address(pool.v)
-        # On CUDA the step is replayed as a CUDA graph (what mode="reduce-overhead" sets); no epilogue
-        # fusion: the CPU FlexAttention kernel cannot take the padding rows' mask as its epilogue.
         self.steps = 0  # decode steps run through the graph
         self.warmup_seconds = 0.0
         self.ready = False  # compiled: until then (or if compiling failed) ``fits`` is False, steps eager
         self.error: str | None = None  # why compiling failed
-        options: dict[str, str | int | bool | Callable[..., Any]] = {
-            "triton.cudagraphs": self.cuda,
-            "epilogue_fusion": False,
-        }
-        self._step = torch.compile(self._forward, fullgraph=True, dynamic=None, options=options)
+        self._step = DirectCompiled(
+            self._forward, ("meta", "last_block", "last_offset"), inductor_options(self.cuda), direct
+        )
 
     def bucket(self, batch_size: int) -> int:
         return next(b for b in self.buckets if b >= batch_size)
@@ -334,6 +331,30 @@ class DecodeGraph:
         embeds = torch.where(attn.real[:, 0], lm.embed_tokens(ids), 0.0)  # [Bp, H]; zero for padding
         hidden = self.model(embeds, pos.expand(3, -1), attn, None)  # [Bp, H]
         return self.model.compute_logits(hidden)  # [Bp, V]
+
+
+def inductor_options(cuda: bool) -> dict[str, Any]:
+    """Inductor's settings for the decode step (those this torch has).
+
+    On CUDA the step is replayed as a CUDA graph (what mode="reduce-overhead" sets). On the CPU the
+    graph's wrapper is C++ rather than Python (its ~70 lines a layer cost ~0.1 ms of the demo's ~0.9
+    ms step; compiling cold takes ~3.5 s longer). No size or alignment asserts on the graph's
+    inputs: the step builds them itself, and each assert is a call per input per step. No epilogue
+    fusion: the CPU FlexAttention kernel cannot take the padding rows' mask as its epilogue."""
+    wanted = {
+        "triton.cudagraphs": cuda,
+        "cpp_wrapper": not cuda,
+        "epilogue_fusion": False,
+        "size_asserts": False,
+        "alignment_asserts": False,
+    }
+    config = torch._inductor.config
+    return {k: v for k, v in wanted.items() if _has_setting(config, k)}
+
+
+def _has_setting(config: Any, name: str) -> bool:
+    head, _, rest = name.partition(".")
+    return hasattr(config, head) and (not rest or _has_setting(getattr(config, head), rest))
 
 
 def _raise_recompile_limit(limit: int) -> None:
