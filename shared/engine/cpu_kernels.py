@@ -1,12 +1,14 @@
 """C kernels for the CPU engine's decode steps, built on first use with the machine's C compiler.
 
-Owns two kernels (sources in ``native/``), each one opaque call in a step:
+Owns three kernels (sources in ``native/``), the first two one opaque call each in a step:
 
 - ``epd::paged_decode_attention`` (``paged_decode.c``): decode attention that reads each row's keys
   and values where they lie in the paged pool: no gather, no SDPA call;
 - ``routed_experts`` (``routed_experts.c``): the MoE experts of a few tokens, each active expert's
   weights streamed once per 8 of its tokens, no weight packing (the engine's ``cpu`` MoE kernel,
-  ``moe_kernels``; above ``MAX_EXPERT_TOKENS`` tokens it hands over to the grouped GEMM).
+  ``moe_kernels``; above ``MAX_EXPERT_TOKENS`` tokens it hands over to the grouped GEMM);
+- ``row_argmax`` (``argmax.c``): the sampler's argmax over each row's logits, in vector lanes (torch's
+  CPU argmax takes one element at a time).
 
 At decode sizes on the CPU the library paths spend their time around the arithmetic: copying blocks
 and SDPA's per-call setup for one query row; packing expert weights a GEMM then reads once, and a
@@ -57,6 +59,7 @@ _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 SIGNATURES = {  # argument types of <name>_f32 and <name>_bf16; both return int64
     "paged_decode": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, ctypes.c_float],
     "routed_experts": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64],
+    "argmax": [_P, _I64, _I64, _P],
 }
 MAX_EXPERT_TOKENS = 32  # tokens per MoE layer up to which routed_experts beats the grouped GEMM
 # Experts larger than this (bytes of one expert's three projections) stream faster through the
@@ -178,6 +181,25 @@ def decode_kernel(head_dim: int, group: int, block_size: int) -> str | None:
 def experts_kernel(hidden: int, intermediate: int) -> str | None:
     """Build (or find) the experts kernel for these sizes: None when it is ready, else why not."""
     return _available("routed_experts", _experts_defines(hidden, intermediate))
+
+
+def argmax_kernel() -> str | None:
+    """Build (or find) the argmax kernel: None when it is ready, else why not."""
+    return _available("argmax", ())
+
+
+def row_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``torch.argmax(x, dim=-1)`` of a CPU float32/bfloat16 [R, V] matrix (``native/argmax.c``): the
+    first index of each row's largest value, or of its first NaN. [R] int64."""
+    if x.device.type != "cpu" or x.dtype not in DTYPES or x.dim() != 2 or x.shape[1] == 0:
+        raise ValueError(
+            f"row_argmax: a CPU float32/bfloat16 [R, V > 0] matrix, got {x.dtype} {tuple(x.shape)}"
+        )
+    lib = _load("argmax", ())
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    getattr(lib, f"argmax_{DTYPES[x.dtype]}")(x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr())
+    return out
 
 
 def decode_attention_fake(

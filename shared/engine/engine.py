@@ -86,7 +86,7 @@ class Engine:
         if graph is not None:
             graph.compile()  # before serving; if it fails, decode steps stay eager (logged)
         self.runner = ModelRunner(model, self.pool, graph, attention)
-        self.sampler = Sampler(config.seed, self.device)
+        self.sampler = Sampler(config.seed, self.device, c_argmax=attention == "cpu")
         self.max_model_len = config.resolve_max_model_len(text)
         self.eos_token_ids = frozenset(model.config.eos_token_ids)
         self.vision_token_ids = frozenset((model.config.image_token_id, model.config.video_token_id))

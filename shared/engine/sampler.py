@@ -24,11 +24,16 @@ Shape legend: R rows (sequences that sample this step), V vocabulary.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from shared.engine import cpu_kernels
 from shared.engine.request import SamplingParams
+
+log = logging.getLogger(__name__)
 
 _MASK64 = (1 << 64) - 1
 
@@ -52,9 +57,21 @@ class SamplerOutput:
     top_logprobs: list[list[tuple[int, float]] | None]
 
 
+def _torch_argmax(x: torch.Tensor) -> torch.Tensor:
+    return x.argmax(dim=-1)
+
+
 class Sampler:
-    def __init__(self, seed: int, device: torch.device) -> None:
+    def __init__(self, seed: int, device: torch.device, c_argmax: bool = False) -> None:
+        """``c_argmax``: take each row's argmax with the C kernel of ``cpu_kernels`` (a CPU engine
+        that runs its C kernels; torch's CPU argmax goes one element at a time) where it builds."""
         self.generator = torch.Generator(device).manual_seed(seed)  # for rows without a seed
+        self.argmax: Callable[[torch.Tensor], torch.Tensor] = _torch_argmax
+        if c_argmax:
+            if reason := cpu_kernels.argmax_kernel():
+                log.warning("sampler: torch's argmax, not the C kernel: %s", reason)
+            else:
+                self.argmax = cpu_kernels.row_argmax
 
     @torch.inference_mode()
     def __call__(
@@ -64,7 +81,7 @@ class Sampler:
         generators: list[torch.Generator | None],  # a seeded row's own generator, reseeded per draw
         draws: list[int],  # tokens each row's request sampled before this step
     ) -> SamplerOutput:
-        tokens = logits.argmax(dim=-1)  # [R]
+        tokens = self.argmax(logits)  # [R]
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
         if random_rows:
             rows = torch.tensor(random_rows, device=logits.device)
@@ -128,5 +145,5 @@ class Sampler:
         for i, (g, seed) in seeded.items():
             g.manual_seed(draw_seed(seed, draws[i]))
             race[i] = torch.empty(vocab, device=dev).exponential_(generator=g)
-        picked = (probs / race.clamp_min_(1e-20)).argmax(dim=-1)  # [r] rank of the chosen token
+        picked = self.argmax(probs / race.clamp_min_(1e-20))  # [r] rank of the chosen token
         return order.gather(1, picked[:, None])[:, 0]

@@ -129,6 +129,29 @@ def test_routed_experts_refuse_an_expert_outside_the_layer():
         cpu_kernels.routed_experts(x, gate_up, down, ids, weights)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cols", [1, 5, 16, 17, 1088])  # under, at and past one 16-lane block
+def test_row_argmax_is_torch_argmax(dtype, cols):
+    """First index of the largest value (ties: the first), or of the first NaN; infinities."""
+    x = torch.randn(12, cols, generator=torch.Generator().manual_seed(cols)).to(dtype)
+    x[1, :] = float("-inf")
+    x[2, :] = float("nan")
+    x[3, cols // 2] = float("nan")
+    x[4, cols - 1] = float("inf")
+    x[5, -2:] = 1e4  # a tie at the end
+    x[6, :] = 0.0  # all tied
+    x[7, cols // 3] = float("nan")
+    x[7, cols - 1] = float("nan")  # two NaNs: the first
+    x[8, 0] = float("inf")
+    assert torch.equal(cpu_kernels.row_argmax(x), x.argmax(dim=-1))
+
+
+def test_row_argmax_refuses_what_it_does_not_take():
+    for bad in (torch.zeros(3, 0), torch.zeros(4), torch.zeros(2, 3, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="row_argmax"):
+            cpu_kernels.row_argmax(bad)
+
+
 def test_a_kernel_is_built_once_per_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("EPD_KERNEL_CACHE", str(tmp_path))
     cpu_kernels._load.cache_clear()

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from shared.engine import cpu_kernels
 from shared.engine.request import SamplingParams
 from shared.engine.sampler import Sampler, draw_seed
 
@@ -70,6 +71,22 @@ def test_a_seed_reproduces_tokens_whatever_the_batch():
         batched.append(Sampler(n, torch.device("cpu"))(logits, rows, gens, draws).token_ids[2])
     assert alone == batched
     assert len(set(alone)) > 1
+
+
+def test_the_c_argmax_picks_what_torch_argmax_picks():
+    """Greedy rows and the sampled rows' exponential race, with the C kernel and with torch."""
+    logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(3))
+    logits[1, 7] = logits[1, 9] = 50.0  # a tie: the first index
+    rows = [SamplingParams(temperature=0), SamplingParams(temperature=0)]
+    rows += [SamplingParams(temperature=1.0, seed=s, top_p=0.9) for s in range(6)]
+
+    def tokens(c_argmax: bool) -> list[int]:
+        gens = [torch.Generator() for _ in rows]
+        return Sampler(0, torch.device("cpu"), c_argmax=c_argmax)(logits, rows, gens, [0] * 8).token_ids
+
+    assert Sampler(0, torch.device("cpu"), c_argmax=True).argmax is cpu_kernels.row_argmax
+    assert tokens(c_argmax=True) == tokens(c_argmax=False)
+    assert tokens(c_argmax=True)[1] == 7
 
 
 def seeded_stream(logits: torch.Tensor, seed: int, gen: torch.Generator | None, n: int = 6) -> list[int]:
