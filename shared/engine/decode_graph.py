@@ -11,7 +11,9 @@ sequence, no images). It is the same model code as the eager path, traced once w
 - MoE layers call the ``epd::routed_experts`` opaque op (``moe_kernels``, ``opaque``): one node
   per layer, token counts per expert computed on the device (on a CPU, the C kernel);
 - the step's metadata is one small int32 tensor built on the host and copied to the device once
-  (``pack``); everything derived from it is computed in the graph.
+  (``pack``); everything derived from it is computed in the graph;
+- a step whose shapes Dynamo accepted once calls Inductor's compiled function directly
+  (``graph_entry``): Dynamo's entry cost ~90 us a step, a tenth of the demo model's.
 
 Static shapes: a batch is padded to a bucket of ``batch_buckets`` and, on CUDA, its block tables
 to a width bucket (powers of two; on the CPU, to the widest table and at least 2). Padded rows
@@ -337,10 +339,12 @@ def inductor_options(cuda: bool) -> dict[str, Any]:
     """Inductor's settings for the decode step (those this torch has).
 
     On CUDA the step is replayed as a CUDA graph (what mode="reduce-overhead" sets). On the CPU the
-    graph's wrapper is C++ rather than Python (its ~70 lines a layer cost ~0.1 ms of the demo's ~0.9
-    ms step; compiling cold takes ~3.5 s longer). No size or alignment asserts on the graph's
-    inputs: the step builds them itself, and each assert is a call per input per step. No epilogue
-    fusion: the CPU FlexAttention kernel cannot take the padding rows' mask as its epilogue."""
+    graph's wrapper is C++ rather than Python, and the graph's inputs are not asserted for size and
+    alignment (the step builds them itself; an assert is a call per input per step): the demo's step
+    at batch 32 took 0.81 ms with both, 0.85 ms without the C++ wrapper and 0.89 ms with neither
+    (medians of six alternations, docs/BENCHMARKS.md); the C++ wrapper costs ~3.5 s more to compile
+    cold (16.4 -> 19.9 s; 2.6 s either way from Inductor's cache). No epilogue fusion: the CPU
+    FlexAttention kernel cannot take the padding rows' mask as its epilogue."""
     wanted = {
         "triton.cudagraphs": cuda,
         "cpp_wrapper": not cuda,

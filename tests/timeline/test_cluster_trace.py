@@ -70,8 +70,11 @@ def chat(cluster: EpdCluster, images: int, stream: bool = False, traceparent: st
     return {**final[0], "id": chunks[0]["id"]}
 
 
-def trace_of(receiver: OtlpReceiver, request_id: str, services: set[str]) -> list[ReceivedSpan]:
-    """The spans of the request's trace, once every service's arrived (they batch their exports)."""
+def trace_of(
+    receiver: OtlpReceiver, request_id: str, services: set[str], stages: set[str] | None = None
+) -> list[ReceivedSpan]:
+    """The spans of the request's trace, once every service's and every named stage's arrived (a
+    service batches its exports: one stage's span may come a batch after another's)."""
 
     def spans() -> list[ReceivedSpan]:
         roots = [
@@ -80,7 +83,8 @@ def trace_of(receiver: OtlpReceiver, request_id: str, services: set[str]) -> lis
         if not roots:
             return []
         trace = [s for s in receiver.spans() if s.trace_id == roots[0].trace_id]
-        return trace if {s.service for s in trace} >= services else []
+        done = {s.service for s in trace} >= services and {s.name for s in trace} >= (stages or set())
+        return trace if done else []
 
     receiver.wait_for(lambda _: bool(spans()), timeout=20)
     return spans()
@@ -101,7 +105,8 @@ def test_a_trace_per_request_across_every_service(cluster, receiver, images: int
     answer = chat(cluster, images, stream)
     timeline = answer["timeline"]
     crossed = {"router", "prefill", "decode"} | ({"encoder"} if images else set())
-    spans = trace_of(receiver, answer["id"], {f"epd-{s}" for s in crossed})
+    reported_stages = {sp["stage"] for sp in timeline["spans"]}
+    spans = trace_of(receiver, answer["id"], {f"epd-{s}" for s in crossed}, reported_stages)
     root = next(s for s in spans if s.kind == 2)
     assert root.parent_span_id == "" and root.service == "epd-router"
     assert {s.service.removeprefix("epd-") for s in spans} == crossed
