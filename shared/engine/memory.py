@@ -5,6 +5,9 @@ then the device's own budget. On CUDA the budget is what ``--gpu-memory-utilizat
 leaves after the weights, the activations of a profiling forward at the engine's largest step and
 the memory outside torch's allocator (CUDA context, other processes), as in vLLM. On CPU it is
 ``--cpu-kv-cache-fraction`` of the machine's available memory, capped at ``CPU_KV_CACHE_CAP``.
+A budget read from memory is rounded down to ``BUDGET_GRAIN``: the compiled decode graph takes the
+pool's block count as a constant, and a count that moved with a few MiB of free memory missed
+Inductor's cache at every start (a decode worker's warm compile 3 s alone, ~19 s in a cluster start).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 MEMINFO = Path("/proc/meminfo")
+BUDGET_GRAIN = 64 << 20  # memory-derived budgets are rounded down to this (a stable block count)
 
 
 class KVSource(Enum):
@@ -107,6 +111,8 @@ def plan_kv_blocks(
         detail = (
             f"{host / GiB:.2f} GiB x {config.cpu_kv_cache_fraction}, at most {CPU_KV_CACHE_CAP / GiB:.0f} GiB"
         )
+    if source is not KVSource.KV_CACHE_MEMORY and budget >= BUDGET_GRAIN:
+        budget -= budget % BUDGET_GRAIN
     num_blocks = budget // block_bytes
     if num_blocks < 1:
         raise ValueError(

@@ -52,9 +52,18 @@ def test_mem_available_reads_meminfo(tmp_path):
 def test_cpu_plan_takes_a_fraction_of_available_memory():
     plan = cpu_plan(EngineConfig(cpu_kv_cache_fraction=0.05), 16 * GiB)
     assert plan.source is KVSource.CPU_AVAILABLE
-    assert plan.num_blocks == int(16 * GiB * 0.05) // BLOCK == 546
-    assert plan.bytes == 546 * BLOCK and plan.block_size == 16
-    assert plan.describe().startswith("KV pool: 546 blocks of 16 tokens = 0.80 GiB (cpu available memory")
+    # 819.2 MiB, rounded down to 768 MiB (BUDGET_GRAIN) = 512 blocks of 1.5 MiB
+    assert plan.num_blocks == 768 * (1 << 20) // BLOCK == 512
+    assert plan.bytes == 512 * BLOCK and plan.block_size == 16
+    assert plan.describe().startswith("KV pool: 512 blocks of 16 tokens = 0.75 GiB (cpu available memory")
+
+
+def test_a_budget_from_memory_is_the_same_from_start_to_start():
+    """The compiled decode graph takes the block count as a constant: a few MiB more or less of free
+    memory must not change it (every start would miss Inductor's cache)."""
+    counts = {cpu_plan(EngineConfig(cpu_kv_cache_fraction=0.05), 21 * GiB + mib * (1 << 20)).num_blocks
+              for mib in (0, 7, 60, 200)}  # fmt: skip
+    assert counts == {682}  # budgets of 1,075 .. 1,085 MiB, rounded down to 1,024 MiB, / 1.5 MiB
 
 
 def test_cpu_plan_is_capped():
