@@ -5,9 +5,9 @@ then the device's own budget. On CUDA the budget is what ``--gpu-memory-utilizat
 leaves after the weights, the activations of a profiling forward at the engine's largest step and
 the memory outside torch's allocator (CUDA context, other processes), as in vLLM. On CPU it is
 ``--cpu-kv-cache-fraction`` of the machine's available memory, capped at ``CPU_KV_CACHE_CAP``.
-A budget read from memory is rounded down to ``BUDGET_GRAIN``: the compiled decode graph takes the
-pool's block count as a constant, and a count that moved with a few MiB of free memory missed
-Inductor's cache at every start (a decode worker's warm compile 3 s alone, ~19 s in a cluster start).
+A budget read from memory is rounded down to ``BUDGET_GRAIN``, so that a few MiB more or less of
+free memory give the same block count from start to start: the CUDA decode graphs take the count as
+a constant, and a new one misses Inductor's cache (on the CPU the graph is symbolic in it).
 """
 
 from __future__ import annotations
