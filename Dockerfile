@@ -63,9 +63,11 @@ RUN set -eu; \
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # Fixed ids: Kubernetes makes mounted Secrets (the CurveZMQ keys) readable through fsGroup 10001,
-# and a compose host chgrps its key directory to 10001 (README, "Securing the mesh").
+# and a compose host chgrps its key directory to 10001 (README, "Securing the mesh"). ~/.cache
+# exists and is the user's, so that a volume mounted there (compose's compile cache) is too.
 RUN groupadd --system --gid 10001 epd \
-    && useradd --system --uid 10001 --gid epd --create-home --home-dir /home/epd --shell /usr/sbin/nologin epd
+    && useradd --system --uid 10001 --gid epd --create-home --home-dir /home/epd --shell /usr/sbin/nologin epd \
+    && install -d -o epd -g epd /home/epd/.cache
 USER epd
 WORKDIR /home/epd
 EXPOSE 8000

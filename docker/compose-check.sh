@@ -182,6 +182,9 @@ podman_ ps -a --filter "label=com.docker.compose.project=$PROJECT" \
 count=$(podman_ ps --filter "label=com.docker.compose.project=$PROJECT" --filter health=healthy --format '{{.Names}}' | wc -l)
 [[ $count == "${#SERVICES[@]}" ]] || die "$count of ${#SERVICES[@]} containers healthy"
 
+say "the decode workers' start (the compile cache volume outlives a run: later runs load the graph)"
+compose logs decode-0 decode-1 2>&1 | grep -E "KV pool|decode graph" || true
+
 say "asking the router on http://127.0.0.1:$PORT about a picture of a red circle"
 "$PYTHON" "$ROOT/docker/ask_picture.py" "http://127.0.0.1:$PORT" --expect red
 PASSED=1

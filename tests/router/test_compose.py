@@ -59,3 +59,14 @@ def test_curve_keys_are_off_by_default_and_mounted_when_given(tmp_path):
             (mount,) = [v for v in service["volumes"] if v["target"] == target]
             assert mount["read_only"], name
             assert mount["source"] == (given or str(REPO_ROOT / "docker" / "no-curve-keys")), name
+
+
+def test_every_service_keeps_its_compile_cache_in_a_named_volume():
+    """Inductor's cache (the compiled decode graph) and the C kernels' (under ~/.cache) outlive a
+    container: a restarted decode worker loads its graph rather than compiling it again."""
+    from tests.router.test_compose_devices import all_services
+
+    for name, service in all_services().items():
+        (cache,) = [v for v in service["volumes"] if v["target"] == "/home/epd/.cache"]
+        assert cache["type"] == "volume" and not cache.get("read_only"), name
+        assert service["environment"]["TORCHINDUCTOR_CACHE_DIR"].startswith("/home/epd/.cache/"), name

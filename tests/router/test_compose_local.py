@@ -6,9 +6,10 @@ declared dependencies only, in a fresh venv): the venv's Python in isolated mode
 compose file is resolved by a real compose implementation (``config --format json``); each
 service's command, environment and healthcheck are then translated for one machine: service host
 names become 127.0.0.1, every port a service listens on gets a free local port (two decode
-workers share port numbers in their containers), the model volume becomes its host path. The
-services start in dependency order, each waits for its own healthcheck, and the official openai
-client asks the bundled demo model about a picture through the router's published port.
+workers share port numbers in their containers), the model volume becomes its host path and a
+named volume (the compile cache) a folder of the test's own. The services start in dependency
+order, each waits for its own healthcheck, and the official openai client asks the bundled demo
+model about a picture through the router's published port.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def resolved_services(binary: Path) -> dict[str, dict]:
 class Translation:
     """Container names and ports -> loopback and free ports, for one machine."""
 
-    def __init__(self, services: dict[str, dict], python: tuple[str, ...] = (sys.executable,)) -> None:
+    def __init__(
+        self, services: dict[str, dict], volume_root: Path, python: tuple[str, ...] = (sys.executable,)
+    ) -> None:
         self.python = python  # what ``python`` in a command becomes
         self.names = set(services)
         self.ports: dict[tuple[str, str], str] = {}
@@ -61,7 +64,11 @@ class Translation:
             for flag, value in zip(cmd, cmd[1:], strict=False):
                 if flag.startswith("--") and flag.endswith("port") and value.isdigit():
                     self.ports[(name, value)] = str(free_port())
-        self.volumes = {v["target"]: v["source"] for s in services.values() for v in s.get("volumes", [])}
+        self.volumes = {  # bind mounts become their host path, named volumes a folder of volume_root
+            v["target"]: v["source"] if v["type"] == "bind" else str(volume_root / v["source"])
+            for s in services.values()
+            for v in s.get("volumes", [])
+        }
 
     def __call__(self, text: str, service: str) -> str:
         def remote(m: re.Match) -> str:
@@ -111,8 +118,8 @@ def test_compose_services_run_as_local_processes(tmp_path, bare_install: BareIns
     t0 = time.monotonic()
     services = resolved_services(compose_binary())
     assert {"router", "encoder", "prefill", "decode-0", "decode-1"} <= set(services)
-    tr = Translation(services, python=(str(bare_install.python), "-I"))
     work = tmp_path  # outside the checkout, as the image's working directory is
+    tr = Translation(services, work / "volumes", python=(str(bare_install.python), "-I"))
     assert not work.resolve().is_relative_to(REPO_ROOT)
     procs: dict[str, subprocess.Popen] = {}
     try:
