@@ -9,7 +9,8 @@ compiled code itself; this does it one level lower, at the Inductor function:
 - the backend compiles with Inductor exactly as ``torch.compile(options=...)`` would and keeps, per
   graph, a recipe of its inputs from their Dynamo sources: one of the call's tensors, a size of one,
   or a tensor reached from the compiled function's ``self`` (a parameter, a pool view; held by
-  reference, as the graph already does) or a size of one (the pool's block count, where symbolic);
+  reference, as the graph already does) or a size of such a tensor (the pool's block count, where
+  symbolic);
 - a call whose input shapes are new goes through Dynamo (guards checked, recompiling if they fail);
   if the graph that ran has a recipe, and the recipe applied to this call gives exactly the inputs
   Dynamo gave it (same tensor objects, same sizes), the shape is marked and later calls with it

@@ -59,7 +59,7 @@ def test_cpu_plan_takes_a_fraction_of_available_memory():
 
 
 def test_a_budget_from_memory_is_the_same_from_start_to_start():
-    """The compiled decode graph takes the block count as a constant: a few MiB more or less of free
+    """The CUDA decode graphs take the block count as a constant: a few MiB more or less of free
     memory must not change it (every start would miss Inductor's cache)."""
     counts = {cpu_plan(EngineConfig(cpu_kv_cache_fraction=0.05), 21 * GiB + mib * (1 << 20)).num_blocks
               for mib in (0, 7, 60, 200)}  # fmt: skip
