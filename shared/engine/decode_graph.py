@@ -15,15 +15,18 @@ sequence, no images). It is the same model code as the eager path, traced once w
 - a step whose shapes Dynamo accepted once calls Inductor's compiled function directly
   (``graph_entry``): Dynamo's entry cost ~90 us a step, a tenth of the demo model's.
 
-Static shapes: a batch is padded to a bucket of ``batch_buckets`` and, on CUDA, its block tables to
-a width bucket (powers of two; on the CPU, to the widest table and at least 2). Padded rows decode
-token 0 at position 0 into a sink block that the block allocator never hands out, attend to that
-block only, and their logits are dropped, so they never touch a real row. The width is compiled
-symbolic everywhere, and on the CPU so are the batch (one graph for every bucket) and the pool's
-block count (one graph for any pool size, so that a start whose pool differs loads the graph from
-Inductor's cache); on CUDA the graph is compiled per batch bucket (``warmup`` does all) and
+Static shapes: a batch is padded to a bucket of ``batch_buckets`` and, on CUDA, its block tables
+to a width bucket (powers of two; on the CPU, to the widest table and at least 2). Padded rows
+decode token 0 at position 0 into a sink block that the block allocator never hands out, attend
+to that block only, and their logits are dropped, so they never touch a real row. The width is compiled symbolic everywhere, and so is the batch on the CPU (one
+graph for every bucket); on CUDA the graph is compiled per batch bucket (``warmup`` does all) and
 replayed as CUDA graphs (``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets), recorded
 once per (bucket, width) met: why batches are padded to a few sizes rather than run at any size.
+The pool's block count is a constant of the graph, kept the same from start to start by
+``memory`` (so that Inductor's cache serves later starts). Compiling it symbolic was tried: every
+layer's pool views then enter the graph with a size and an offset each, ints that the C++ wrapper
+turns into tensors at every call (+55 us a step at batch 3 on the demo model, ~8%; worse with 48
+layers), and views made inside the graph instead made Inductor copy the whole pool back each step.
 
 When. ``compile`` (``warmup``) compiles before the engine serves: on CUDA it captures every
 bucket. Compiling in a thread while the engine serves eager steps was tried and dropped: on the
@@ -97,8 +100,7 @@ class DecodeAttention(AttentionBackend):
             last_block,
             last_offset,
         )
-        sink = pool.k.shape[1] - 1  # the pool's last block (symbolic where the pool size is)
-        self.real = (last_block != sink)[:, None, None]  # [Bp, 1, 1]: not padding
+        self.real = (last_block != pool.num_blocks - 1)[:, None, None]  # [Bp, 1, 1]: not padding
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         k_slots, v_slots = self.pool.slots(layer)  # [N * block, Hkv, D]
@@ -124,7 +126,7 @@ class FlexDecodeAttention(DecodeAttention):
         def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
             return (kv // bs != last_block[b]) | (kv % bs <= last_offset[b])
 
-        full = F.pad(self.tables, (0, self.pool.k.shape[1] - self.tables.shape[1]))  # [Bp, N]: spans the pool
+        full = F.pad(self.tables, (0, self.pool.num_blocks - self.tables.shape[1]))  # [Bp, N]: spans the pool
         self.mask = BlockMask.from_kv_blocks(
             self.num_blocks[:, None, None],
             full[:, None, None, :],
@@ -225,12 +227,6 @@ class DecodeGraph:
         if self.cuda:  # the pool is mutated in place by every step: give it a fixed address
             torch._dynamo.mark_static_address(pool.k)
             torch._dynamo.mark_static_address(pool.v)
-        else:  # one graph for any pool size: Inductor's cache serves every start
-            for t in (pool.k, pool.v):
-                torch._dynamo.mark_dynamic(t, 1)
-            for layer in range(pool.num_layers):
-                for t in pool.slots(layer):
-                    torch._dynamo.mark_dynamic(t, 0)
         self.steps = 0  # decode steps run through the graph
         self.warmup_seconds = 0.0
         self.ready = False  # compiled: until then (or if compiling failed) ``fits`` is False, steps eager

@@ -9,8 +9,7 @@ compiled code itself; this does it one level lower, at the Inductor function:
 - the backend compiles with Inductor exactly as ``torch.compile(options=...)`` would and keeps, per
   graph, a recipe of its inputs from their Dynamo sources: one of the call's tensors, a size of one,
   or a tensor reached from the compiled function's ``self`` (a parameter, a pool view; held by
-  reference, as the graph already does) or a size of such a tensor (the pool's block count, where
-  symbolic);
+  reference, as the graph already does);
 - a call whose input shapes are new goes through Dynamo (guards checked, recompiling if they fail);
   if the graph that ran has a recipe, and the recipe applied to this call gives exactly the inputs
   Dynamo gave it (same tensor objects, same sizes), the shape is marked and later calls with it
@@ -143,7 +142,7 @@ class DirectCompiled:
                 recipe.append(("input", self.names.index(m[1])))
             elif (m := _SIZE.match(name)) and m[1] in self.names:
                 recipe.append(("size", (self.names.index(m[1]), int(m[2]))))
-            elif name.startswith(_SELF):  # a tensor of self's, or a size of one (the same every call)
+            elif name.startswith(_SELF) and isinstance(node.meta.get("example_value"), torch.Tensor):
                 recipe.append(("fixed", None))
             else:
                 return None

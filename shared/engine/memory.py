@@ -5,9 +5,12 @@ then the device's own budget. On CUDA the budget is what ``--gpu-memory-utilizat
 leaves after the weights, the activations of a profiling forward at the engine's largest step and
 the memory outside torch's allocator (CUDA context, other processes), as in vLLM. On CPU it is
 ``--cpu-kv-cache-fraction`` of the machine's available memory, capped at ``CPU_KV_CACHE_CAP``.
-A budget read from memory is rounded down to ``BUDGET_GRAIN``, so that a few MiB more or less of
-free memory give the same block count from start to start: the CUDA decode graphs take the count as
-a constant, and a new one misses Inductor's cache (on the CPU the graph is symbolic in it).
+A budget read from memory is rounded down, so that the block count is the same from start to start
+and between workers that start together: the compiled decode graph takes it as a constant, and a
+new count misses Inductor's cache (a cold compile, ~20-30 s on a small CPU). On CUDA to
+``BUDGET_GRAIN``; on the CPU, whose available memory moves by hundreds of MiB while a cluster starts
+(two decode workers read 20.96 and 21.36 GiB a moment apart), to an eighth of the budget's power of
+two (128 MiB at 1 GiB: at most 12.5% of it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 MEMINFO = Path("/proc/meminfo")
-BUDGET_GRAIN = 64 << 20  # memory-derived budgets are rounded down to this (a stable block count)
+BUDGET_GRAIN = 64 << 20  # memory-derived budgets are rounded down to at least this (a stable block count)
 
 
 class KVSource(Enum):
@@ -111,8 +114,8 @@ def plan_kv_blocks(
         detail = (
             f"{host / GiB:.2f} GiB x {config.cpu_kv_cache_fraction}, at most {CPU_KV_CACHE_CAP / GiB:.0f} GiB"
         )
-    if source is not KVSource.KV_CACHE_MEMORY and budget >= BUDGET_GRAIN:
-        budget -= budget % BUDGET_GRAIN
+    if source is not KVSource.KV_CACHE_MEMORY:
+        budget = stable_budget(budget, coarse=source is KVSource.CPU_AVAILABLE)
     num_blocks = budget // block_bytes
     if num_blocks < 1:
         raise ValueError(
@@ -120,6 +123,13 @@ def plan_kv_blocks(
             f"{block_bytes:,} B of this model; give --num-blocks or --kv-cache-memory"
         )
     return _logged(plan(num_blocks, source, detail))
+
+
+def stable_budget(budget: int, coarse: bool) -> int:
+    """``budget`` rounded down to ``BUDGET_GRAIN`` or, ``coarse``, to an eighth of its power of two
+    if that is larger; a budget under one grain is left as it is."""
+    grain = max(BUDGET_GRAIN, 1 << (budget.bit_length() - 4)) if coarse else BUDGET_GRAIN
+    return budget - budget % grain if budget >= grain else budget
 
 
 def _logged(plan: KVPlan) -> KVPlan:

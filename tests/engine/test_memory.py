@@ -16,6 +16,7 @@ from shared.engine.memory import (
     mem_available,
     plan_kv_blocks,
     profile_forward,
+    stable_budget,
 )
 from shared.models.config import TextConfig
 
@@ -59,11 +60,20 @@ def test_cpu_plan_takes_a_fraction_of_available_memory():
 
 
 def test_a_budget_from_memory_is_the_same_from_start_to_start():
-    """The CUDA decode graphs take the block count as a constant: a few MiB more or less of free
-    memory must not change it (every start would miss Inductor's cache)."""
-    counts = {cpu_plan(EngineConfig(cpu_kv_cache_fraction=0.05), 21 * GiB + mib * (1 << 20)).num_blocks
-              for mib in (0, 7, 60, 200)}  # fmt: skip
-    assert counts == {682}  # budgets of 1,075 .. 1,085 MiB, rounded down to 1,024 MiB, / 1.5 MiB
+    """The compiled decode graph takes the block count as a constant: the memory two decode workers
+    starting together read (20.96 and 21.36 GiB, measured) must give both the same count."""
+    counts = {cpu_plan(EngineConfig(cpu_kv_cache_fraction=0.05), int(gib * GiB)).num_blocks
+              for gib in (20.96, 21.0, 21.36, 21.77)}  # fmt: skip
+    assert counts == {682}  # budgets of 1,073 .. 1,115 MiB, rounded down to 1,024 MiB, / 1.5 MiB
+
+
+def test_stable_budget_grains():
+    mib = 1 << 20
+    assert stable_budget(60 * GiB + 100 * mib, coarse=False) == 60 * GiB + 64 * mib  # GPU: 64 MiB
+    assert stable_budget(62 * GiB + 100 * mib, coarse=True) == 60 * GiB  # CPU: 1/8 of 32 GiB
+    assert stable_budget(1093 * mib, coarse=True) == 1024 * mib  # 1/8 of 1 GiB
+    assert stable_budget(300 * mib, coarse=True) == 256 * mib  # 64 MiB at least
+    assert stable_budget(40 * mib, coarse=True) == stable_budget(40 * mib, coarse=False) == 40 * mib
 
 
 def test_cpu_plan_is_capped():
