@@ -170,7 +170,7 @@ def test_the_same_rogue_gets_through_in_plain_mode(rogue_ctx) -> None:
     with RouterSocket("tcp://127.0.0.1:0", bind=True) as server:
         dealer = rogue_socket(rogue_ctx, zmq.DEALER, "no keys", None)  # type: ignore[arg-type]
         dealer.connect(server.endpoint)
-        rogue_send(dealer, encode(encode_request()))
+        dealer.send_multipart(encode(encode_request()))  # must go through: no refusal swallowed
         got = server.recv(timeout=5)
         assert got is not None
         server.send(got[0], CacheMiss("chatcmpl-7", [0], [H]))
