@@ -78,6 +78,8 @@ def _encode_value(value: Any, node: Node, descs: list, payloads: list) -> Any:
         inner = node.args
         if not isinstance(value, (list, tuple)):
             raise WireError(f"expected a sequence, got {type(value).__name__}")
+        if kind == "list" and inner[0].kind in _PLAIN:
+            return list(value)  # scalars go as they are: the decode pass checks them
         return [
             _encode_value(v, inner[0] if kind == "list" else inner[i], descs, payloads)
             for i, v in enumerate(value)
@@ -215,6 +217,10 @@ def _decode_value(value: Any, node: Node, spec: FieldSpec, ctx: _Ctx, path: str,
             raise ctx.fail(path, f"expected {len(node.args)} items, got {len(value)}")
         if kind == "list":
             _check_len(len(value), r, ctx, path)
+            inner = node.args[0]
+            if inner.kind in _PLAIN and _plain_items_ok(value, inner.kind, spec):
+                items = [float(v) for v in value] if inner.kind == "float" else value
+                return items if not node.variadic else tuple(items)
         items = [
             _decode_value(
                 v, node.args[0] if kind == "list" else node.args[i], spec, ctx, f"{path}[{i}]", True
@@ -225,6 +231,30 @@ def _decode_value(value: Any, node: Node, spec: FieldSpec, ctx: _Ctx, path: str,
     if kind in ("tensor", "bytes"):
         return _decode_frame(value, kind, r, ctx, path)
     return _decode_scalar(value, node, spec, ctx, path, item)
+
+
+_PLAIN = frozenset({"int", "float", "bool", "str"})  # list items checked in bulk
+_PLAIN_TYPES: dict[str, set[type]] = {"int": {int}, "float": {int, float}, "bool": {bool}, "str": {str}}
+
+
+def _plain_items_ok(value: list, kind: str, spec: FieldSpec) -> bool:
+    """Whether every item of a list of scalars passes the checks ``_decode_scalar`` makes one by one,
+    decided in bulk (C loops, no path strings); False sends the list through the item-wise checks,
+    which name the first bad item."""
+    if not value:
+        return True
+    if not set(map(type, value)) <= _PLAIN_TYPES[kind]:
+        return False
+    r = spec.rule
+    if kind in ("int", "float"):
+        if kind == "float" and not all(map(math.isfinite, value)):
+            return False
+        return (r.ge is None or min(value) >= r.ge) and (r.le is None or max(value) <= r.le)
+    if kind == "str":
+        if max(map(len, value)) > MAX_STR_LEN:
+            return False
+        return spec.pattern is None or all(map(spec.pattern.fullmatch, value))
+    return True
 
 
 def _decode_scalar(value: Any, node: Node, spec: FieldSpec, ctx: _Ctx, path: str, item: bool) -> Any:

@@ -431,3 +431,41 @@ def test_a_seeded_reservation_carries_no_generator_state() -> None:
     header["body"]["rng_state"] = list(range(16))  # what an older prefill worker would send
     with pytest.raises(WireError, match="unknown field"):
         decode(repack(header, data))
+
+
+# ----- lists of scalars: checked in bulk, refused item by item ---------------------------------------
+def _token_batch_with() -> tuple[dict, list[bytes]]:
+    rec = SequenceTokens("req-1", [1, 2, 3], logprobs=[-0.5, -1.0, -2.0])
+    return header_and_frames(TokenBatch("decode", [rec]))
+
+
+@pytest.mark.parametrize(
+    ("field", "items", "match"),
+    [
+        ("token_ids", [1, True, 3], r"token_ids\[1\]: expected an int"),
+        ("token_ids", [1, 2.0, 3], r"token_ids\[1\]: expected an int"),
+        ("token_ids", [1, 2, -3], r"token_ids\[2\]: -3 is outside"),
+        ("token_ids", [1, 2, 1 << 40], r"token_ids\[2\]: .* is outside"),
+        ("logprobs", [-0.5, float("nan"), -2.0], r"logprobs\[1\]: must be finite"),
+        ("logprobs", [-0.5, "x", -2.0], r"logprobs\[1\]: expected a number"),
+    ],
+)
+def test_a_bad_item_in_a_list_of_scalars_is_named(field: str, items: list, match: str) -> None:
+    header, data = _token_batch_with()
+    header["body"]["records"][0][field] = items
+    with pytest.raises(WireError, match=match):
+        decode(repack(header, data))
+
+
+def test_lists_of_scalars_keep_their_values_and_types() -> None:
+    header, data = _token_batch_with()
+    header["body"]["records"][0]["logprobs"] = [-1, -0.25, 0]  # ints are numbers: floats on arrival
+    got = decode(repack(header, data)).records[0]
+    assert got.token_ids == [1, 2, 3] and all(type(t) is int for t in got.token_ids)
+    assert got.logprobs == [-1.0, -0.25, 0.0] and all(type(x) is float for x in got.logprobs)
+    miss = CacheMiss("req-1", [0, 1], [H1, H2])
+    assert decode(encode(miss)).content_hashes == [H1, H2]
+    header, data = header_and_frames(miss)
+    header["body"]["content_hashes"] = [H1, "XYZ"]
+    with pytest.raises(WireError, match=r"content_hashes\[1\]: 'XYZ' does not match"):
+        decode(repack(header, data))
