@@ -24,7 +24,9 @@ Life cycle of a request, one stage per step of the loop:
    (copied from KVLayer frames, or written by the sender); on KVDone, with the first token, the
    sequence joins the running batch and prefill is acked. Aborts end a request anywhere.
 2. schedule + run: one engine step over every running sequence (swapping out the newest under
-   memory pressure: imported sequences cannot be recomputed here).
+   memory pressure: imported sequences cannot be recomputed here), no sooner than
+   ``--step-interval-ms`` after the last one began (receive waits out the rest: imports land and
+   join the step).
 3. send: the step's tokens, batched per router (``--stream-interval`` N: a request's tokens go N
    to a record); a finished request frees its blocks, which may let a queued reservation be
    granted in the next turn.
@@ -93,6 +95,8 @@ class DecodeServer:
         self.routes: dict[str, str] = {}  # running request -> its router's token inbox
         self.timing: dict[str, Timing] = {}  # running requests' timelines
         self.held: dict[str, list[TokenOutput]] = {}  # tokens not sent yet (--stream-interval)
+        self.step_interval = cfg.step_interval_ms / 1000
+        self.next_step = 0.0  # monotonic: the next engine step starts no sooner (--step-interval-ms)
         self.tracer = Tracer(Service.DECODE, cfg.otlp_traces_endpoint, self.name)
         self._unlisten = monitor.count_drops(metrics.oversized_drops, metrics.protocol_drops)
         self._rejected = receiver.rejected  # malformed transfer messages, as counted so far
@@ -118,13 +122,15 @@ class DecodeServer:
 
     def step(self) -> None:
         self.health.tick()
-        self.receive(0.0 if self.engine.has_unfinished() else IDLE_POLL_S)
+        running = self.engine.has_unfinished()
+        self.receive(max(0.0, self.next_step - time.monotonic()) if running else IDLE_POLL_S)
         for router in self.membership.gone_routers():  # after receive: a stall here is no router's silence
             self._router_gone(router)
         self.importer.expire()
         self.importer.grant_waiting()
-        if self.engine.has_unfinished():
+        if self.engine.has_unfinished() and time.monotonic() >= self.next_step:
             start = time.monotonic()
+            self.next_step = start + self.step_interval
             outputs = self.engine.step()
             self.metrics.step_seconds.observe(time.monotonic() - start)
             self.send(outputs, start)

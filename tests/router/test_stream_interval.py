@@ -1,13 +1,15 @@
 """``--stream-interval`` on the decode worker: a request's tokens reach the router N to a record
 and the client N to an SSE chunk, after a first chunk of exactly one token (prefill's, never held);
 the streamed text equals the non-streamed one and a stop string that crosses chunk boundaries
-still cuts the same text."""
+still cuts the same text. The N=16 cluster also paces its decode steps (``--step-interval-ms``):
+same text, steps no closer than the interval."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -16,15 +18,18 @@ from tests.cluster import EpdCluster, start_cluster
 pytestmark = pytest.mark.cluster
 
 MAX_TOKENS = 40
+PACED = 16  # the stream interval whose cluster also runs with a step interval
+STEP_INTERVAL_MS = 25
 
 
 @pytest.fixture(scope="module", params=[1, 4, 16])
 def interval_cluster(request, ckpt: Path, tmp_path_factory) -> Iterator[tuple[int, EpdCluster]]:
     n = request.param
+    paced = [f"--decode-arg=--step-interval-ms={STEP_INTERVAL_MS}"] if n == PACED else []
     with start_cluster(
         ckpt, tmp_path_factory.mktemp(f"interval{n}"), "--dtype", "float32",
         f"--decode-arg=--stream-interval={n}", "--decode-arg=--no-compile-decode",
-        "--router-arg=--heartbeat-timeout-s=15",
+        "--router-arg=--heartbeat-timeout-s=15", *paced,
     ) as c:  # fmt: skip
         yield n, c
 
@@ -69,3 +74,18 @@ def test_tokens_come_n_to_a_chunk_and_the_text_is_the_same(interval_cluster) -> 
     )  # fmt: skip
     streamed = "".join(c.choices[0].delta.content or "" for c in cut if c.choices)
     assert streamed == text[:first]
+
+
+def test_a_step_interval_spaces_the_decode_steps(interval_cluster) -> None:
+    n, cluster = interval_cluster
+    if n != PACED:
+        pytest.skip("only this cluster paces its steps")
+    body = {
+        "model": cluster.model, "messages": [{"role": "user", "content": "Go on"}], "temperature": 0,
+        "max_tokens": MAX_TOKENS, "ignore_eos": True,
+    }  # fmt: skip
+    r = httpx.post(f"{cluster.url}/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    decode = [sp["duration"] for sp in r.json()["timeline"]["spans"] if sp["stage"] == "decode"]
+    # the first token is prefill's; the other 39 come from 39 steps: 38 intervals at least
+    assert len(decode) == 1 and decode[0] >= (MAX_TOKENS - 2) * STEP_INTERVAL_MS / 1000, decode
