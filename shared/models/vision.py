@@ -89,8 +89,11 @@ class VisionAttention(nn.Module):
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)  # [N, heads, d] each
         q, k = apply_rotary_vision(q, k, cos, sin)
+        # 4-D SDPA calls: 3-D ones take the unfused math path on the CPU (twice the time here).
         outs = [
-            F.scaled_dot_product_attention(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1))
+            F.scaled_dot_product_attention(
+                qs.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None]
+            )[0]
             for qs, ks, vs in zip(q.split(seg_lens), k.split(seg_lens), v.split(seg_lens), strict=True)
         ]  # each [heads, n_i, d]
         return self.proj(torch.cat(outs, dim=1).transpose(0, 1).reshape(n, -1))
