@@ -22,7 +22,7 @@ FIELDS = {
     "TPOT p50": r"Median TPOT \(ms\):\s+([\d.]+)",
     "server CPU ms/req": r"server cpu\s+([\d.]+) ms/request\s+total",
 }
-ORDER = ("vllm", "cluster", "paced", "colocated")
+ORDER = ("vllm", "base", "cluster", "paced", "colocated")
 SHAPES = {"1img": "1 image 224px, concurrency 8", "3img": "3 images 448px, concurrency 4"}
 
 

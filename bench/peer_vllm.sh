@@ -11,8 +11,10 @@
 # of a round: no server sees a prompt or an image twice (caches would answer repeats). This machine's speed drifts by tens of percent within
 # an hour: alternating in one sitting is what makes the servers' figures comparable.
 # bench/peer_report.py prints the medians as a table. `paced` is the cluster with its decode steps at
-# least PACE_MS apart (--step-interval-ms, default 2).
-# Usage: [CKPT=dir] [OUT=dir] [N1=256] [N3=128] [ROUNDS=3] [REPO=checkout] [PACE_MS=2] bench/peer_vllm.sh [vllm,cluster,colocated,paced]
+# least PACE_MS apart (--step-interval-ms, default 2); `base` is the cluster of another checkout
+# (BASE_REPO, e.g. a `git worktree` of the commit before a change, with this checkout's venv).
+# Usage: [CKPT=dir] [OUT=dir] [N1=256] [N3=128] [ROUNDS=3] [REPO=checkout] [PACE_MS=2] [BASE_REPO=checkout]
+#        bench/peer_vllm.sh [vllm,cluster,colocated,paced,base]
 set -u
 CKPT=${CKPT:-$(cd "$(dirname "$0")/.." && pwd)/shared/assets/demo}
 OUT=${OUT:-/tmp/peer/out}; mkdir -p $OUT
@@ -21,17 +23,18 @@ VB=/tmp/vllm-cpu/bin
 PY="env PYTHONPATH=$REPO $REPO/.venv/bin/python"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1
 IFS=, read -r -a SERVERS <<< "${1:-vllm,cluster,colocated}"
-declare -A PORT=([vllm]=8011 [cluster]=8012 [colocated]=8013 [paced]=8014) PID=()
+declare -A PORT=([vllm]=8011 [cluster]=8012 [colocated]=8013 [paced]=8014 [base]=8015) PID=()
 
 start() {  # server
   case $1 in
     vllm) $VB/vllm serve $CKPT --served-model-name demo --host 127.0.0.1 --port ${PORT[vllm]} --max-model-len 4096 \
             --max-num-seqs 8 --limit-mm-per-prompt '{"image":{"count":3,"width":448,"height":448},"video":0}' \
             > $OUT/vllm-server.log 2>&1 & ;;
-    cluster|colocated|paced)
-      local flags=(); [[ $1 == colocated ]] && flags=(--colocated)
+    cluster|colocated|paced|base)
+      local flags=() src=$REPO; [[ $1 == colocated ]] && flags=(--colocated)
       [[ $1 == paced ]] && flags=("--decode-arg=--step-interval-ms=${PACE_MS:-2}")
-      (cd $REPO && PYTHONPATH=$REPO exec $REPO/.venv/bin/python -m router.cli up --model $CKPT --port ${PORT[$1]} \
+      [[ $1 == base ]] && src=${BASE_REPO:?BASE_REPO: the checkout whose cluster is the base}
+      (cd $src && PYTHONPATH=$src exec $REPO/.venv/bin/python -m router.cli up --model $CKPT --port ${PORT[$1]} \
         --base-port 0 --torch-threads 1 --log-dir $OUT/$1-logs "${flags[@]}" \
         > $OUT/$1-server.log 2>&1) & ;;
   esac
