@@ -14,6 +14,10 @@ and rule (unknown and missing fields are errors); that every frame is used by ex
 then the class's own cross-field ``validate``. Any failure is a ``WireError`` (an unexpected
 exception on the way too, so a receiver catches one type); nothing from the peer is ever executed
 or unpickled. ``encode`` applies the same checks to outgoing messages.
+
+The body is first decoded by the message type's compiled decoder (``compiled``: the same checks,
+chosen once per type); only a body it gives up on takes the generic walk below, which names the
+field and the problem.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from typing import Any
 import msgpack
 import torch
 
+from shared.wire.compiled import PLAIN, plain_items_ok, struct_decoder
 from shared.wire.errors import WireError
 from shared.wire.schema import MAX_STR_LEN, NO_RULE, FieldSpec, Node, Rule, Schema, lookup, schema_of
-from shared.wire.tensors import BYTES, bytes_frame, check_descriptor, frame_tensor, tensor_frame
+from shared.wire.tensors import BYTES, bytes_frame, check_descriptor, frame_buffer, frame_tensor, tensor_frame
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
@@ -78,7 +83,7 @@ def _encode_value(value: Any, node: Node, descs: list, payloads: list) -> Any:
         inner = node.args
         if not isinstance(value, (list, tuple)):
             raise WireError(f"expected a sequence, got {type(value).__name__}")
-        if kind == "list" and inner[0].kind in _PLAIN:
+        if kind == "list" and inner[0].kind in PLAIN:
             return list(value)  # scalars go as they are: the decode pass checks them
         return [
             _encode_value(v, inner[0] if kind == "list" else inner[i], descs, payloads)
@@ -126,7 +131,7 @@ def _decode(frames: Sequence[Frame], expect: Iterable[type] | None, copy_bytes: 
         raise WireError("empty message: no header frame")
     if len(frames) > MAX_FRAMES + 1:
         raise WireError(f"{len(frames)} frames in one message; at most {MAX_FRAMES + 1} are allowed")
-    header_buf = _buffer(frames[0])
+    header_buf = frame_buffer(frames[0])
     if len(header_buf) > MAX_HEADER_BYTES:
         raise WireError(f"header frame of {len(header_buf)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
@@ -159,23 +164,22 @@ def _decode(frames: Sequence[Frame], expect: Iterable[type] | None, copy_bytes: 
     checked = []
     for i, d in enumerate(descs):
         try:
-            checked.append(check_descriptor(d, len(_buffer(frames[i + 1])), f"{name} frame {i + 1}"))
+            checked.append(check_descriptor(d, len(frame_buffer(frames[i + 1])), f"{name} frame {i + 1}"))
         except WireError as e:
             raise WireError(str(e), request_id=rid, msg_type=name) from None
     ctx = _Ctx(name, frames, checked, copy_bytes)
     ctx.request_id = rid
     if not isinstance(body, dict):
         raise ctx.fail("body", f"must be a map, got {type(body).__name__}")
-    msg = _decode_struct(body, schema, ctx, "")
+    try:
+        msg = struct_decoder(schema)(body, ctx)  # the fast path (``compiled``): one pass if all is well
+    except Exception:  # something failed: walk again, generically, to say what (or to decode it)
+        ctx.used = [False] * len(checked)
+        msg = _decode_struct(body, schema, ctx, "")
     unused = [i + 1 for i, u in enumerate(ctx.used) if not u]
     if unused:
         raise ctx.fail("frames", f"data frame(s) {unused} are not referenced by any field (extra frames)")
     return msg
-
-
-def _buffer(frame: Frame) -> memoryview:
-    buf = getattr(frame, "buffer", None)  # zmq.Frame
-    return memoryview(buf if buf is not None else frame).cast("B")
 
 
 def _decode_struct(raw: dict, schema: Schema, ctx: _Ctx, prefix: str) -> Any:
@@ -218,7 +222,7 @@ def _decode_value(value: Any, node: Node, spec: FieldSpec, ctx: _Ctx, path: str,
         if kind == "list":
             _check_len(len(value), r, ctx, path)
             inner = node.args[0]
-            if inner.kind in _PLAIN and _plain_items_ok(value, inner.kind, spec):
+            if inner.kind in PLAIN and plain_items_ok(value, inner.kind, spec):
                 items = [float(v) for v in value] if inner.kind == "float" else value
                 return items if not node.variadic else tuple(items)
         items = [
@@ -231,30 +235,6 @@ def _decode_value(value: Any, node: Node, spec: FieldSpec, ctx: _Ctx, path: str,
     if kind in ("tensor", "bytes"):
         return _decode_frame(value, kind, r, ctx, path)
     return _decode_scalar(value, node, spec, ctx, path, item)
-
-
-_PLAIN = frozenset({"int", "float", "bool", "str"})  # list items checked in bulk
-_PLAIN_TYPES: dict[str, set[type]] = {"int": {int}, "float": {int, float}, "bool": {bool}, "str": {str}}
-
-
-def _plain_items_ok(value: list, kind: str, spec: FieldSpec) -> bool:
-    """Whether every item of a list of scalars passes the checks ``_decode_scalar`` makes one by one,
-    decided in bulk (C loops, no path strings); False sends the list through the item-wise checks,
-    which name the first bad item."""
-    if not value:
-        return True
-    if not set(map(type, value)) <= _PLAIN_TYPES[kind]:
-        return False
-    r = spec.rule
-    if kind in ("int", "float"):
-        if kind == "float" and not all(map(math.isfinite, value)):
-            return False
-        return (r.ge is None or min(value) >= r.ge) and (r.le is None or max(value) <= r.le)
-    if kind == "str":
-        if max(map(len, value)) > MAX_STR_LEN:
-            return False
-        return spec.pattern is None or all(map(spec.pattern.fullmatch, value))
-    return True
 
 
 def _decode_scalar(value: Any, node: Node, spec: FieldSpec, ctx: _Ctx, path: str, item: bool) -> Any:
@@ -298,7 +278,7 @@ def _decode_frame(value: Any, kind: str, r: Rule, ctx: _Ctx, path: str) -> Any:
         raise ctx.fail(path, f"data frame {value + 1} is referenced twice")
     ctx.used[value] = True
     dtype, shape = ctx.descs[value]
-    buf = _buffer(ctx.frames[value + 1])
+    buf = frame_buffer(ctx.frames[value + 1])
     if kind == "bytes":
         if dtype != BYTES:
             raise ctx.fail(path, f"expected a bytes frame, frame {value + 1} holds a {dtype} tensor")

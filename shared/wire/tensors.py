@@ -87,6 +87,12 @@ def check_descriptor(desc: Any, frame_len: int, where: str) -> tuple[str, list[i
     return dtype, shape
 
 
+def frame_buffer(frame: Any) -> memoryview:
+    """The bytes of a received frame (bytes, memoryview or ``zmq.Frame``) as a flat memoryview."""
+    buf = getattr(frame, "buffer", None)  # zmq.Frame
+    return memoryview(buf if buf is not None else frame).cast("B")
+
+
 def frame_tensor(buf: memoryview, dtype: str, shape: list[int]) -> torch.Tensor:
     """A tensor viewing a received frame's bytes (validated by ``check_descriptor``)."""
     target = DTYPES[dtype]
