@@ -149,6 +149,10 @@ class Generation:
             if out or lps:
                 yield Piece(out, lps)
 
+    def has_ready(self) -> bool:
+        """Whether the next piece's event is already here (iterating would not wait)."""
+        return self._first is not None or not self.events.empty()
+
     def _text(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 

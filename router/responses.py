@@ -79,20 +79,28 @@ async def sse(
     gen: Generation, first: dict | None, chunk: Callable[[str | None, str | None, list], dict],
     tail: dict | None, n_prompt: int,
 ) -> AsyncIterator[bytes]:  # fmt: skip
-    """SSE events; cancelled when the client disconnects, which ``finally`` turns into an abort."""
+    """SSE events; cancelled when the client disconnects, which ``finally`` turns into an abort.
+
+    Events that are ready together go out in one write: the role and the first text (``start``
+    already holds the first token), the last text with the usage and ``[DONE]``, and whatever
+    queued while the event loop was busy. Nothing waits for a later event: a write leaves as soon
+    as the pieces at hand are out. The events are the same either way; only the writes are fewer.
+    """
     try:
-        if first is not None:
-            yield _event(first)
+        out = _event(first) if first is not None else b""
         try:
             async for piece in gen.pieces():
                 if piece.text or piece.logprobs or piece.finish:
                     body = chunk(piece.text, piece.finish, piece.logprobs)
-                    yield _event(with_timeline(body, gen) if piece.finish else body)
+                    out += _event(with_timeline(body, gen) if piece.finish else body)
+                if out and not piece.finish and not gen.has_ready():
+                    yield out
+                    out = b""
         except APIError as e:
-            yield _event(e.body())
+            out += _event(e.body())
         if tail is not None:
             tail["usage"] = usage(n_prompt, gen.completion_tokens)
-            yield _event(tail)
-        yield b"data: [DONE]\n\n"
+            out += _event(tail)
+        yield out + b"data: [DONE]\n\n"
     finally:
         gen.close()

@@ -1,0 +1,119 @@
+"""The SSE stream's writes (``router.responses.sse``): events that are ready together leave in one
+write, nothing waits for an event still to come, and the events are the same either way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.backend import Backend
+from router.generate import Generation
+from router.jobs import Event, Job
+from router.metrics import RouterMetrics
+from router.prepare import Prepared
+from router.protocol import chat_chunk
+from router.responses import sse
+from shared.engine import SamplingParams
+from shared.multimodal.prompt import PromptBuilder
+from shared.wire.messages import FinishReason
+
+pytestmark = pytest.mark.unit
+
+DEMO = Path(__file__).resolve().parents[2] / "shared" / "assets" / "demo"
+
+
+class Scripted(Backend):
+    """Keeps the submitted job: the test feeds its events through ``job.sink``."""
+
+    def __init__(self) -> None:
+        super().__init__(RouterMetrics(), 4, "scripted")
+        self.jobs: list[Job] = []
+        self.aborted: list[str] = []
+
+    def submit(self, job: Job) -> None:
+        self.jobs.append(job)
+
+    def abort(self, rid: str, reason: str) -> None:
+        self.aborted.append(rid)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return PromptBuilder.from_checkpoint(DEMO).tokenizer
+
+
+def chunk(text: str | None, finish: str | None, lps: list) -> dict:
+    return chat_chunk("chatcmpl-t", "demo", {} if text is None else {"content": text}, finish)
+
+
+def events(writes: list[bytes]) -> list[str]:
+    return [e for w in writes for e in w.decode().split("\n\n") if e]
+
+
+async def stream(
+    tokenizer: Any, feed: Callable[[Callable[[Event], None], list[bytes]], None]
+) -> tuple[list[bytes], Scripted]:
+    """The writes of ``sse`` for a generation whose events ``feed(sink, writes)`` sends: called
+    before each write is taken (with the writes so far), it may send nothing, one event or several."""
+    backend = Scripted()
+    prep = Prepared([1, 2, 3], [], SamplingParams(max_tokens=8), [])
+    gen = Generation(backend, tokenizer, prep, "chatcmpl-t", 30.0)
+    writes: list[bytes] = []
+    starting = asyncio.ensure_future(gen.start())
+    await asyncio.sleep(0)
+    feed(backend.jobs[0].sink, writes)
+    await starting
+    it = sse(gen, chunk("", None, []) | {"choices": [{"delta": {"role": "assistant"}}]}, chunk, None, 3)
+    async for w in it:
+        writes.append(w)
+        feed(backend.jobs[0].sink, writes)
+    return writes, backend
+
+
+WORDS = " one two"  # four tokens of the demo tokenizer, each a text delta of its own
+
+
+def token(tokenizer: Any, i: int, finish: FinishReason | None = None) -> Event:
+    ids = tokenizer.encode(WORDS, add_special_tokens=False)
+    return Event(tokens=[(ids[i], None)], finish=finish)
+
+
+def test_events_ready_together_leave_in_one_write(tokenizer: Any) -> None:
+    def feed(sink: Callable[[Event], None], writes: list[bytes]) -> None:
+        if not writes:  # everything at once, before the first write
+            for i in range(4):
+                sink(token(tokenizer, i, FinishReason.LENGTH if i == 3 else None))
+
+    writes, backend = asyncio.run(stream(tokenizer, feed))
+    assert len(writes) == 1
+    evs = events(writes)
+    assert evs[-1] == "data: [DONE]" and len(evs) == 6  # role, four tokens, [DONE]
+    assert json.loads(evs[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(evs[4][6:])["choices"][0]["finish_reason"] == "length"
+    assert "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in evs[:-1]) == WORDS
+
+
+def test_nothing_waits_for_an_event_still_to_come(tokenizer: Any) -> None:
+    sent: list[int] = []
+
+    def feed(sink: Callable[[Event], None], writes: list[bytes]) -> None:
+        if not writes:
+            sink(token(tokenizer, 0))  # the first token: it goes with the role, alone
+            sent.append(1)
+        elif len(sent) < 3:
+            sink(token(tokenizer, len(sent)))  # one event per write
+            sent.append(1)
+        elif len(sent) == 3:
+            sink(token(tokenizer, 3, FinishReason.LENGTH))  # the last: with [DONE]
+            sent.append(1)
+
+    writes, backend = asyncio.run(stream(tokenizer, feed))
+    assert [len(events([w])) for w in writes] == [2, 1, 1, 2]
+    evs = events(writes)
+    text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in evs[:-1])
+    assert text == WORDS and evs[-1] == "data: [DONE]" and backend.aborted == []
