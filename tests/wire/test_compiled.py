@@ -36,6 +36,17 @@ def outcome(frames: list[bytes]) -> tuple[str, object]:
     return "message", [bytes(f) for f in encode(msg, check=False)]
 
 
+def both_ways(cases: list[tuple[str, object, list[bytes]]], monkeypatch: pytest.MonkeyPatch) -> list:
+    """Decode every case with the fast path, then with it off; the outcomes must be equal. Returns
+    the generic walk's."""
+    fast = [outcome(frames) for _, _, frames in cases]
+    monkeypatch.setattr(codec, "struct_decoder", lambda schema: _give_up)
+    generic = [outcome(frames) for _, _, frames in cases]
+    for (name, what, _), f, g in zip(cases, fast, generic, strict=True):
+        assert f == g, f"{name} {what}: fast {f[0]} {str(f[1])[:200]} / generic {g[0]} {str(g[1])[:200]}"
+    return generic
+
+
 @pytest.fixture
 def templates() -> Templates:
     return Templates(load_config(DEMO), "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3", seed=0)
@@ -69,19 +80,13 @@ def test_fast_and_generic_agree_on_every_mutation(
     templates: Templates, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = random.Random(1)
-    cases = []
+    cases: list[tuple[str, object, list[bytes]]] = []
     for name in sorted(MESSAGES):
         for kind in MUTATIONS:
             for _ in range(6):
                 cases.append((name, kind, mutate(frames_of(templates.make[name](rng)), kind, rng)))
-    fast = [outcome(frames) for _, _, frames in cases]
-
-    monkeypatch.setattr(codec, "struct_decoder", lambda schema: _give_up)
-    generic = [outcome(frames) for _, _, frames in cases]
-    for (name, kind, _), f, g in zip(cases, fast, generic, strict=True):
-        assert f == g, f"{name} / {kind}: fast {f[0]} {str(f[1])[:200]} / generic {g[0]} {str(g[1])[:200]}"
-    decoded = sum(g[0] == "message" for g in generic)
-    assert 0 < decoded < len(cases)  # both sides of the line were exercised
+    generic = both_ways(cases, monkeypatch)
+    assert 0 < sum(g[0] == "message" for g in generic) < len(cases)  # both sides of the line exercised
 
 
 # Past every bound a field may have: lengths, ranges, types, finiteness, a pattern's alphabet.
@@ -93,7 +98,7 @@ def test_fast_and_generic_agree_on_every_field_at_every_edge(
     templates: Templates, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = random.Random(2)
-    cases = []
+    cases: list[tuple[str, object, list[bytes]]] = []
     for name in sorted(MESSAGES):
         frames = frames_of(templates.make[name](rng))
         header = msgpack.unpackb(frames[0], raw=False)
@@ -102,9 +107,5 @@ def test_fast_and_generic_agree_on_every_field_at_every_edge(
                 changed = msgpack.unpackb(frames[0], raw=False)
                 _at(changed["body"], path)[path[-1]] = edge
                 cases.append((name, path, [msgpack.packb(changed, use_bin_type=True), *frames[1:]]))
-    fast = [outcome(frames) for _, _, frames in cases]
-    monkeypatch.setattr(codec, "struct_decoder", lambda schema: _give_up)
-    generic = [outcome(frames) for _, _, frames in cases]
-    for (name, path, _), f, g in zip(cases, fast, generic, strict=True):
-        assert f == g, f"{name} {path}: fast {f[0]} {str(f[1])[:200]} / generic {g[0]} {str(g[1])[:200]}"
+    generic = both_ways(cases, monkeypatch)
     assert len(cases) > 1000 and 0 < sum(g[0] == "message" for g in generic) < len(cases)
