@@ -231,8 +231,10 @@ class DecodeGraph:
         self.warmup_seconds = 0.0
         self.ready = False  # compiled: until then (or if compiling failed) ``fits`` is False, steps eager
         self.error: str | None = None  # why compiling failed
+        # One compile for every table width; on the CPU, for every batch bucket too.
+        dynamic = [(0, 1)] if self.cuda else [(0, 1), (0, 0), (1, 0), (2, 0)]
         self._step = DirectCompiled(
-            self._forward, ("meta", "last_block", "last_offset"), inductor_options(self.cuda), direct
+            self._forward, ("meta", "last_block", "last_offset"), inductor_options(self.cuda), direct, dynamic
         )
 
     def bucket(self, batch_size: int) -> int:
@@ -320,11 +322,7 @@ class DecodeGraph:
         inputs = [
             t.to(self.device, non_blocking=True) for t in (meta, meta[:, 4].clone(), meta[:, 5].clone())
         ]
-        torch._dynamo.mark_dynamic(inputs[0], 1)  # one compile for every table width
-        if not self.cuda:  # and, on the CPU, for every batch bucket
-            for t in inputs:
-                torch._dynamo.mark_dynamic(t, 0)
-        return self._step(*inputs)
+        return self._step(*inputs)  # marked dynamic there (``dynamic`` above) when Dynamo sees them
 
     def _forward(
         self, meta: torch.Tensor, last_block: torch.Tensor, last_offset: torch.Tensor

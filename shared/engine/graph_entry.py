@@ -58,10 +58,18 @@ class DirectCompiled:
     ``names``; calls at shapes Dynamo has accepted once skip it (see the module docstring)."""
 
     def __init__(
-        self, fn: Callable[..., Any], names: Sequence[str], options: dict[str, Any], direct: bool
+        self,
+        fn: Callable[..., Any],
+        names: Sequence[str],
+        options: dict[str, Any],
+        direct: bool,
+        dynamic: Sequence[tuple[int, int]] = (),
     ) -> None:
+        """``dynamic``: (input, dim) pairs marked dynamic for Dynamo (``mark_dynamic``), on the calls
+        that go through it only: a direct call has no use for the marks, which cost ~17 us each."""
         self.names = list(names)
         self.direct = direct
+        self.dynamic = tuple(dynamic)
         self._options = options
         # the graph the last call through Dynamo ran, with its inputs and outputs
         self._ran: tuple[_Graph, tuple[Any, ...], Any] | None = None
@@ -76,6 +84,8 @@ class DirectCompiled:
             graph, fixed = known
             self.direct_calls += 1
             return graph.compiled(*graph.inputs(call, fixed))[0]
+        for i, dim in self.dynamic:
+            torch._dynamo.mark_dynamic(call[i], dim)
         self._ran = None
         out = self._compiled(*call)
         if self.direct and self._ran is not None:
