@@ -9,7 +9,7 @@ import torch
 
 from shared.engine import cpu_kernels
 from shared.engine.request import SamplingParams
-from shared.engine.sampler import Sampler, draw_seed
+from shared.engine.sampler import Sampler, draw_seed, inverse_cdf
 
 pytestmark = pytest.mark.unit
 
@@ -54,6 +54,35 @@ def test_top_k_top_p_min_p_restrict_the_support():
     assert torch.allclose(kept[[3, 0, 4]], torch.tensor([4 / 7, 2 / 7, 1 / 7]), atol=0.03)
 
 
+def test_rows_with_and_without_ranked_filters_in_one_batch():
+    """A top-k or top-p row keeps its support beside rows that sample the whole vocabulary."""
+    n = 3000
+    rows = [
+        SamplingParams(top_k=2),
+        SamplingParams(),
+        SamplingParams(top_p=0.7),
+        SamplingParams(min_p=0.2),
+    ] * n
+    out = Sampler(0, torch.device("cpu"))(
+        LOGITS.expand(len(rows), -1), rows, [None] * len(rows), [0] * len(rows)
+    )
+    picked = torch.tensor(out.token_ids).view(n, 4)
+    assert set(picked[:, 0].tolist()) == {0, 3} and set(picked[:, 2].tolist()) == {0, 3}
+    assert set(picked[:, 3].tolist()) == {0, 3, 4}
+    freq = torch.bincount(picked[:, 1], minlength=5).float() / n
+    assert torch.allclose(freq, PROBS, atol=0.03)
+
+
+def test_inverse_cdf_takes_the_column_whose_mass_holds_u():
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75, 0.0]] * 6)
+    u = torch.tensor([0.0, 0.2499, 0.25, 0.5, 0.9999, 1 - 2**-24])
+    assert inverse_cdf(probs, u).tolist() == [1, 1, 3, 3, 3, 3]
+    # unnormalised rows, and a sum whose rounding could put u * sum on the last step: never a zero column
+    assert inverse_cdf(
+        torch.tensor([[0.0, 3.0, 0.0], [1e-30, 0.0, 0.0]]), torch.tensor([0.999999, 1 - 2**-24])
+    ).tolist() == [1, 0]
+
+
 def test_a_seed_reproduces_tokens_whatever_the_batch():
     logits = torch.randn(8, 100)
     p = SamplingParams(temperature=1.0, seed=42)
@@ -62,7 +91,9 @@ def test_a_seed_reproduces_tokens_whatever_the_batch():
     for n in range(5):
         alone.append(Sampler(1, torch.device("cpu"))(logits[2:3], [p], [gen], [n]).token_ids[0])
     batched = []
-    others = [SamplingParams(temperature=1.0, seed=s) for s in range(8)]
+    others = [
+        SamplingParams(temperature=1.0, seed=s, top_k=4 * (s % 3), top_p=1 - 0.1 * (s % 2)) for s in range(8)
+    ]
     for n in range(5):
         rows = others[:2] + [p] + others[3:]
         gens = [torch.Generator() for _ in rows]
@@ -74,7 +105,7 @@ def test_a_seed_reproduces_tokens_whatever_the_batch():
 
 
 def test_the_c_argmax_picks_what_torch_argmax_picks():
-    """Greedy rows and the sampled rows' exponential race, with the C kernel and with torch."""
+    """Greedy rows beside sampled ones, with the C kernel and with torch."""
     logits = torch.randn(8, 300, generator=torch.Generator().manual_seed(3))
     logits[1, 7] = logits[1, 9] = 50.0  # a tie: the first index
     rows = [SamplingParams(temperature=0), SamplingParams(temperature=0)]
