@@ -27,6 +27,7 @@ from router.images import FetchLimits
 from router.metrics import RouterMetrics
 from router.orchestrator import Orchestrator
 from router.prepare import Preparer
+from router.sampling_defaults import load_sampling_defaults
 from router.videos import VideoRules
 from router.workers import Encoder, Prefill, Workers
 from shared.about import banner
@@ -63,7 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.max_video_bytes, cfg.fetch_timeout_s, cfg.allow_private_urls, cfg.allow_file_urls, kind="video"
     )
     videos = VideoRules(cfg.max_videos, video_fetch, VideoLimits(max_duration_s=cfg.max_video_seconds))
-    prep = Preparer(cfg.model, cfg.model_name, cfg.engine.max_model_len, cfg.max_images, limits, videos)
+    defaults = load_sampling_defaults(cfg.model, cfg.generation_config)
+    prep = Preparer(
+        cfg.model, cfg.model_name, cfg.engine.max_model_len, cfg.max_images, limits, videos, defaults
+    )
     tokens = prep.tokens
     orch: Backend
     workers: Readiness

@@ -54,6 +54,11 @@ class RouterConfig:
         help="comma-separated prefill workers: ready-file paths or ZMQ@INBOX@HTTP (more register themselves)",
     )
     api_keys: str = flag("", help="comma-separated accepted Bearer keys (empty: no authentication)")
+    generation_config: str = flag(
+        "auto",
+        help="sampling defaults of requests that leave temperature, top_p, top_k, min_p or max_tokens out: "
+        "auto (the model's generation_config.json, as vLLM) or none (OpenAI's)",
+    )
     max_images: int = flag(8, help="most images per request")
     max_image_bytes: int = flag(20 << 20, help="largest image in bytes (data URL or download)")
     max_videos: int = flag(2, help="most videos per request (0: refuse video)")
@@ -118,6 +123,8 @@ class RouterConfig:
             raise ValueError("max_videos must be >= 0, max_video_bytes in (0, 63 MiB], max_video_seconds > 0")
         if min(self.patch_budget, self.image_cache_bytes, self.torch_threads) < 0:
             raise ValueError("patch_budget, image_cache_bytes and torch_threads must be >= 0")
+        if self.generation_config not in ("auto", "none"):
+            raise ValueError(f"generation_config must be auto or none, got {self.generation_config!r}")
 
     @property
     def model_name(self) -> str:

@@ -19,6 +19,7 @@ import httpx
 from router.images import FetchLimits, load_image_url
 from router.jobs import LoadedImage, VisionTokens
 from router.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingFields, bad_request
+from router.sampling_defaults import sampling_value
 from router.videos import Sampling, VideoRules, load_video, too_many
 from shared.engine import SamplingParams
 from shared.models.config import load_config
@@ -45,8 +46,12 @@ class Preparer:
         max_images: int,
         limits: FetchLimits,
         videos: VideoRules | None = None,
+        sampling_defaults: dict[str, Any] | None = None,
     ):
+        """``sampling_defaults``: what a request that leaves a sampling field out gets instead of
+        OpenAI's default (``router.sampling_defaults``: the model's generation_config.json)."""
         self.model_name, self.max_images, self.limits = model_name, max_images, limits
+        self.sampling_defaults = sampling_defaults or {}
         self.videos = videos or VideoRules()
         self.config = load_config(model_dir)
         self.builder = PromptBuilder.from_checkpoint(model_dir)
@@ -162,8 +167,12 @@ class Preparer:
                 "max_tokens", "context_length_exceeded",
             )  # fmt: skip
         stops = req.stop_strings()
+        d = self.sampling_defaults
+        if max_tokens is None and "max_tokens" in d:  # the model's cap, within the context's room
+            max_tokens = min(d["max_tokens"], room)
         params = SamplingParams(
-            temperature=req.temperature, top_p=req.top_p, top_k=max(0, req.top_k), min_p=req.min_p, seed=req.seed,
+            temperature=sampling_value(req, "temperature", d), top_p=sampling_value(req, "top_p", d),
+            top_k=max(0, sampling_value(req, "top_k", d)), min_p=sampling_value(req, "min_p", d), seed=req.seed,
             max_tokens=max_tokens or room, stop_token_ids=() if req.ignore_eos else self.eos_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
         )  # fmt: skip
         return Prepared(ids, images, params, stops)
