@@ -7,9 +7,11 @@ token. A row is greedy when its temperature is 0 or its top-k is 1: plain argmax
 A sampled row draws one uniform number u and takes the first token whose cumulative probability
 exceeds u times the row's total (inverse transform sampling): one random number a row, where an
 exponential race (``argmax(p / e)``, ``e ~ Exp(1)`` per token) would draw one per vocabulary entry,
-which on a CPU costs milliseconds a row at Qwen's 151,936 tokens. Only top-p sorts the
-vocabulary; top-k alone takes the k largest, and min-p compares with the row's maximum. Logprobs
-are those of the raw logits (before temperature and filters), as vLLM reports them.
+which on a CPU costs milliseconds a row at Qwen's 151,936 tokens. Nothing sorts the whole
+vocabulary unless it must: top-k takes the k largest, top-p the 1,024 largest when they hold the
+nucleus (a trained model's rows are peaked; else the row is sorted), and min-p compares with the
+row's maximum. Logprobs are those of the raw logits (before temperature and filters), as vLLM
+reports them.
 
 Seeds: the n-th token of a request with a seed (n = tokens it sampled before, counting those of
 an earlier attempt: ``SamplingParams.draw_offset``) is drawn from its generator reseeded with
@@ -39,6 +41,7 @@ from shared.engine.request import SamplingParams
 log = logging.getLogger(__name__)
 
 _MASK64 = (1 << 64) - 1
+TOP_P_CANDIDATES = 1024  # the largest logits top-p looks at first (Sampler._ranked)
 
 
 def _splitmix64(x: int) -> int:
@@ -150,22 +153,9 @@ class Sampler:
         x = logits
         if any(p.temperature != 1 for p in params):
             x = x / torch.tensor([p.temperature for p in params], device=dev)[:, None]
-        # The candidates: the whole vocabulary in token order (ids None), or the largest values in
-        # descending order with their token ids (the k largest when every row has a top-k).
-        ids: torch.Tensor | None = None
-        top_p = any(p.top_p < 1 for p in params)
-        top_k = any(0 < p.top_k < vocab for p in params)
-        if top_p or top_k:
-            k_max = max(min(p.top_k or vocab, vocab) for p in params)
-            x, ids = x.topk(k_max, dim=-1) if k_max < vocab else x.sort(dim=-1, descending=True)
-            if top_k:
-                k = torch.tensor([min(p.top_k or vocab, vocab) for p in params], device=dev)
-                x = x.masked_fill(torch.arange(x.shape[1], device=dev)[None, :] >= k[:, None], float("-inf"))
-            if top_p:
-                probs = x.softmax(dim=-1)
-                mass_before = probs.cumsum(dim=-1) - probs  # [r, c]
-                limit = torch.tensor([p.top_p for p in params], device=dev)
-                x = x.masked_fill(mass_before >= limit[:, None], float("-inf"))  # rank 0 always stays
+        ids: torch.Tensor | None = None  # None: the whole vocabulary, in token order
+        if any(p.top_p < 1 or 0 < p.top_k < vocab for p in params):
+            x, ids = self._ranked(x, params)
         probs = x.softmax(dim=-1)  # [r, c]
         if any(p.min_p > 0 for p in params):
             min_p = torch.tensor([p.min_p for p in params], device=dev)
@@ -173,6 +163,43 @@ class Sampler:
             probs = probs.masked_fill(probs < min_p[:, None] * peak, 0.0)  # the peak always stays
         picked = inverse_cdf(probs, self._uniforms(params, generators, draws))  # [r] chosen columns
         return picked if ids is None else ids.gather(1, picked[:, None])[:, 0]
+
+    def _ranked(self, x: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows with a top-k or top-p: their candidates [r, c] in descending order with their token
+        ids [r, c], the ones top-k and top-p cut set to -inf. The candidates are the k largest when
+        every row has a top-k; the ``TOP_P_CANDIDATES`` largest when those hold every top-p row's
+        nucleus (their share of the row's whole mass reaches its top-p, as a trained model's peaked
+        rows do); else the whole sorted row."""
+        dev, vocab = x.device, x.shape[1]
+        ks = [min(p.top_k or vocab, vocab) for p in params]  # vocab: no top-k
+        top_p = any(p.top_p < 1 for p in params)
+        whole: torch.Tensor | None = (
+            None  # [r] log of each row's whole mass, when the candidates are cut short
+        )
+        if max(ks) < vocab:
+            x, ids = x.topk(max(ks), dim=-1)
+        elif max((k for k in ks if k < vocab), default=0) <= TOP_P_CANDIDATES < vocab:
+            norm = torch.logsumexp(x, dim=-1)
+            top, top_ids = x.topk(TOP_P_CANDIDATES, dim=-1)
+            share = (top - norm[:, None]).exp().sum(dim=-1).tolist()
+            if all(k < vocab or s >= p.top_p for k, s, p in zip(ks, share, params, strict=True)):
+                x, ids, whole = top, top_ids, norm
+            else:
+                x, ids = x.sort(dim=-1, descending=True)
+        else:
+            x, ids = x.sort(dim=-1, descending=True)
+        if min(ks) < vocab:
+            k = torch.tensor(ks, device=dev)
+            x = x.masked_fill(torch.arange(x.shape[1], device=dev)[None, :] >= k[:, None], float("-inf"))
+        if top_p:
+            norm = torch.logsumexp(x, dim=-1)  # [r] the kept candidates' mass: a top-k row's own
+            if whole is not None:  # a row without a top-k: its whole row's
+                norm = torch.where(torch.tensor([k == vocab for k in ks], device=dev), whole, norm)
+            probs = (x - norm[:, None]).exp()  # [r, c]
+            mass_before = probs.cumsum(dim=-1) - probs
+            limit = torch.tensor([p.top_p for p in params], device=dev)
+            x = x.masked_fill(mass_before >= limit[:, None], float("-inf"))  # rank 0 always stays
+        return x, ids
 
     def _uniforms(
         self, params: list[SamplingParams], generators: list[torch.Generator | None], draws: list[int]

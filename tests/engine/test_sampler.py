@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from shared.engine import cpu_kernels
+from shared.engine import cpu_kernels, sampler
 from shared.engine.request import SamplingParams
 from shared.engine.sampler import Sampler, draw_seed, inverse_cdf
 
@@ -71,6 +71,33 @@ def test_rows_with_and_without_ranked_filters_in_one_batch():
     assert set(picked[:, 3].tolist()) == {0, 3, 4}
     freq = torch.bincount(picked[:, 1], minlength=5).float() / n
     assert torch.allclose(freq, PROBS, atol=0.03)
+
+
+def test_top_p_on_the_largest_logits_draws_what_the_whole_sorted_row_draws(monkeypatch: pytest.MonkeyPatch):
+    """A peaked row's nucleus lies in its largest logits: top-p looks at those only (with the whole
+    row's mass as the reference) and draws the same tokens as over the whole sorted row."""
+    logits = 4 * torch.randn(8, 5000, generator=torch.Generator().manual_seed(1))
+    rows = [SamplingParams(top_p=0.9, seed=s) for s in range(4)]
+    rows += [SamplingParams(top_p=0.8, top_k=50, seed=4), SamplingParams(top_p=0.95, temperature=0.7, seed=5)]
+    rows += [SamplingParams(top_p=0.9, min_p=0.01, seed=6), SamplingParams(top_k=300, seed=7)]
+
+    def tokens() -> list[list[int]]:
+        s = Sampler(0, torch.device("cpu"))
+        return [
+            s(logits, rows, [torch.Generator() for _ in rows], [n] * len(rows)).token_ids for n in range(40)
+        ]
+
+    shortlisted = tokens()
+    monkeypatch.setattr(sampler, "TOP_P_CANDIDATES", 5001)  # never short: the whole row sorted
+    assert tokens() == shortlisted
+    assert len({t[0] for t in shortlisted}) > 3
+
+
+def test_top_p_beyond_the_largest_logits_sorts_the_whole_row():
+    """A flat row's nucleus is wider than the shortlist: the whole row is sorted, nothing is lost."""
+    n = 4000
+    out = draw(SamplingParams(top_p=0.5), n=n, logits=torch.zeros(3000))
+    assert (out > 0).sum() > sampler.TOP_P_CANDIDATES  # ~1,400 of the 1,500 kept tokens show up
 
 
 def test_inverse_cdf_takes_the_column_whose_mass_holds_u():
