@@ -24,9 +24,12 @@ class FinishReason(StrEnum):
     PREFILLED = "prefilled"  # a prefill_only request sampled its first token; its KV awaits export
 
 
+GREEDY_TEMPERATURE = 1e-5  # below it a row is greedy: logits / 1e-300 would be inf or NaN
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0  # 0: greedy
+    temperature: float = 1.0  # below GREEDY_TEMPERATURE (0 included): greedy
     top_p: float = 1.0
     top_k: int = 0  # 0: off
     min_p: float = 0.0
@@ -51,7 +54,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        """Argmax of the raw logits: a temperature too small to divide by (as vLLM's 1e-5), or top-k 1."""
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
 
 @dataclass

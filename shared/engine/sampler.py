@@ -2,7 +2,8 @@
 
 Rows are processed together; only the random draws are per row. Order of the filters:
 temperature, then top-k, then top-p over what top-k kept, then min-p relative to the most likely
-token. A row is greedy when its temperature is 0 or its top-k is 1: plain argmax of the raw logits.
+token. A row is greedy when its temperature is below 1e-5 (0 included) or its top-k is 1: plain
+argmax of the raw logits.
 
 A sampled row draws one uniform number u and takes the first token whose cumulative probability
 exceeds u times the row's total (inverse transform sampling): one random number a row, where an
@@ -198,7 +199,9 @@ class Sampler:
             probs = (x - norm[:, None]).exp()  # [r, c]
             mass_before = probs.cumsum(dim=-1) - probs
             limit = torch.tensor([p.top_p for p in params], device=dev)
-            x = x.masked_fill(mass_before >= limit[:, None], float("-inf"))  # rank 0 always stays
+            cut = mass_before >= limit[:, None]  # a top-p that rounds to 0 in float32 cuts all ...
+            cut[:, 0] = False  # ... but the most likely token always stays
+            x = x.masked_fill(cut, float("-inf"))
         return x, ids
 
     def _uniforms(
@@ -222,4 +225,5 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     cdf = probs.cumsum(dim=-1)  # [r, c], non-decreasing
     total = cdf[:, -1]
     target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, target[:, None], right=True)[:, 0]
+    # A row of NaN (logits that overflowed) would search past the end: its last column instead
+    return torch.searchsorted(cdf, target[:, None], right=True)[:, 0].clamp_(max=probs.shape[1] - 1)

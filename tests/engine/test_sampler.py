@@ -100,6 +100,25 @@ def test_top_p_beyond_the_largest_logits_sorts_the_whole_row():
     assert (out > 0).sum() > sampler.TOP_P_CANDIDATES  # ~1,400 of the 1,500 kept tokens show up
 
 
+def test_parameters_at_the_edge_of_float32_still_draw_a_token():
+    """Values the API accepts but float32 cannot hold (found by the HTTP fuzzer): a top-p that rounds
+    to 0 keeps the most likely token, a temperature of 1e-300 is greedy, and a row of NaN logits
+    still yields a token id of the vocabulary."""
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(5))
+    best = logits.argmax(-1).tolist()
+    for p in (
+        SamplingParams(top_p=6.5e-248, min_p=0.02),
+        SamplingParams(temperature=1e-300),
+        SamplingParams(top_p=1e-40),
+    ):
+        assert Sampler(0, torch.device("cpu"))(logits, [p] * 3, [None] * 3, [0] * 3).token_ids == best
+    nan = torch.full((2, 50), float("nan"))
+    for p in (SamplingParams(), SamplingParams(top_p=0.9), SamplingParams(top_k=5)):
+        assert all(
+            0 <= t < 50 for t in Sampler(0, torch.device("cpu"))(nan, [p] * 2, [None] * 2, [0] * 2).token_ids
+        )
+
+
 def test_inverse_cdf_takes_the_column_whose_mass_holds_u():
     probs = torch.tensor([[0.0, 0.25, 0.0, 0.75, 0.0]] * 6)
     u = torch.tensor([0.0, 0.2499, 0.25, 0.5, 0.9999, 1 - 2**-24])
