@@ -131,7 +131,11 @@ class DecodeServer:
         if self.engine.has_unfinished() and time.monotonic() >= self.next_step:
             start = time.monotonic()
             self.next_step = start + self.step_interval
-            outputs = self.engine.step()
+            try:
+                outputs = self.engine.step()
+            except Exception as e:  # a bug must fail the requests it met, not every later step
+                self._step_failed(e)
+                return
             self.metrics.step_seconds.observe(time.monotonic() - start)
             self.send(outputs, start)
         self.report()
@@ -245,6 +249,15 @@ class DecodeServer:
         if out.finished:
             t.stamps.append(t.clock.stamp(StageName.DECODE, t.decoding, now))
             del self.timing[out.request_id]
+
+    def _step_failed(self, e: Exception) -> None:
+        """The engine raised: every request running here fails (internal; its router may migrate
+        it), and they leave the engine, so that the next step runs without them."""
+        log.exception("engine step failed; failing the %d requests in the engine", len(self.routes))
+        message = f"engine step failed: {type(e).__name__}: {e}"
+        for rid, reply_to in list(self.routes.items()):
+            self._drop(rid, message)
+            self._error(rid, reply_to, ErrorKind.INTERNAL, message)
 
     def _router_gone(self, router: str) -> None:
         """Drop the requests whose tokens go to ``router``, running or still arriving: nobody would

@@ -151,7 +151,11 @@ class PrefillServer:
             self._router_gone(router)
         self.admit()
         started = time.monotonic()
-        outputs = self.engine.step() if self.engine.has_unfinished() else []
+        try:
+            outputs = self.engine.step() if self.engine.has_unfinished() else []
+        except Exception as e:  # a bug must fail the requests it met, not every later step
+            self._step_failed(e)
+            outputs = []
         self.mark_started(started)
         self.send(outputs)
         self.reserve_early()
@@ -289,6 +293,15 @@ class PrefillServer:
             self._error(rid, msg.reply_to, kind, str(e))
             return
         self.inflight.hold(peer, rid)
+
+    def _step_failed(self, e: Exception) -> None:
+        """The engine raised: every request in it fails (internal), and they leave it, so that the
+        next step runs without them; the worker goes on serving."""
+        log.exception("engine step failed; failing the %d requests in the engine", len(self.active))
+        message = f"engine step failed: {type(e).__name__}: {e}"
+        for rid, a in list(self.active.items()):
+            self._abort(rid)
+            self._error(rid, a.msg.reply_to, ErrorKind.INTERNAL, message)
 
     def _abort(self, request_id: str) -> None:
         found = self.waiting.remove(request_id) | self.shipper.abort(request_id)
