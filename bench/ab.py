@@ -74,6 +74,7 @@ def measure(
             base_url=url, num_requests=args.num_requests, concurrency=args.concurrency, seed=0,
             images=args.images, image_size=args.image_size, image_format=args.image_format,
             prompt_words=args.prompt_words, max_tokens=args.max_tokens, ignore_eos=True, warmup=args.warmup,
+            temperature=args.temperature,
             progress=False,
         )  # fmt: skip
         report = run(load)["runs"][0]
@@ -100,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--image-format", choices=("png", "jpeg"), default="png")
     p.add_argument("--prompt-words", default=LoadConfig.prompt_words)
     p.add_argument("--max-tokens", default="32")
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy; vllm bench serve's loads sample at 1"
+    )
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--cluster-flag", action="append", default=[], help="extra flag for epd up (repeatable)")
     p.add_argument(

@@ -75,6 +75,7 @@ class CompareConfig:
     prompt_words: str = "20"
     max_tokens: str = "32"
     ignore_eos: bool = True
+    temperature: float = 0.0  # 0: greedy; vllm bench serve sends none, which servers take as 1
     warmup: int = 4
     request_rates: tuple[float, ...] = ()
     dtype: str = "float32"
@@ -101,8 +102,8 @@ class CompareConfig:
             base_url=base_url, num_requests=self.num_requests, seed=self.seed, images=self.images,
             image_size=self.image_size, image_format=self.image_format, videos=self.videos, video_frames=self.video_frames,
             video_size=self.video_size, prompt_words=self.prompt_words, max_tokens=self.max_tokens,
-            ignore_eos=self.ignore_eos, timeout=self.request_timeout, progress=self.progress,
-            **shape,  # type: ignore[arg-type]
+            ignore_eos=self.ignore_eos, temperature=self.temperature, timeout=self.request_timeout,
+            progress=self.progress, **shape,  # type: ignore[arg-type]
         )  # fmt: skip
 
     def server(self, name: str, log_dir: Path) -> Server:
@@ -242,6 +243,10 @@ def parse_args(argv: Sequence[str] | None = None) -> CompareConfig:
     p.add_argument("--prompt-words", default=d.prompt_words)
     p.add_argument("--max-tokens", default=d.max_tokens)
     p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=d.ignore_eos)
+    p.add_argument(
+        "--temperature", type=float, default=d.temperature,
+        help="sampling temperature (default 0, greedy; vllm bench serve's requests sample at the server's default, 1)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=d.warmup, help="unmeasured requests before each setup's run")
     p.add_argument("--request-rates", default="", help="Poisson sweep, requests/s, e.g. 0.5,1,2")
     p.add_argument(
@@ -277,7 +282,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CompareConfig:
         model=a.model.resolve(), setups=a.setups, sweep_setups=a.sweep_setups, num_requests=a.num_requests,
         concurrency=a.concurrency, images=a.images, image_size=a.image_size, image_format=a.image_format, videos=a.videos,
         video_frames=a.video_frames, video_size=a.video_size, prompt_words=a.prompt_words,
-        max_tokens=a.max_tokens, ignore_eos=a.ignore_eos, warmup=a.warmup, request_rates=rates,
+        max_tokens=a.max_tokens, ignore_eos=a.ignore_eos, temperature=a.temperature, warmup=a.warmup, request_rates=rates,
         dtype=a.dtype, torch_threads=a.torch_threads, cluster_flags=a.cluster_flags,
         colocated_flags=a.colocated_flags, transformers_flags=a.transformers_flags, seed=a.seed,
         request_timeout=a.request_timeout, start_timeout=a.start_timeout, log_dir=a.log_dir, out=a.out,

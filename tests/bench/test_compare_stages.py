@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bench.compare import stage_breakdown
+from bench.compare import parse_args, stage_breakdown
 from bench.compare_report import render
 from shared.loadgen.client import RequestRecord
 from shared.loadgen.metrics import summarize
@@ -90,3 +90,9 @@ def test_render_without_timelines_has_no_stage_table() -> None:
     old = result({"cluster": run(None)})
     del old["stages"]  # a result written before stage breakdowns
     assert "stages" not in render(old)
+
+
+def test_the_temperature_flag_reaches_the_load() -> None:
+    """vllm bench serve's loads sample (temperature 1); bench.compare's can too, greedy by default."""
+    assert parse_args([]).load("http://x/v1").temperature == 0.0
+    assert parse_args(["--temperature", "1"]).load("http://x/v1").temperature == 1.0
