@@ -56,7 +56,7 @@ class RouterConfig:
     api_keys: str = flag("", help="comma-separated accepted Bearer keys (empty: no authentication)")
     generation_config: str = flag(
         "auto",
-        help="sampling defaults of requests that leave temperature, top_p, top_k, min_p or max_tokens out: "
+        help="sampling defaults of requests that leave temperature, top_p, top_k, min_p, a penalty or max_tokens out: "
         "auto (the model's generation_config.json, as vLLM) or none (OpenAI's)",
     )
     max_images: int = flag(8, help="most images per request")

@@ -173,6 +173,9 @@ class Preparer:
         params = SamplingParams(
             temperature=sampling_value(req, "temperature", d), top_p=sampling_value(req, "top_p", d),
             top_k=max(0, sampling_value(req, "top_k", d)), min_p=sampling_value(req, "min_p", d), seed=req.seed,
+            presence_penalty=sampling_value(req, "presence_penalty", d),
+            frequency_penalty=sampling_value(req, "frequency_penalty", d),
+            repetition_penalty=sampling_value(req, "repetition_penalty", d),
             max_tokens=max_tokens or room, stop_token_ids=() if req.ignore_eos else self.eos_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
         )  # fmt: skip
         return Prepared(ids, images, params, stops)

@@ -113,6 +113,9 @@ class SamplingFields(_Strict):
     # -1 or 0: off; bounded so that it fits the wire's and the sampler's integers (any vocabulary is smaller)
     top_k: int = Field(default=0, ge=-1, le=(1 << 31) - 1)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)  # vLLM's extension (transformers')
     seed: int | None = Field(default=None, ge=0, le=(1 << 63) - 1)
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)

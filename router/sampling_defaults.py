@@ -2,12 +2,12 @@
 
 A published checkpoint says how it wants to be sampled in ``generation_config.json`` (the
 Qwen3-VL ones set a temperature, top-p and top-k there). With ``--generation-config auto`` (the
-default, as in vLLM) a request that leaves ``temperature``, ``top_p``, ``top_k``, ``min_p`` or
-``max_tokens`` out gets the model's value (``max_new_tokens`` for ``max_tokens``); with ``none`` it
-gets OpenAI's (temperature 1, no filters, the context's room). A value the request sets always
+default, as in vLLM) a request that leaves ``temperature``, ``top_p``, ``top_k``, ``min_p``, a
+penalty (``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``) or ``max_tokens`` out
+gets the model's value (``max_new_tokens`` for ``max_tokens``); with ``none`` it gets OpenAI's
+(temperature 1, no filters or penalties, the context's room). A value the request sets always
 wins. ``do_sample`` is not read (vLLM does not read it either): a file without
-a temperature leaves OpenAI's 1. Values outside the API's own bounds are dropped with a warning,
-and so are the repetition penalties, which this server does not implement.
+a temperature leaves OpenAI's 1. Values outside the API's own bounds are dropped with a warning.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # generation_config.json key -> the request field it stands in for
 KEYS = {
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty",
     "temperature": "temperature",
     "top_p": "top_p",
     "top_k": "top_k",
@@ -32,9 +35,9 @@ KEYS = {
 
 
 def load_sampling_defaults(model_dir: Path, mode: str = "auto") -> dict[str, Any]:
-    """The request fields (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``max_tokens``) that
-    the model's ``generation_config.json`` sets, checked against the API's bounds; {} for mode
-    ``none`` (``auto`` otherwise) or a checkpoint without the file."""
+    """The request fields (sampling, penalties, ``max_tokens``: ``KEYS``) that the model's
+    ``generation_config.json`` sets, checked against the API's bounds; {} for mode ``none``
+    (``auto`` otherwise) or a checkpoint without the file."""
     if mode == "none":
         return {}
     try:
@@ -47,8 +50,6 @@ def load_sampling_defaults(model_dir: Path, mode: str = "auto") -> dict[str, Any
     defaults: dict[str, Any] = {}
     if not isinstance(raw, dict):
         return defaults
-    if unused := [k for k in ("repetition_penalty", "presence_penalty", "frequency_penalty") if k in raw]:
-        log.warning("generation_config.json: %s not applied (no penalties in this server's sampler)", unused)
     for key, field in KEYS.items():
         value = raw.get(key)
         if value is None:

@@ -41,6 +41,11 @@ class SamplingParams:
     # Tokens an earlier attempt sampled (a migrated request: its prompt ends with them): a seeded
     # request's draws continue from there (``shared.engine.sampler``).
     draw_offset: int = 0
+    # OpenAI's penalties on the tokens sampled so far (-2 .. 2), and vLLM's (transformers') repetition
+    # penalty on the prompt's and the sampled tokens (> 0; 1: off): ``shared.engine.sampler.penalize``
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
@@ -51,6 +56,18 @@ class SamplingParams:
             raise ValueError("logprobs must be >= 0")
         if self.draw_offset < 0:
             raise ValueError("draw_offset must be >= 0")
+        if not (
+            -2 <= self.presence_penalty <= 2
+            and -2 <= self.frequency_penalty <= 2
+            and self.repetition_penalty > 0
+        ):
+            raise ValueError(
+                "presence and frequency penalties must be within -2..2, the repetition penalty > 0"
+            )
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1)
 
     @property
     def greedy(self) -> bool:

@@ -11,8 +11,9 @@ exponential race (``argmax(p / e)``, ``e ~ Exp(1)`` per token) would draw one pe
 which on a CPU costs milliseconds a row at Qwen's 151,936 tokens. Nothing sorts the whole
 vocabulary unless it must: top-k takes the k largest, top-p the 1,024 largest when they hold the
 nucleus (a trained model's rows are peaked; else the row is sorted), and min-p compares with the
-row's maximum. Logprobs are those of the raw logits (before temperature and filters), as vLLM
-reports them.
+row's maximum. Penalties (presence, frequency, repetition: ``penalize``) change the logits both
+greedy and sampled rows choose from. Logprobs are those of the raw logits (before penalties,
+temperature and filters), as vLLM reports them by default.
 
 Seeds: the n-th token of a request with a seed (n = tokens it sampled before, counting those of
 an earlier attempt: ``SamplingParams.draw_offset``) is drawn from its generator reseeded with
@@ -57,6 +58,9 @@ def draw_seed(seed: int, draw: int) -> int:
     return _splitmix64((_splitmix64(seed & _MASK64) + draw) & _MASK64) >> 1
 
 
+History = tuple[list[int], int]  # a row's tokens (prompt, then output) and how many are prompt
+
+
 @dataclass
 class SamplerOutput:
     token_ids: list[int]
@@ -87,16 +91,18 @@ class Sampler:
         params: list[SamplingParams],
         generators: list[torch.Generator | None],  # a seeded row's own generator, reseeded per draw
         draws: list[int],  # tokens each row's request sampled before this step
+        histories: list[History] | None = None,  # each row's tokens: needed when a row has penalties
     ) -> SamplerOutput:
+        chosen_from = penalize(logits, params, histories) if any(p.penalized for p in params) else logits
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
         if len(random_rows) == len(params):  # every row samples: no argmax, no row selection
-            tokens = self._sample(logits, params, generators, draws)
+            tokens = self._sample(chosen_from, params, generators, draws)
         else:
-            tokens = self.argmax(logits)  # [R]
+            tokens = self.argmax(chosen_from)  # [R]
             if random_rows:
                 rows = torch.tensor(random_rows, device=logits.device)
                 tokens[rows] = self._sample(
-                    logits[rows],
+                    chosen_from[rows],
                     [params[i] for i in random_rows],
                     [generators[i] for i in random_rows],
                     [draws[i] for i in random_rows],
@@ -215,6 +221,37 @@ class Sampler:
                 g.manual_seed(draw_seed(p.seed, draws[i]))
                 u[i] = torch.rand(1, device=u.device, generator=g)[0]
         return u
+
+
+def penalize(
+    logits: torch.Tensor, params: list[SamplingParams], histories: list[History] | None
+) -> torch.Tensor:
+    """The logits [R, V] with each row's penalties applied (a copy; rows without penalties as they
+    were), in vLLM's order: the repetition penalty on every token of the prompt and of the output
+    (a positive logit divided by it, a negative one multiplied, as transformers'
+    ``RepetitionPenaltyLogitsProcessor``), then OpenAI's frequency penalty times each token's count
+    in the output and presence penalty once for each token the output holds."""
+    if histories is None:
+        raise ValueError("penalties need each row's tokens (histories)")
+    out = logits.clone()
+    vocab = logits.shape[1]
+    for i, p in enumerate(params):
+        if not p.penalized:
+            continue
+        token_ids, num_prompt = histories[i]
+        ids = torch.tensor(token_ids, dtype=torch.long, device=logits.device)
+        valid = (ids >= 0) & (ids < vocab)  # a sequence's ids are the vocabulary's; kept safe anyway
+        row = out[i]  # a view: written in place
+        if p.repetition_penalty != 1:
+            seen = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
+            seen[ids[valid]] = True
+            x = row[seen]
+            row[seen] = torch.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty)
+        if p.frequency_penalty or p.presence_penalty:
+            output = ids[max(0, num_prompt) :][valid[max(0, num_prompt) :]]
+            counts = torch.bincount(output, minlength=vocab).to(logits.dtype)  # [V]
+            row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+    return out
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

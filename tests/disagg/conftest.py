@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -128,8 +129,10 @@ def make_prompt(cfg: ModelConfig, processor: ImageProcessorConfig, seed: int, pi
     return p
 
 
-def hf_generate(hf, prompt: Prompt, cfg: ModelConfig, max_new_tokens: int) -> list[int]:
-    return hf_greedy(hf, prompt.ids, prompt.pixels, [g for _, g in prompt.images], cfg, max_new_tokens)
+def hf_generate(hf, prompt: Prompt, cfg: ModelConfig, max_new_tokens: int, **generate: Any) -> list[int]:
+    return hf_greedy(
+        hf, prompt.ids, prompt.pixels, [g for _, g in prompt.images], cfg, max_new_tokens, **generate
+    )
 
 
 def stop_ids(hf, cfg: ModelConfig) -> tuple[int, ...]:

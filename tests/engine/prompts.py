@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -86,9 +87,16 @@ def hf_generate(hf, prompt: Prompt, cfg: ModelConfig, max_new_tokens: int) -> li
 
 
 def hf_greedy(
-    hf, ids: list[int], pixels: list[torch.Tensor], grids: list, cfg: ModelConfig, max_new_tokens: int
+    hf,
+    ids: list[int],
+    pixels: list[torch.Tensor],
+    grids: list,
+    cfg: ModelConfig,
+    max_new_tokens: int,
+    **generate: Any,
 ) -> list[int]:
-    """transformers' greedy ``generate`` for one prompt (token ids, per-image pixels and grids)."""
+    """transformers' greedy ``generate`` for one prompt (token ids, per-image pixels and grids);
+    ``generate``: more of its arguments (e.g. ``repetition_penalty``)."""
     input_ids = torch.tensor(ids)[None]
     kwargs = {
         "input_ids": input_ids,
@@ -99,5 +107,5 @@ def hf_greedy(
         kwargs["pixel_values"] = torch.cat(pixels)
         kwargs["image_grid_thw"] = torch.tensor(grids)
     with torch.inference_mode():
-        out = hf.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False)
+        out = hf.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False, **generate)
     return out[0, input_ids.shape[1] :].tolist()

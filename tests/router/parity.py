@@ -17,14 +17,19 @@ from tests.encoder.conftest import png
 
 
 def assert_greedy_matches_transformers(
-    client: openai.OpenAI, model: str, ckpt: Path, hf, n_images: int, max_tokens: int = 8
+    client: openai.OpenAI, model: str, ckpt: Path, hf, n_images: int, max_tokens: int = 8, **penalties: float
 ) -> str:
-    """Ask with ``n_images`` distinct PNGs; the answer and usage equal transformers'. Returns the text."""
+    """Ask with ``n_images`` distinct PNGs; the answer and usage equal transformers'. Returns the text.
+    ``penalties``: sampling fields both sides take (``repetition_penalty``)."""
     images = [png(96 + 64 * i, 64 + 32 * i, seed=i) for i in range(n_images)]
     parts = [{"type": "text", "text": "Describe these."}]
     parts += [{"type": "image_url", "image_url": {"url": data_url(d)}} for d in images]
     out = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": parts}], max_tokens=max_tokens, temperature=0
+        model=model,
+        messages=[{"role": "user", "content": parts}],
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body=penalties,
     )
     builder = PromptBuilder.from_checkpoint(ckpt)
     processor = ImageProcessorConfig.from_checkpoint(ckpt)
@@ -34,7 +39,7 @@ def assert_greedy_matches_transformers(
     prompt = Prompt(
         chat.input_ids, [(d, g) for d, (_, g) in zip(images, pix, strict=True)], [p for p, _ in pix]
     )
-    ref = hf_generate(hf, prompt, load_config(ckpt), max_tokens)
+    ref = hf_generate(hf, prompt, load_config(ckpt), max_tokens, **penalties)
     assert out.usage.prompt_tokens == len(chat.input_ids)
     assert out.usage.completion_tokens == len(ref)
     text = out.choices[0].message.content

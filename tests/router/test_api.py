@@ -45,6 +45,16 @@ def test_greedy_matches_transformers(cluster, client, ckpt, hf, n_images):
     print(f"\ncluster, {n_images} images: {text!r} == transformers")
 
 
+def test_repetition_penalty_matches_transformers(cluster, client, ckpt, hf):
+    """The penalty travels router -> prefill -> decode and steers greedy choices as transformers'."""
+    plain = assert_greedy_matches_transformers(client, cluster.model, ckpt, hf, 1, max_tokens=12)
+    steered = assert_greedy_matches_transformers(
+        client, cluster.model, ckpt, hf, 1, max_tokens=12, repetition_penalty=2.0
+    )
+    assert steered != plain
+    print(f"\nrepetition_penalty 2: {steered!r} == transformers (without: {plain!r})")
+
+
 def test_stop_string_cuts_the_answer(cluster, client):
     kw = dict(model=cluster.model, messages=[{"role": "user", "content": "Go"}], temperature=0)
     full = client.chat.completions.create(**kw, max_tokens=12, extra_body={"ignore_eos": True})

@@ -25,6 +25,7 @@ QWEN3_VL = {
     "temperature": 0.7,
     "top_p": 0.8,
     "top_k": 20,
+    "repetition_penalty": 1.05,
     "max_new_tokens": 64,
     "eos_token_id": [514],
 }
@@ -57,6 +58,7 @@ def params(ckpt: Path, mode: str = "auto", **fields: Any) -> SamplingParams:
 def test_a_field_left_out_takes_the_models_value(tmp_path: Path):
     p = params(checkpoint(tmp_path, QWEN3_VL))
     assert (p.temperature, p.top_p, p.top_k, p.min_p, p.max_tokens) == (0.7, 0.8, 20, 0.0, 64)
+    assert (p.repetition_penalty, p.presence_penalty, p.frequency_penalty) == (1.05, 0.0, 0.0)
 
 
 def test_a_field_the_request_sets_keeps_its_value(tmp_path: Path):
@@ -77,7 +79,14 @@ def test_mode_none_and_no_file_keep_openais_defaults(tmp_path: Path):
 def test_values_out_of_bounds_or_a_broken_file_are_not_served(tmp_path: Path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    odd = {"temperature": 5, "top_p": 0, "top_k": 20, "min_p": "x", "max_new_tokens": 0}
+    odd = {
+        "temperature": 5,
+        "top_p": 0,
+        "top_k": 20,
+        "min_p": "x",
+        "max_new_tokens": 0,
+        "repetition_penalty": 0,
+    }
     assert load_sampling_defaults(checkpoint(tmp_path / "a", odd)) == {"top_k": 20}
     assert load_sampling_defaults(checkpoint(tmp_path / "b", "{not json")) == {}
 

@@ -45,6 +45,9 @@ class Sampling:
     logprobs: int | None = rule(ge=0, le=20)
     # a migrated request: the tokens earlier attempts sampled, now the end of its prompt
     draw_offset: int = rule(ge=0, le=MAX_PROMPT_TOKENS, default=0)
+    presence_penalty: float = rule(ge=-2, le=2, default=0.0)
+    frequency_penalty: float = rule(ge=-2, le=2, default=0.0)
+    repetition_penalty: float = rule(ge=0, le=100, default=1.0)  # the engine refuses 0
 
 
 @struct
