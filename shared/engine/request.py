@@ -71,7 +71,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        """Argmax of the raw logits: a temperature too small to divide by (as vLLM's 1e-5), or top-k 1."""
+        """Argmax of the (penalised) logits: a temperature too small to divide by (vLLM's 1e-5), or top-k 1."""
         return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
 

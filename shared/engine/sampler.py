@@ -3,7 +3,7 @@
 Rows are processed together; only the random draws are per row. Order of the filters:
 temperature, then top-k, then top-p over what top-k kept, then min-p relative to the most likely
 token. A row is greedy when its temperature is below 1e-5 (0 included) or its top-k is 1: plain
-argmax of the raw logits.
+argmax of the logits (after penalties, if it has any).
 
 A sampled row draws one uniform number u and takes the first token whose cumulative probability
 exceeds u times the row's total (inverse transform sampling): one random number a row, where an
@@ -100,13 +100,7 @@ class Sampler:
         else:
             tokens = self.argmax(chosen_from)  # [R]
             if random_rows:
-                rows = torch.tensor(random_rows, device=logits.device)
-                tokens[rows] = self._sample(
-                    chosen_from[rows],
-                    [params[i] for i in random_rows],
-                    [generators[i] for i in random_rows],
-                    [draws[i] for i in random_rows],
-                )
+                _sample_into(tokens, random_rows, self._sample, chosen_from, params, generators, draws)
         token_list = tokens.tolist()
         logprobs: list[float | None] = [None] * len(params)
         tops: list[list[tuple[int, float]] | None] = [None] * len(params)
@@ -139,13 +133,7 @@ class Sampler:
         out = torch.empty(len(params), dtype=torch.long, device=logits.device)
         plain = sorted(set(range(len(params))) - set(ranked))
         for group in (ranked, plain):
-            rows = torch.tensor(group, device=logits.device)
-            out[rows] = self._sample_rows(
-                logits[rows],
-                [params[i] for i in group],
-                [generators[i] for i in group],
-                [draws[i] for i in group],
-            )
+            _sample_into(out, group, self._sample_rows, logits, params, generators, draws)
         return out
 
     def _sample_rows(
@@ -180,9 +168,8 @@ class Sampler:
         dev, vocab = x.device, x.shape[1]
         ks = [min(p.top_k or vocab, vocab) for p in params]  # vocab: no top-k
         top_p = any(p.top_p < 1 for p in params)
-        whole: torch.Tensor | None = (
-            None  # [r] log of each row's whole mass, when the candidates are cut short
-        )
+        # [r] the log of each row's whole mass, when the candidates are cut short
+        whole: torch.Tensor | None = None
         if max(ks) < vocab:
             x, ids = x.topk(max(ks), dim=-1)
         elif max((k for k in ks if k < vocab), default=0) <= TOP_P_CANDIDATES < vocab:
@@ -221,6 +208,24 @@ class Sampler:
                 g.manual_seed(draw_seed(p.seed, draws[i]))
                 u[i] = torch.rand(1, device=u.device, generator=g)[0]
         return u
+
+
+def _sample_into(
+    tokens: torch.Tensor,  # [R] written at ``rows``
+    rows: list[int],
+    sample: Callable[
+        [torch.Tensor, list[SamplingParams], list[torch.Generator | None], list[int]], torch.Tensor
+    ],
+    logits: torch.Tensor,  # [R, V]
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    draws: list[int],
+) -> None:
+    """``sample`` the given rows of a batch and write their tokens into ``tokens``."""
+    at = torch.tensor(rows, device=logits.device)
+    tokens[at] = sample(
+        logits[at], [params[i] for i in rows], [generators[i] for i in rows], [draws[i] for i in rows]
+    )
 
 
 def penalize(
