@@ -173,7 +173,13 @@ def fields(model: str, image: str) -> dict[str, list[Any]]:
         "tools": [[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}], [], "x"],
         "tool_choice": ["auto", "none", "required", {"type": "function", "function": {"name": "f"}}],
         "response_format": [{"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x"}}],
-        "logit_bias": [{"1": 100}, {"x": "y"}], "presence_penalty": [2.5, -3], "best_of": [2], "suffix": ["x"],
+        "logit_bias": [
+            {"1": 100}, {"x": "y"}, {"-1": 1}, {"99999999": 1}, {"5": 1e308}, {"5": math.nan}, {"5": -math.inf},
+            {str(i): 1 for i in range(1025)}, [], "x",
+        ],
+        "min_tokens": [0, 1, 5, 2**40, -1, "3", None],
+        "stop_token_ids": [[], [0], [1, 1], [-1], [2**40], list(range(70)), "x", [None]],
+        "presence_penalty": [2.5, -3], "best_of": [2], "suffix": ["x"],
         "user": ["u", "\ud800", 5], "parallel_tool_calls": [True],
     }  # fmt: skip
 

@@ -131,7 +131,9 @@ class Templates:
         return Sampling(
             temperature=rng.choice([0.0, 0.7]), top_p=1.0, top_k=rng.choice([0, 5]), min_p=0.0,
             seed=rng.choice([None, 7]), max_tokens=rng.randint(1, 4), stop_token_ids=[],
-            ignore_eos=True, logprobs=rng.choice([None, 2]),
+            ignore_eos=True, logprobs=rng.choice([None, 2]), min_tokens=rng.choice([0, 1]),
+            bias_token_ids=(biased := self._tokens(rng, rng.choice([0, 2]))),
+            bias_values=[rng.uniform(-100, 100) for _ in biased],
         )  # fmt: skip
 
     def stage_error(self, rng: random.Random) -> StageError:

@@ -70,14 +70,19 @@ class StopStrings:
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.text = ""
         self.sent = 0
+        self.floor = 0  # a stop string must end past this: the text before it was not searched
         self.stopped = False
 
-    def push(self, delta: str, final: bool = False) -> tuple[str, bool]:
+    def push(self, delta: str, final: bool = False, search: bool = True) -> tuple[str, bool]:
+        """``search`` False: ``delta`` cannot hold or end a stop string (``min_tokens``'s text)."""
         if self.stopped:
             return "", True
         self.text += delta
+        if not search:
+            self.floor = len(self.text)
         start = max(0, self.sent - self.hold)
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        found = (self.text.find(s, max(start, self.floor - len(s) + 1)) for s in self.stops) if search else ()
+        hits = [i for i in found if i >= 0]
         if hits:
             cut = max(min(hits), self.sent)
             out, self.sent, self.stopped = self.text[self.sent : cut], cut, True

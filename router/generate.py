@@ -78,6 +78,8 @@ class Generation:
         self.completion_tokens = 0
         self.finished = False
         self.want_logprobs = prep.params.logprobs is not None
+        self.stop_ids = frozenset(prep.params.stop_token_ids)
+        self.min_tokens = prep.params.min_tokens
         self._first: Event | None = None
 
     async def start(self) -> None:
@@ -119,10 +121,12 @@ class Generation:
             if ev.error is not None:
                 self.finished = True
                 raise stage_error(ev.error, ev.message)
-            text, lps = "", []
+            text, held, lps = "", "", []
+            # an answer that ends with a stop token (or EOS) has it counted, not in its text (vLLM)
+            last = len(ev.tokens) - 1 if ev.finish is FinishReason.STOP else -1
             for i, (tok, lp) in enumerate(ev.tokens):
                 self.completion_tokens += 1
-                delta = self.detok.push(tok)
+                delta = self.detok.push(tok) if i != last or tok not in self.stop_ids else ""
                 if self.want_logprobs:
                     top = ev.top[i] if i < len(ev.top) else []
                     lps.append(
@@ -132,11 +136,16 @@ class Generation:
                             [(self._text(t), v) for t, v in top],
                         )
                     )
-                text += delta
+                if self.completion_tokens > self.min_tokens:
+                    text += delta
+                else:  # min_tokens: no stop string may end in the first tokens' text
+                    held += delta
             ended = ev.finish is not None
             if ended:
                 text += self.detok.flush()
-            out, stopped = self.stops.push(text, final=ended)
+            out = self.stops.push(held, search=False)[0] if held else ""
+            more, stopped = self.stops.push(text, final=ended)
+            out += more
             if stopped or ended:
                 self.timeline = self.timing.finish(self.orch.metrics, self.rid)
             if stopped:

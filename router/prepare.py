@@ -2,7 +2,8 @@
 parameters.
 
 Owns the model-dependent checks (every failure is a 400 ``APIError``): the model id, the number
-and validity of images and videos, the chat template, the context length, the token budget.
+and validity of images and videos, the chat template, the context length, the token budget, the
+token controls (``router.token_controls``).
 Images and videos go to the backend in prompt order, each with its runs of tokens.
 """
 
@@ -20,6 +21,7 @@ from router.images import FetchLimits, load_image_url
 from router.jobs import LoadedImage, VisionTokens
 from router.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingFields, bad_request
 from router.sampling_defaults import sampling_value
+from router.token_controls import token_controls
 from router.videos import Sampling, VideoRules, load_video, too_many
 from shared.engine import SamplingParams
 from shared.models.config import load_config
@@ -170,13 +172,16 @@ class Preparer:
         d = self.sampling_defaults
         if max_tokens is None and "max_tokens" in d:  # the model's cap, within the context's room
             max_tokens = min(d["max_tokens"], room)
+        max_tokens = max_tokens or room
+        tokens = token_controls(req, self.config.text.vocab_size, max_tokens, self.eos_ids)
         params = SamplingParams(
             temperature=sampling_value(req, "temperature", d), top_p=sampling_value(req, "top_p", d),
             top_k=max(0, sampling_value(req, "top_k", d)), min_p=sampling_value(req, "min_p", d), seed=req.seed,
             presence_penalty=sampling_value(req, "presence_penalty", d),
             frequency_penalty=sampling_value(req, "frequency_penalty", d),
             repetition_penalty=sampling_value(req, "repetition_penalty", d),
-            max_tokens=max_tokens or room, stop_token_ids=() if req.ignore_eos else self.eos_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
+            max_tokens=max_tokens, stop_token_ids=tokens.stop_token_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
+            min_tokens=tokens.min_tokens, logit_bias=tokens.logit_bias,
         )  # fmt: skip
         return Prepared(ids, images, params, stops)
 

@@ -116,6 +116,10 @@ class SamplingFields(_Strict):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=100.0)  # vLLM's extension (transformers')
+    # token id (a string, as JSON keys are) -> added to its logit; the ids are checked against the vocabulary
+    logit_bias: dict[str, float] | None = None
+    min_tokens: int = Field(default=0, ge=0)  # vLLM's: no stop token or stop string before this many
+    stop_token_ids: list[int] | None = None  # vLLM's: more tokens that end the answer
     seed: int | None = Field(default=None, ge=0, le=(1 << 63) - 1)
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)

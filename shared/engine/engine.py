@@ -86,9 +86,11 @@ class Engine:
         if graph is not None:
             graph.compile()  # before serving; if it fails, decode steps stay eager (logged)
         self.runner = ModelRunner(model, self.pool, graph, attention)
-        self.sampler = Sampler(config.seed, self.device, c_argmax=attention == "cpu")
-        self.max_model_len = config.resolve_max_model_len(text)
         self.eos_token_ids = frozenset(model.config.eos_token_ids)
+        self.sampler = Sampler(
+            config.seed, self.device, c_argmax=attention == "cpu", eos_token_ids=self.eos_token_ids
+        )
+        self.max_model_len = config.resolve_max_model_len(text)
         self.vision_token_ids = frozenset((model.config.image_token_id, model.config.video_token_id))
         self.seqs: dict[str, Sequence] = {}  # every request the engine holds anything for
         self._importing: dict[str, Sequence] = {}  # layer-by-layer imports in progress
@@ -213,7 +215,9 @@ class Engine:
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         p = seq.params
-        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids):
+        if seq.num_output_tokens + p.draw_offset > p.min_tokens and (
+            token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids)
+        ):
             return FinishReason.STOP
         if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             return FinishReason.LENGTH

@@ -46,6 +46,11 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    # Until the request has sampled ``min_tokens`` (counting an earlier attempt's), its stop tokens
+    # and end-of-sequence tokens cannot be sampled, and nothing stops it but its length (vLLM's).
+    min_tokens: int = 0
+    # (token id, bias) pairs added to the logits before penalties (OpenAI's logit_bias, -100 .. 100)
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
@@ -64,10 +69,19 @@ class SamplingParams:
             raise ValueError(
                 "presence and frequency penalties must be within -2..2, the repetition penalty > 0"
             )
+        if not 0 <= self.min_tokens <= self.max_tokens + self.draw_offset:
+            raise ValueError("min_tokens must be within 0..max_tokens")
+        if any(t < 0 or not -100 <= b <= 100 for t, b in self.logit_bias):
+            raise ValueError("logit_bias: token ids >= 0, biases within -100..100")
 
     @property
     def penalized(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1)
+
+    def steered(self, draws: int) -> bool:
+        """Whether the logits need ``logit_bias`` or ``min_tokens``'s mask before this row's
+        ``draws``-th draw (tokens it sampled before, an earlier attempt's included)."""
+        return bool(self.logit_bias) or draws < self.min_tokens
 
     @property
     def greedy(self) -> bool:

@@ -3,7 +3,7 @@
 Rows are processed together; only the random draws are per row. Order of the filters:
 temperature, then top-k, then top-p over what top-k kept, then min-p relative to the most likely
 token. A row is greedy when its temperature is below 1e-5 (0 included) or its top-k is 1: plain
-argmax of the logits (after penalties, if it has any).
+argmax of the logits (after the bias, mask and penalties below, if it has any).
 
 A sampled row draws one uniform number u and takes the first token whose cumulative probability
 exceeds u times the row's total (inverse transform sampling): one random number a row, where an
@@ -11,9 +11,10 @@ exponential race (``argmax(p / e)``, ``e ~ Exp(1)`` per token) would draw one pe
 which on a CPU costs milliseconds a row at Qwen's 151,936 tokens. Nothing sorts the whole
 vocabulary unless it must: top-k takes the k largest, top-p the 1,024 largest when they hold the
 nucleus (a trained model's rows are peaked; else the row is sorted), and min-p compares with the
-row's maximum. Penalties (presence, frequency, repetition: ``penalize``) change the logits both
-greedy and sampled rows choose from. Logprobs are those of the raw logits (before penalties,
-temperature and filters), as vLLM reports them by default.
+row's maximum. ``logit_bias`` and ``min_tokens`` (``steer``), then the penalties (presence,
+frequency, repetition: ``penalize``) change the logits both greedy and sampled rows choose from.
+Logprobs are those of the raw logits (before all of these, temperature and filters), as vLLM
+reports them by default.
 
 Seeds: the n-th token of a request with a seed (n = tokens it sampled before, counting those of
 an earlier attempt: ``SamplingParams.draw_offset``) is drawn from its generator reseeded with
@@ -32,7 +33,7 @@ Shape legend: R rows (sequences that sample this step), V vocabulary.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -73,10 +74,14 @@ def _torch_argmax(x: torch.Tensor) -> torch.Tensor:
 
 
 class Sampler:
-    def __init__(self, seed: int, device: torch.device, c_argmax: bool = False) -> None:
+    def __init__(
+        self, seed: int, device: torch.device, c_argmax: bool = False, eos_token_ids: Collection[int] = ()
+    ) -> None:
         """``c_argmax``: take each row's argmax with the C kernel of ``cpu_kernels`` (a CPU engine
-        that runs its C kernels; torch's CPU argmax goes one element at a time) where it builds."""
+        that runs its C kernels; torch's CPU argmax goes one element at a time) where it builds.
+        ``eos_token_ids``: the model's, which ``min_tokens`` holds back unless a row ignores EOS."""
         self.generator = torch.Generator(device).manual_seed(seed)  # for rows without a seed
+        self.eos_token_ids = tuple(eos_token_ids)
         self.argmax: Callable[[torch.Tensor], torch.Tensor] = _torch_argmax
         if c_argmax:
             if reason := cpu_kernels.argmax_kernel():
@@ -93,7 +98,11 @@ class Sampler:
         draws: list[int],  # tokens each row's request sampled before this step
         histories: list[History] | None = None,  # each row's tokens: needed when a row has penalties
     ) -> SamplerOutput:
-        chosen_from = penalize(logits, params, histories) if any(p.penalized for p in params) else logits
+        chosen_from = logits
+        if any(p.steered(d) for p, d in zip(params, draws, strict=True)):
+            chosen_from = steer(logits, params, draws, self.eos_token_ids)
+        if any(p.penalized for p in params):
+            chosen_from = penalize(chosen_from, params, histories)
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
         if len(random_rows) == len(params):  # every row samples: no argmax, no row selection
             tokens = self._sample(chosen_from, params, generators, draws)
@@ -226,6 +235,29 @@ def _sample_into(
     tokens[at] = sample(
         logits[at], [params[i] for i in rows], [generators[i] for i in rows], [draws[i] for i in rows]
     )
+
+
+def steer(
+    logits: torch.Tensor, params: list[SamplingParams], draws: list[int], eos_token_ids: Collection[int]
+) -> torch.Tensor:
+    """The logits [R, V] with each row's ``logit_bias`` added and, while a row has sampled fewer
+    than its ``min_tokens``, its stop tokens (and the model's end-of-sequence tokens unless it
+    ignores EOS) set to -inf (a copy; other rows as they were). vLLM applies both before the
+    penalties, and so do greedy rows."""
+    out = logits.clone()
+    vocab = logits.shape[1]
+    for i, (p, drawn) in enumerate(zip(params, draws, strict=True)):
+        if p.logit_bias:
+            ids = [t for t, _ in p.logit_bias if t < vocab]  # the router checked them; kept safe anyway
+            bias = [b for t, b in p.logit_bias if t < vocab]
+            if ids:
+                at = torch.tensor(ids, device=logits.device)
+                out[i, at] += torch.tensor(bias, dtype=logits.dtype, device=logits.device)
+        if drawn < p.min_tokens:
+            held = [t for t in {*p.stop_token_ids, *(() if p.ignore_eos else eos_token_ids)} if t < vocab]
+            if held:
+                out[i, torch.tensor(held, device=logits.device)] = float("-inf")
+    return out
 
 
 def penalize(

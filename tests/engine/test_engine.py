@@ -154,3 +154,21 @@ def test_a_request_resumed_from_its_streamed_tokens_goes_on_as_before(params, lm
         rest = replace(params, max_tokens=params.max_tokens - k, draw_offset=k)
         resumed = run(Engine(lm, config), [Request("b", ids + whole[:k], rest)])["b"]
         assert [o.token_id for o in resumed] == whole[k:]
+
+
+def test_min_tokens_and_logit_bias_through_the_engine(lm):
+    """EOS biased to the top ends the answer at once, unless min_tokens holds it back: then it
+    comes right after, and the engine stops on it there and not before."""
+    engine = Engine(lm, EngineConfig(num_blocks=64))
+    eos = 5
+    engine.eos_token_ids = engine.sampler.eos_token_ids = frozenset({eos})
+    ids = build([12], lm.config).ids
+    bias = ((eos, 100.0),)
+    params = SamplingParams(temperature=0, max_tokens=8, logit_bias=bias)
+    assert [o.token_id for o in run(engine, [Request("a", ids, params)])["a"]] == [eos]
+    held = run(engine, [Request("b", ids, replace(params, min_tokens=3))])["b"]
+    assert [o.token_id for o in held][3:] == [eos] and eos not in [o.token_id for o in held[:3]]
+    assert held[-1].finish_reason is FinishReason.STOP
+    # a stop token of the request's own is held back as well, ignore_eos or not
+    own = replace(params, min_tokens=2, stop_token_ids=(eos,), ignore_eos=True)
+    assert [o.token_id for o in run(engine, [Request("c", ids, own)])["c"]][2:] == [eos]

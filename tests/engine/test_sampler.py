@@ -245,3 +245,45 @@ def test_penalties_steer_greedy_rows_and_leave_logprobs_raw():
     for bad in (dict(presence_penalty=2.5), dict(frequency_penalty=-3), dict(repetition_penalty=0)):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+
+
+def test_logit_bias_steers_every_row_and_leaves_logprobs_raw():
+    logits = torch.tensor([[0.0, 3.0, 2.9, 0.0], [0.0, 3.0, 2.9, 0.0]])
+    s = Sampler(0, torch.device("cpu"))
+    rows = [
+        SamplingParams(temperature=0, logprobs=0, logit_bias=((2, 0.5), (1, -0.25))),
+        SamplingParams(temperature=0, logprobs=0),
+    ]
+    out = s(logits, rows, [None] * 2, [0] * 2)
+    assert out.token_ids == [2, 1]
+    assert out.logprobs[0] == pytest.approx(torch.log_softmax(logits[0], -1)[2].item())
+    sampled = s(logits[:1], [SamplingParams(logit_bias=((0, 100.0),))], [None], [0])
+    assert sampled.token_ids == [0]  # +100 on a logit of 0 against 3: e^-97 for the others
+    steered = sampler.steer(logits, rows, [0, 0], ())
+    assert torch.equal(steered[0], torch.tensor([0.0, 2.75, 3.4, 0.0])) and torch.equal(steered[1], logits[1])
+
+
+def test_min_tokens_holds_back_stop_and_eos_tokens_until_reached():
+    logits = torch.tensor([[0.0, 1.0, 5.0, 4.0, 3.0]])  # 2 then 3 then 4: the best tokens
+    s = Sampler(0, torch.device("cpu"), eos_token_ids=(2,))
+    held = SamplingParams(temperature=0, min_tokens=3, stop_token_ids=(3,))
+    assert [s(logits, [held], [None], [n]).token_ids[0] for n in (0, 2, 3)] == [4, 4, 2]
+    no_eos = SamplingParams(temperature=0, min_tokens=3, stop_token_ids=(3,), ignore_eos=True)
+    assert s(logits, [no_eos], [None], [1]).token_ids == [2]  # EOS is not a stop token here
+    # a migrated request counts the tokens of its earlier attempt (draws): past its min_tokens
+    assert s(logits, [held], [None], [5]).token_ids == [2]
+    sampled = s(logits.expand(500, -1), [SamplingParams(min_tokens=1)] * 500, [None] * 500, [0] * 500)
+    assert 2 not in sampled.token_ids
+
+
+def test_token_controls_are_checked():
+    for bad in (
+        dict(min_tokens=-1),
+        dict(min_tokens=9, max_tokens=8),
+        dict(logit_bias=((3, 101.0),)),
+        dict(logit_bias=((-1, 1.0),)),
+        dict(logit_bias=((3, math.nan),)),
+    ):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
+    SamplingParams(min_tokens=9, max_tokens=4, draw_offset=5)  # a migrated request's remaining budget

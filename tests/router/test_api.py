@@ -10,7 +10,7 @@ import torch
 
 from shared.models.config import load_config
 from shared.multimodal.prompt import PromptBuilder
-from tests.disagg.conftest import Prompt, hf_generate
+from tests.disagg.conftest import Prompt, hf_generate, stop_ids
 from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
 
 pytestmark = pytest.mark.cluster
@@ -53,6 +53,40 @@ def test_repetition_penalty_matches_transformers(cluster, client, ckpt, hf):
     )
     assert steered != plain
     print(f"\nrepetition_penalty 2: {steered!r} == transformers (without: {plain!r})")
+
+
+def test_logit_bias_and_min_tokens_match_transformers(cluster, client, ckpt, hf):
+    """EOS biased to the top ends the answer at once; held back by min_tokens it comes right after
+    them, as transformers' ``sequence_bias`` and ``min_new_tokens`` have it (greedy, token for token)."""
+    messages = [{"role": "user", "content": "Count to ten"}]
+    builder, cfg = PromptBuilder.from_checkpoint(ckpt), load_config(ckpt)
+    prompt = Prompt(builder.build(messages, []).input_ids, [], [])
+    eos = stop_ids(hf, cfg)[0]
+    kw = dict(
+        model=cluster.model, messages=messages, max_tokens=12, temperature=0, logit_bias={str(eos): 100}
+    )
+    at_once = client.chat.completions.create(**kw)
+    assert (at_once.choices[0].message.content, at_once.usage.completion_tokens) == ("", 1)
+    ref = hf_generate(hf, prompt, cfg, 12, sequence_bias={(eos,): 100.0}, min_new_tokens=5)
+    assert len(ref) == 6 and ref[-1] == eos
+    held = client.chat.completions.create(**kw, extra_body={"min_tokens": 5})
+    assert held.choices[0].finish_reason == "stop" and held.usage.completion_tokens == 6
+    assert held.choices[0].message.content == builder.tokenizer.decode(ref, skip_special_tokens=True)
+    print(f"\nlogit_bias EOS +100, min_tokens 5: {held.choices[0].message.content!r} == transformers")
+
+
+def test_stop_token_ids_end_the_answer_without_their_text(cluster, client, ckpt, hf):
+    messages = [{"role": "user", "content": "Count to ten"}]
+    builder, cfg = PromptBuilder.from_checkpoint(ckpt), load_config(ckpt)
+    plain = hf_generate(hf, Prompt(builder.build(messages, []).input_ids, [], []), cfg, 8)
+    # the first token not seen before it (past the first), or the first: where the answer must end
+    k = next((i for i in range(1, len(plain)) if plain[i] not in plain[:i] + list(stop_ids(hf, cfg))), 0)
+    out = client.chat.completions.create(
+        model=cluster.model, messages=messages, max_tokens=8, temperature=0,
+        extra_body={"stop_token_ids": [plain[k]]},
+    )  # fmt: skip
+    assert out.choices[0].finish_reason == "stop" and out.usage.completion_tokens == k + 1
+    assert out.choices[0].message.content == builder.tokenizer.decode(plain[:k], skip_special_tokens=True)
 
 
 def test_stop_string_cuts_the_answer(cluster, client):

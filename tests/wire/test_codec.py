@@ -433,6 +433,21 @@ def test_a_seeded_reservation_carries_no_generator_state() -> None:
         decode(repack(header, data))
 
 
+def test_token_controls_travel_with_the_reservation() -> None:
+    """min_tokens and logit_bias cross prefill -> decode as the engine had them; a bias list whose
+    two halves differ in length is refused."""
+    params = SamplingParams(
+        max_tokens=9, min_tokens=4, logit_bias=((5, -2.5), (8, 100.0)), stop_token_ids=(3,)
+    )
+    state = SequenceState("chatcmpl-8", [5, 6, 7], 3, 0, params)
+    msg = reservation(state, 3, "tcp://10.0.0.7:7001", time.time() + 5, "prefill@tcp://10.0.0.5:5700")
+    assert state_from_reservation(decode(encode(msg))) == state
+    header, data = header_and_frames(msg)
+    header["body"]["sampling"]["bias_values"] = [1.0]
+    with pytest.raises(WireError, match="differ in length"):
+        decode(repack(header, data))
+
+
 # ----- lists of scalars: checked in bulk, refused item by item ---------------------------------------
 def _token_batch_with() -> tuple[dict, list[bytes]]:
     rec = SequenceTokens("req-1", [1, 2, 3], logprobs=[-0.5, -1.0, -2.0])

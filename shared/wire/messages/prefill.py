@@ -26,6 +26,7 @@ from shared.wire.messages.common import (
 from shared.wire.schema import message, rule, struct
 
 MAX_STOP_TOKENS = 64
+MAX_LOGIT_BIAS = 1024  # token ids a request may bias
 # A video adds a text run and a vision run per temporal group (a timestamp before each group).
 MAX_SEGMENTS = 2 * MAX_IMAGES_PER_REQUEST + 2 * MAX_VIDEO_FRAMES + 1
 
@@ -48,6 +49,14 @@ class Sampling:
     presence_penalty: float = rule(ge=-2, le=2, default=0.0)
     frequency_penalty: float = rule(ge=-2, le=2, default=0.0)
     repetition_penalty: float = rule(ge=0, le=100, default=1.0)  # the engine refuses 0
+    min_tokens: int = rule(ge=0, le=MAX_PROMPT_TOKENS, default=0)
+    # logit_bias as two lists of the same length: token ids and what is added to their logits
+    bias_token_ids: list[int] = rule(ge=0, le=MAX_TOKEN_ID, max_len=MAX_LOGIT_BIAS, default_factory=list)
+    bias_values: list[float] = rule(ge=-100, le=100, max_len=MAX_LOGIT_BIAS, default_factory=list)
+
+    def validate(self) -> None:
+        if len(self.bias_token_ids) != len(self.bias_values):
+            raise ValueError("bias_token_ids and bias_values differ in length")
 
 
 @struct
