@@ -4,8 +4,10 @@ Times ``shared.engine.sampler.Sampler`` at the demo's vocabulary (576) and at Qw
 rows shaped like a trained model's (probabilities falling as rank^-1.5, in a random order: the
 1,024 largest hold ~98% of the mass), for R rows of one kind of sampling parameters each: greedy, temperature 1,
 temperature 0.7, top-k 50, top-p 0.9, min-p 0.05, and three filters together (temperature 0.7,
-top-p 0.8, top-k 20). Microseconds per call, the best of ``--repeats`` timings (one thread, the
-C argmax as a CPU engine has it). With ``--base REV`` the sampler module of that git revision is
+top-p 0.8, top-k 20); with ``--history L`` also penalties (repetition 1.1 and presence 0.5, on rows
+whose sequences hold L random tokens, half of them output, and grow by a token each call, as in
+decode). Microseconds per call, the best of ``--repeats`` timings (one thread, the C argmax as a
+CPU engine has it). With ``--base REV`` the sampler module of that git revision is
 timed beside this checkout's, alternating, with the ratio ``base / this`` (above 1: this is faster).
 """
 
@@ -59,11 +61,28 @@ def peaked(rows: int, vocab: int) -> torch.Tensor:
     return torch.stack([by_rank[torch.randperm(vocab, generator=g)] for _ in range(rows)])
 
 
-def time_call(sampler: Any, logits: torch.Tensor, params: list[SamplingParams], calls: int) -> float:
+PENALTIES = dict(repetition_penalty=1.1, presence_penalty=0.5)
+
+
+def histories(module: Any, rows: int, vocab: int, length: int) -> Any:
+    """A function that appends a token to each row's sequence and returns what ``module``'s sampler
+    takes as their histories (a revision before ``shared.engine.penalties`` took (tokens, prompt
+    length) pairs)."""
+    g = torch.Generator().manual_seed(length)
+    seqs = [torch.randint(vocab, (length,), generator=g).tolist() for _ in range(rows)]
+    if not hasattr(module, "TokenHistory"):
+        return lambda: [s.append(7) or (s, length // 2) for s in seqs]
+    kept = [module.TokenHistory(s, length // 2, torch.device("cpu")) for s in seqs]
+    return lambda: [s.append(7) or h.sync() for s, h in zip(seqs, kept, strict=True)]
+
+
+def time_call(
+    sampler: Any, logits: torch.Tensor, params: list[SamplingParams], calls: int, history: Any = None
+) -> float:
     rows = len(params)
     start = time.perf_counter()
     for _ in range(calls):
-        sampler(logits, params, [None] * rows, [0] * rows)
+        sampler(logits, params, [None] * rows, [0] * rows, history() if history else None)
     return (time.perf_counter() - start) / calls * 1e6
 
 
@@ -73,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, nargs="+", default=[576, 151936])
     p.add_argument("--rows", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--history", type=int, nargs="*", default=[], help="penalty rows with these history lengths"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,14 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             calls = max(3, 300 * 576 // vocab)
             for rows in args.rows:
                 logits = peaked(rows, vocab)
-                for kind, fields in KINDS.items():
+                kinds = [(kind, fields, 0) for kind, fields in KINDS.items()]
+                kinds += [(f"penalties, {n} tokens", PENALTIES, n) for n in args.history]
+                for kind, fields, length in kinds:
                     params = [SamplingParams(**fields) for _ in range(rows)]
                     best = {n: float("inf") for n in samplers}
-                    for s in samplers.values():
-                        time_call(s, logits, params, 2)  # warm-up
+                    hist = {
+                        n: histories(modules[n], rows, vocab, length) if length else None for n in samplers
+                    }
+                    for n, s in samplers.items():
+                        time_call(s, logits, params, 2, hist[n])  # warm-up
                     for _ in range(args.repeats):
                         for n, s in samplers.items():
-                            best[n] = min(best[n], time_call(s, logits, params, calls))
+                            best[n] = min(best[n], time_call(s, logits, params, calls, hist[n]))
                     cells = " | ".join(f"{best[n]:.0f}" for n in samplers)
                     ratio = f" | {best['base'] / best['this']:.1f}x |" if args.base else " |"
                     print(f"| {vocab} | {rows} | {kind} | {cells}{ratio}", flush=True)

@@ -186,10 +186,7 @@ class Engine:
             [s.params for s in seqs],
             [s.generator for s in seqs],
             [s.num_output_tokens + s.params.draw_offset for s in seqs],
-            # a migrated request's prompt ends with the tokens earlier attempts sampled: output, for penalties
-            [(s.token_ids, s.num_prompt_tokens - s.params.draw_offset) for s in seqs]
-            if any(s.params.penalized for s in seqs)
-            else None,
+            [s.token_history(self.device) for s in seqs] if any(s.params.penalized for s in seqs) else None,
         )
         outputs = []
         for i, seq in enumerate(seqs):

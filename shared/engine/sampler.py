@@ -12,7 +12,7 @@ which on a CPU costs milliseconds a row at Qwen's 151,936 tokens. Nothing sorts 
 vocabulary unless it must: top-k takes the k largest, top-p the 1,024 largest when they hold the
 nucleus (a trained model's rows are peaked; else the row is sorted), and min-p compares with the
 row's maximum. ``logit_bias`` and ``min_tokens`` (``steer``), then the penalties (presence,
-frequency, repetition: ``penalize``) change the logits both greedy and sampled rows choose from.
+frequency, repetition: ``shared.engine.penalties``) change the logits both greedy and sampled rows choose from.
 Logprobs are those of the raw logits (before all of these, temperature and filters), as vLLM
 reports them by default.
 
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from shared.engine import cpu_kernels
+from shared.engine.penalties import TokenHistory, penalize
 from shared.engine.request import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ def _splitmix64(x: int) -> int:
 def draw_seed(seed: int, draw: int) -> int:
     """The generator seed of a seeded request's ``draw``-th token: a stable 63-bit mix of the two."""
     return _splitmix64((_splitmix64(seed & _MASK64) + draw) & _MASK64) >> 1
-
-
-History = tuple[list[int], int]  # a row's tokens (prompt, then output) and how many are prompt
 
 
 @dataclass
@@ -96,7 +94,7 @@ class Sampler:
         params: list[SamplingParams],
         generators: list[torch.Generator | None],  # a seeded row's own generator, reseeded per draw
         draws: list[int],  # tokens each row's request sampled before this step
-        histories: list[History] | None = None,  # each row's tokens: needed when a row has penalties
+        histories: list[TokenHistory | None] | None = None,  # each penalised row's, synced
     ) -> SamplerOutput:
         chosen_from = logits
         if any(p.steered(d) for p, d in zip(params, draws, strict=True)):
@@ -257,37 +255,6 @@ def steer(
             held = [t for t in {*p.stop_token_ids, *(() if p.ignore_eos else eos_token_ids)} if t < vocab]
             if held:
                 out[i, torch.tensor(held, device=logits.device)] = float("-inf")
-    return out
-
-
-def penalize(
-    logits: torch.Tensor, params: list[SamplingParams], histories: list[History] | None
-) -> torch.Tensor:
-    """The logits [R, V] with each row's penalties applied (a copy; rows without penalties as they
-    were), in vLLM's order: the repetition penalty on every token of the prompt and of the output
-    (a positive logit divided by it, a negative one multiplied, as transformers'
-    ``RepetitionPenaltyLogitsProcessor``), then OpenAI's frequency penalty times each token's count
-    in the output and presence penalty once for each token the output holds."""
-    if histories is None:
-        raise ValueError("penalties need each row's tokens (histories)")
-    out = logits.clone()
-    vocab = logits.shape[1]
-    for i, p in enumerate(params):
-        if not p.penalized:
-            continue
-        token_ids, num_prompt = histories[i]
-        ids = torch.tensor(token_ids, dtype=torch.long, device=logits.device)
-        valid = (ids >= 0) & (ids < vocab)  # a sequence's ids are the vocabulary's; kept safe anyway
-        row = out[i]  # a view: written in place
-        if p.repetition_penalty != 1:
-            seen = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
-            seen[ids[valid]] = True
-            x = row[seen]
-            row[seen] = torch.where(x > 0, x / p.repetition_penalty, x * p.repetition_penalty)
-        if p.frequency_penalty or p.presence_penalty:
-            output = ids[max(0, num_prompt) :][valid[max(0, num_prompt) :]]
-            counts = torch.bincount(output, minlength=vocab).to(logits.dtype)  # [V]
-            row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
     return out
 
 

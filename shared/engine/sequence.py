@@ -20,6 +20,7 @@ from enum import Enum
 
 import torch
 
+from shared.engine.penalties import TokenHistory
 from shared.engine.request import FinishReason, ImageInput, Request, SamplingParams
 from shared.models.layers.attention import SequenceKV
 
@@ -63,6 +64,18 @@ class Sequence:
         self.num_registered_blocks = 0  # leading blocks already in the prefix cache
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache at the last admission
         self.host_kv: SequenceKV | None = None  # swapped-out or imported KV awaiting a slot
+        self.history: TokenHistory | None = None  # a penalised sequence's, from its first sampling step
+
+    def token_history(self, device: torch.device) -> TokenHistory | None:
+        """What the penalties read of this sequence (None without penalties), up to date. A
+        migrated request's prompt ends with the tokens earlier attempts sampled: output, for them."""
+        if not self.params.penalized:
+            return None
+        if self.history is None:
+            self.history = TokenHistory(
+                self.token_ids, self.num_prompt_tokens - self.params.draw_offset, device
+            )
+        return self.history.sync()
 
     @classmethod
     def from_request(cls, req: Request, arrival: int, device: torch.device) -> Sequence:

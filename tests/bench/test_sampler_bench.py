@@ -11,7 +11,9 @@ pytestmark = pytest.mark.unit
 
 
 def test_sampler_bench_smoke(capsys: pytest.CaptureFixture) -> None:
-    assert main(["--base", "HEAD", "--vocab", "50", "--rows", "2", "--repeats", "1"]) == 0
+    # 5d832af: the last revision whose sampler took (tokens, prompt length) pairs as histories
+    argv = ["--vocab", "50", "--rows", "2", "--repeats", "1", "--history", "8"]
+    assert main(["--base", "5d832af", *argv]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 50 |")]
-    assert [r.split(" | ")[2] for r in rows] == list(KINDS)
+    assert [r.split(" | ")[2] for r in rows] == [*KINDS, "penalties, 8 tokens"]
     assert all(r.endswith("x |") for r in rows)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from shared.engine import cpu_kernels, sampler
+from shared.engine.penalties import TokenHistory
 from shared.engine.request import SamplingParams
 from shared.engine.sampler import Sampler, draw_seed, inverse_cdf
 
@@ -210,34 +211,13 @@ def test_invalid_parameters_are_refused():
             SamplingParams(**bad)
 
 
-def test_repetition_penalty_is_transformers_and_openais_penalties_count_the_output():
-    from transformers import RepetitionPenaltyLogitsProcessor
-
-    g = torch.Generator().manual_seed(2)
-    logits = torch.randn(3, 40, generator=g)
-    history = [7, 3, 3, 12, 30, 3, 7, 3]  # 5 prompt tokens, then 3 sampled: 3, 7, 3
-    rows = [
-        SamplingParams(temperature=0, repetition_penalty=1.7),
-        SamplingParams(temperature=0, frequency_penalty=0.5, presence_penalty=-1.25),
-        SamplingParams(temperature=0),
-    ]
-    out = sampler.penalize(logits, rows, [(history, 5)] * 3)
-    ref = RepetitionPenaltyLogitsProcessor(1.7)(torch.tensor([history]), logits[:1].clone())
-    assert torch.equal(out[0], ref[0])
-    expected = logits[1].clone()
-    for token, count in ((3, 2), (7, 1)):  # the output's tokens only (not 12 or 30)
-        expected[token] -= 0.5 * count - 1.25
-    assert torch.allclose(out[1], expected) and torch.equal(out[2], logits[2])
-    assert not torch.equal(logits[0], out[0])  # the caller's logits are left alone
-
-
 def test_penalties_steer_greedy_rows_and_leave_logprobs_raw():
     logits = torch.tensor([[0.0, 3.0, 2.9, 0.0]])
     s = Sampler(0, torch.device("cpu"))
-    plain = s(logits, [SamplingParams(temperature=0, logprobs=1)], [None], [0], [([1, 1], 1)])
+    plain = s(logits, [SamplingParams(temperature=0, logprobs=1)], [None], [0], [None])
     assert plain.token_ids == [1]
     p = SamplingParams(temperature=0, logprobs=1, frequency_penalty=0.2)
-    steered = s(logits, [p], [None], [0], [([0, 1], 1)])  # token 1 already sampled once
+    steered = s(logits, [p], [None], [0], [TokenHistory([0, 1], 1, logits.device).sync()])  # 1 sampled once
     assert steered.token_ids == [2]
     assert steered.logprobs[0] == pytest.approx(torch.log_softmax(logits[0], -1)[2].item())
     with pytest.raises(ValueError, match="histories"):
