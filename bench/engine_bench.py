@@ -7,7 +7,8 @@ Checkpoints: the demo checkpoint (``--demo``; by default the default tiny checkp
 
 Equal batches: for each batch size B both systems get the same B random text prompts of the same
 length (so transformers wastes nothing on padding) and are timed generating 1 token (prefill) and
-1 + N tokens. Prefill tokens/s = B * prompt_len / t(1); decode tokens/s = B * N / (t(1+N) - t(1)).
+1 + N tokens, greedy or (``--temperature``) both sampling at that temperature without filters.
+Prefill tokens/s = B * prompt_len / t(1); decode tokens/s = B * N / (t(1+N) - t(1)).
 The two systems' runs alternate and each figure is the best of ``--repeats``, so that load from
 other processes hits both alike. EOS is ignored on both sides.
 
@@ -67,15 +68,23 @@ def text_vocab(lm) -> int:
     return min(1000, *specials)
 
 
-def hf_generate(hf, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int) -> None:
+def hf_generate(hf, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int, temperature: float = 0.0) -> None:
+    """Greedy, or sampled at ``temperature`` without filters (EOS held back: every row runs to the end)."""
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, min_new_tokens=new_tokens)
+        if temperature
+        else dict(do_sample=False)
+    )
     with torch.inference_mode():
-        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False)
+        out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, **sampling)
     assert out.shape[1] == ids.shape[1] + new_tokens
 
 
-def engine_generate(engine: Engine, rows: list[list[int]], new_tokens: list[int]) -> None:
+def engine_generate(
+    engine: Engine, rows: list[list[int]], new_tokens: list[int], temperature: float = 0.0
+) -> None:
     reqs = [
-        Request(f"r{next(_ids)}", row, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True))
+        Request(f"r{next(_ids)}", row, SamplingParams(temperature=temperature, max_tokens=n, ignore_eos=True))
         for row, n in zip(rows, new_tokens, strict=True)
     ]
     out = engine.generate(reqs)
@@ -97,7 +106,9 @@ def best_alternating(runs: dict[str, Callable[[], None]], repeats: int) -> dict[
 def equal_batches(name: str, ckpt: Path, args) -> None:
     hf, lm = load_both(ckpt)
     for b in args.batches:
-        hp, ep, hd, ed, cd = one_batch(hf, lm, b, args.prompt_len, args.decode, args.repeats, args.compiled)
+        hp, ep, hd, ed, cd = one_batch(
+            hf, lm, b, args.prompt_len, args.decode, args.repeats, args.compiled, args.temperature
+        )
         compiled = f" {cd:,.0f} | {cd / hd:.2f}x |" if args.compiled else ""
         print(
             f"| {name} | {b} | {ep:,.0f} | {hp:,.0f} | {ep / hp:.2f}x | {ed:,.0f} | {hd:,.0f} | {ed / hd:.2f}x |"
@@ -106,7 +117,7 @@ def equal_batches(name: str, ckpt: Path, args) -> None:
 
 
 def one_batch(
-    hf, lm, b: int, p: int, n: int, repeats: int, compiled: bool
+    hf, lm, b: int, p: int, n: int, repeats: int, compiled: bool, temperature: float = 0.0
 ) -> tuple[float, float, float, float, float]:
     """Prefill and decode tokens/s: (hf prefill, engine prefill, hf decode, engine decode, compiled
     engine decode or 0). The compiled engine's graph is compiled before timing (``warmup``)."""
@@ -123,10 +134,10 @@ def one_batch(
     )
     engine = Engine(lm, config)
     runs = {
-        "hf1": lambda: hf_generate(hf, ids, mask, 1),
-        "eng1": lambda: engine_generate(engine, rows, [1] * b),
-        "hfn": lambda: hf_generate(hf, ids, mask, 1 + n),
-        "engn": lambda: engine_generate(engine, rows, [1 + n] * b),
+        "hf1": lambda: hf_generate(hf, ids, mask, 1, temperature),
+        "eng1": lambda: engine_generate(engine, rows, [1] * b, temperature),
+        "hfn": lambda: hf_generate(hf, ids, mask, 1 + n, temperature),
+        "engn": lambda: engine_generate(engine, rows, [1 + n] * b, temperature),
     }
     if compiled:
         fast = Engine(lm, dataclasses.replace(config, compile_decode=True))
@@ -135,8 +146,8 @@ def one_batch(
         if not graph.ready:
             raise SystemExit(f"--compiled: the decode graph did not compile: {graph.error}")
         print(f"<!-- batch {b}: decode graph compiled in {graph.warmup_seconds:.1f} s -->")
-        runs["cmp1"] = lambda: engine_generate(fast, rows, [1] * b)
-        runs["cmpn"] = lambda: engine_generate(fast, rows, [1 + n] * b)
+        runs["cmp1"] = lambda: engine_generate(fast, rows, [1] * b, temperature)
+        runs["cmpn"] = lambda: engine_generate(fast, rows, [1 + n] * b, temperature)
     t = best_alternating(runs, repeats)
     decode = {k: b * n / (t[f"{k}n"] - t[f"{k}1"]) for k in ("hf", "eng", "cmp") if f"{k}1" in t}
     return b * p / t["hf1"], b * p / t["eng1"], decode["hf"], decode["eng"], decode.get("cmp", 0.0)
@@ -159,8 +170,8 @@ def mixed_load(name: str, ckpt: Path, args) -> None:
     )
     t = best_alternating(
         {
-            "hf": lambda: hf_generate(hf, ids, mask, max(new_tokens)),
-            "eng": lambda: engine_generate(engine, rows, new_tokens),
+            "hf": lambda: hf_generate(hf, ids, mask, max(new_tokens), args.temperature),
+            "eng": lambda: engine_generate(engine, rows, new_tokens, args.temperature),
         },
         args.repeats,
     )
@@ -192,11 +203,16 @@ def main() -> None:
     p.add_argument("--skip-large", action="store_true")
     p.add_argument("--skip-mixed", action="store_true")
     p.add_argument("--compiled", action="store_true", help="also time the engine with --compile-decode")
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy; else both sides sample at it, unfiltered"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{cpu_name()}, torch {torch.__version__}, {args.threads} thread(s), float32")
+    how = f"sampled at temperature {args.temperature}" if args.temperature else "greedy"
     print(
-        f"prompt {args.prompt_len} tokens, decode {args.decode} tokens after the first, best of {args.repeats}\n"
+        f"prompt {args.prompt_len} tokens, decode {args.decode} tokens after the first ({how}), "
+        f"best of {args.repeats}\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
         demo_name = "demo" if args.demo else "demo (default tiny)"
