@@ -55,6 +55,7 @@ from router.protocol import (
     APIError,
     ChatCompletionRequest,
     bad_request,
+    chat_choice,
     chat_chunk,
     chat_response,
     overloaded,
@@ -297,7 +298,8 @@ def create_app(cfg: ServerConfig, prep: Preparer, gen: HFGenerator) -> FastAPI:
                     finish, n = finish_, n_
             finally:
                 run.cancel()  # a no-op once generate is done; stops it when the deadline struck
-            return JSONResponse(chat_response(rid, name, "".join(text), finish or "stop", n_prompt, n, None))
+            choice = chat_choice(0, "".join(text), finish or "stop", None)
+            return JSONResponse(chat_response(rid, name, [choice], n_prompt, n))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def events() -> AsyncIterator[str]:

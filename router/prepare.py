@@ -38,6 +38,14 @@ class Prepared:
     params: SamplingParams
     stops: list[str]
 
+    def choice(self, index: int) -> Prepared:
+        """The ``index``-th of a request's n choices: the same, but a seeded request's choice i
+        draws with seed + i (every choice its own tokens, the whole answer reproducible)."""
+        seed = self.params.seed
+        if index == 0 or seed is None:
+            return self
+        return replace(self, params=replace(self.params, seed=(seed + index) % (1 << 63)))
+
 
 class Preparer:
     def __init__(

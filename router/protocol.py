@@ -48,6 +48,9 @@ def _valid_unicode(value: Any) -> Any:
     return value
 
 
+MAX_CHOICES = 16
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -122,7 +125,7 @@ class SamplingFields(_Strict):
     stop_token_ids: list[int] | None = None  # vLLM's: more tokens that end the answer
     seed: int | None = Field(default=None, ge=0, le=(1 << 63) - 1)
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)  # choices: n generations of the one prompt
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
@@ -191,31 +194,36 @@ def legacy_logprobs(tokens: list[Any], start: int = 0) -> dict[str, Any]:
     }
 
 
-def chat_response(
-    rid: str, model: str, text: str, finish: str, n_prompt: int, n_out: int, logprobs: dict | None
-) -> dict[str, Any]:
-    choice = {
-        "index": 0,
+def chat_choice(index: int, text: str, finish: str, logprobs: dict | None) -> dict[str, Any]:
+    return {
+        "index": index,
         "message": {"role": "assistant", "content": text},
         "logprobs": logprobs,
         "finish_reason": finish,
     }
+
+
+def chat_response(
+    rid: str, model: str, choices: list[dict[str, Any]], n_prompt: int, n_out: int
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [choice],
+        "choices": choices,
         "usage": usage(n_prompt, n_out),
     }
 
 
 def chat_chunk(
     rid: str, model: str, delta: dict[str, Any] | None, finish: str | None = None,
-    logprobs: dict | None = None, usage_: dict | None = None,
+    logprobs: dict | None = None, usage_: dict | None = None, index: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     choices = (
-        [] if delta is None else [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
+        []
+        if delta is None
+        else [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
     )
     chunk: dict[str, Any] = {
         "id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
@@ -226,16 +234,16 @@ def chat_chunk(
     return chunk
 
 
-def completion_choice(text: str, finish: str | None, logprobs: dict | None) -> dict[str, Any]:
-    return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+def completion_choice(text: str, finish: str | None, logprobs: dict | None, index: int = 0) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
 def completion_body(
-    rid: str, model: str, choice: dict[str, Any], usage_: dict | None, chunk: bool = False
+    rid: str, model: str, choices: list[dict[str, Any]], usage_: dict | None, chunk: bool = False
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [choice] if choice else [],
+        "choices": choices,
     }  # fmt: skip
     if usage_ is not None or not chunk:
         body["usage"] = usage_

@@ -1,4 +1,5 @@
-"""Turning a ``Generation`` into one JSON answer or an SSE stream (shared by both endpoints).
+"""Turning a request's ``Generation``s (one per choice: ``n``) into one JSON answer or an SSE
+stream (shared by both endpoints).
 
 JSON is written by orjson: UTF-8 as ``json.dumps(ensure_ascii=False)`` with compact separators
 would write it, straight to bytes (floats may be spelled otherwise: ``0.00001`` for ``1e-05``).
@@ -17,7 +18,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse as _JSONResponse
 
-from router.generate import Generation, TokenLogprob
+from router.generate import Generation, Piece, TokenLogprob
 from router.protocol import APIError, usage
 
 
@@ -27,6 +28,7 @@ async def collect(gen: Generation, request: Request) -> tuple[str, str, list[Tok
     finish = "stop"
     lps: list[TokenLogprob] = []
     it = gen.pieces().__aiter__()
+    step: asyncio.Future | None = None
     try:
         while True:
             step = asyncio.ensure_future(it.__anext__())
@@ -45,8 +47,33 @@ async def collect(gen: Generation, request: Request) -> tuple[str, str, list[Tok
             lps += piece.logprobs
             finish = piece.finish or finish
     finally:
+        if step is not None and not step.done():  # cancelled (another choice failed): stop waiting
+            step.cancel()
         gen.close()
     return "".join(text), finish, lps
+
+
+async def start_all(gens: list[Generation]) -> None:
+    """Submit every choice's generation at once and wait for their first events; the first error
+    closes them all and is raised (a status code before any byte of the answer)."""
+    results = await asyncio.gather(*(g.start() for g in gens), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for g in gens:
+            g.close()
+        raise errors[0]
+
+
+async def collect_all(gens: list[Generation], request: Request) -> list[tuple[str, str, list[TokenLogprob]]]:
+    """``collect`` of every choice, concurrently; one that fails cancels (and aborts) the others."""
+    if len(gens) == 1:
+        return [await collect(gens[0], request)]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(collect(g, request)) for g in gens]
+    except BaseExceptionGroup as e:  # the first choice's error, as one choice would raise it
+        raise e.exceptions[0] from None
+    return [t.result() for t in tasks]
 
 
 def with_timeline(body: dict[str, Any], gen: Generation) -> dict[str, Any]:
@@ -104,3 +131,49 @@ async def sse(
         yield out + b"data: [DONE]\n\n"
     finally:
         gen.close()
+
+
+async def sse_choices(
+    gens: list[Generation], first: Callable[[int], dict] | None,
+    chunk: Callable[[int, str | None, str | None, list], dict], tail: dict | None, n_prompt: int,
+) -> AsyncIterator[bytes]:  # fmt: skip
+    """SSE events of n > 1 choices, as each one's pieces come (the chunks name their choice's
+    index), written together when they are ready together like ``sse``'s. A choice's error ends
+    the stream (after its error event); the client going away aborts every choice."""
+    queue: asyncio.Queue[tuple[int, Piece | APIError | None]] = asyncio.Queue()
+
+    async def pump(i: int, gen: Generation) -> None:
+        try:
+            async for piece in gen.pieces():
+                queue.put_nowait((i, piece))
+        except APIError as e:
+            queue.put_nowait((i, e))
+            return
+        queue.put_nowait((i, None))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        out = b"".join(_event(first(i)) for i in range(len(gens))) if first is not None else b""
+        live = len(gens)
+        while live:
+            i, item = await queue.get()
+            if isinstance(item, APIError):
+                out += _event(item.body())
+                break
+            if item is None:
+                live -= 1
+            elif item.text or item.logprobs or item.finish:
+                body = chunk(i, item.text, item.finish, item.logprobs)
+                out += _event(with_timeline(body, gens[i]) if item.finish else body)
+            if out and live and queue.empty():
+                yield out
+                out = b""
+        if tail is not None:
+            tail["usage"] = usage(n_prompt, sum(g.completion_tokens for g in gens))
+            out += _event(tail)
+        yield out + b"data: [DONE]\n\n"
+    finally:
+        for t in tasks:
+            t.cancel()
+        for g in gens:
+            g.close()

@@ -2,10 +2,13 @@
 stream of them out, with the legacy logprobs format on request.
 
 The id is ``cmpl-<request id>``. Legacy logprobs carry each token's character offset in the
-generated text, so the offset runs on across the chunks of a stream.
+generated text, so the offset runs on across the chunks of a stream. ``n`` > 1 as in
+``router.api.chat``: each choice its own index (and its own offsets).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -13,7 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from router.api.deps import BackendDep, ConfigDep, PreparerDep
 from router.generate import Generation
 from router.protocol import CompletionRequest, completion_body, completion_choice, legacy_logprobs, usage
-from router.responses import JSONResponse, collect, sse, with_timeline
+from router.responses import JSONResponse, collect_all, sse, sse_choices, start_all, with_timeline
 from router.timing import RequestTiming
 
 router = APIRouter()
@@ -25,34 +28,45 @@ async def completions(
 ) -> Response:
     prepared = await prep.completion(req)
     rid = "cmpl-" + request.state.rid
-    timing = RequestTiming(
-        request.state.clock, backend.tracer, "POST /v1/completions", request.headers.get("traceparent", ""),
-        backend.colocated,
-    )  # fmt: skip
-    gen = Generation(backend, prep.tokenizer, prepared, rid, cfg.request_timeout_s, timing)
-    await gen.start()
+    gens = [
+        Generation(
+            backend, prep.tokenizer, prepared.choice(i), rid if req.n == 1 else f"{rid}-{i}", cfg.request_timeout_s,
+            RequestTiming(
+                request.state.clock, backend.tracer, "POST /v1/completions", request.headers.get("traceparent", ""),
+                backend.colocated,
+            ),
+        )
+        for i in range(req.n)
+    ]  # fmt: skip
+    await start_all(gens)
     n_prompt, model = len(prepared.prompt_ids), cfg.model_name
-    offset = 0
+    offsets = [0] * req.n  # each choice's text so far: its legacy logprobs' character offsets
 
-    def legacy(lps: list) -> dict | None:
-        nonlocal offset
+    def legacy(i: int, lps: list) -> dict | None:
         if req.logprobs is None:
             return None
-        out = legacy_logprobs(lps, offset)
-        offset += sum(len(t.token) for t in lps)
+        out = legacy_logprobs(lps, offsets[i])
+        offsets[i] += sum(len(t.token) for t in lps)
         return out
 
     if not req.stream:
-        text, finish, lps = await collect(gen, request)
-        choice = completion_choice(text, finish, legacy(lps))
-        body = completion_body(rid, model, choice, usage(n_prompt, gen.completion_tokens))
-        return JSONResponse(with_timeline(body, gen))
+        answers = await collect_all(gens, request)
+        choices = [
+            completion_choice(text, finish, legacy(i, lps), i)
+            for i, (text, finish, lps) in enumerate(answers)
+        ]
+        body = completion_body(rid, model, choices, usage(n_prompt, sum(g.completion_tokens for g in gens)))
+        return JSONResponse(with_timeline(body, gens[0]))
 
-    def chunk(text: str | None, finish: str | None, lps: list) -> dict:
+    def chunk(i: int, text: str | None, finish: str | None, lps: list) -> dict:
         return completion_body(
-            rid, model, completion_choice(text or "", finish, legacy(lps)), None, chunk=True
+            rid, model, [completion_choice(text or "", finish, legacy(i, lps), i)], None, chunk=True
         )
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    tail = completion_body(rid, model, {}, usage(n_prompt, 0), chunk=True) if include_usage else None
-    return StreamingResponse(sse(gen, None, chunk, tail, n_prompt), media_type="text/event-stream")
+    tail = completion_body(rid, model, [], usage(n_prompt, 0), chunk=True) if include_usage else None
+    if req.n == 1:
+        events = sse(gens[0], None, partial(chunk, 0), tail, n_prompt)
+    else:
+        events = sse_choices(gens, None, chunk, tail, n_prompt)
+    return StreamingResponse(events, media_type="text/event-stream")

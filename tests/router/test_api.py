@@ -89,6 +89,33 @@ def test_stop_token_ids_end_the_answer_without_their_text(cluster, client, ckpt,
     assert out.choices[0].message.content == builder.tokenizer.decode(plain[:k], skip_special_tokens=True)
 
 
+def test_n_choices_are_the_seeded_requests_side_by_side(cluster, client):
+    """n=3 with a seed: choice i is what one request with seed + i answers, streamed or not; the
+    usage counts the prompt once and every choice's tokens."""
+    kw = dict(
+        model=cluster.model, messages=[{"role": "user", "content": "Go"}], max_tokens=6, temperature=1.0
+    )
+    single = [client.chat.completions.create(**kw, seed=40 + i) for i in range(3)]
+    alone = [r.choices[0].message.content for r in single]
+    whole = client.chat.completions.create(**kw, seed=40, n=3)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    assert [c.message.content for c in whole.choices] == alone
+    assert whole.usage.prompt_tokens == single[0].usage.prompt_tokens
+    assert whole.usage.completion_tokens == sum(r.usage.completion_tokens for r in single)
+    chunks = list(
+        client.chat.completions.create(
+            **kw, seed=40, n=3, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    streamed = ["", "", ""]
+    for c in chunks:
+        for choice in c.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == alone and chunks[-1].usage == whole.usage
+    legacy = client.completions.create(model=cluster.model, prompt="Once", max_tokens=4, n=2, temperature=0)
+    assert [c.index for c in legacy.choices] == [0, 1] and legacy.choices[0].text == legacy.choices[1].text
+
+
 def test_stop_string_cuts_the_answer(cluster, client):
     kw = dict(model=cluster.model, messages=[{"role": "user", "content": "Go"}], temperature=0)
     full = client.chat.completions.create(**kw, max_tokens=12, extra_body={"ignore_eos": True})

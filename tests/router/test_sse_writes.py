@@ -6,45 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from router.backend import Backend
 from router.generate import Generation
-from router.jobs import Event, Job
-from router.metrics import RouterMetrics
+from router.jobs import Event
 from router.prepare import Prepared
 from router.protocol import chat_chunk
 from router.responses import sse
 from shared.engine import SamplingParams
-from shared.multimodal.prompt import PromptBuilder
 from shared.wire.messages import FinishReason
+from tests.router.scripted import Scripted, demo_tokenizer
 
 pytestmark = pytest.mark.unit
-
-DEMO = Path(__file__).resolve().parents[2] / "shared" / "assets" / "demo"
-
-
-class Scripted(Backend):
-    """Keeps the submitted job: the test feeds its events through ``job.sink``."""
-
-    def __init__(self) -> None:
-        super().__init__(RouterMetrics(), 4, "scripted")
-        self.jobs: list[Job] = []
-        self.aborted: list[str] = []
-
-    def submit(self, job: Job) -> None:
-        self.jobs.append(job)
-
-    def abort(self, rid: str, reason: str) -> None:
-        self.aborted.append(rid)
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    return PromptBuilder.from_checkpoint(DEMO).tokenizer
+    return demo_tokenizer()
 
 
 def chunk(text: str | None, finish: str | None, lps: list) -> dict:

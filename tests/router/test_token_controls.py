@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,14 +15,12 @@ from router.prepare import Prepared
 from router.protocol import APIError, CompletionRequest
 from router.token_controls import token_controls
 from shared.engine import SamplingParams
-from shared.multimodal.prompt import PromptBuilder
 from shared.wire.messages import FinishReason
 from shared.wire.messages.prefill import MAX_LOGIT_BIAS
-from tests.router.test_sse_writes import Scripted
+from tests.router.scripted import Scripted, demo_tokenizer
 
 pytestmark = pytest.mark.unit
 
-DEMO = Path(__file__).resolve().parents[2] / "shared" / "assets" / "demo"
 EOS = (7, 9)
 
 
@@ -67,7 +64,7 @@ def test_stop_strings_do_not_end_in_text_that_is_not_searched():
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    return PromptBuilder.from_checkpoint(DEMO).tokenizer
+    return demo_tokenizer()
 
 
 def answer(
