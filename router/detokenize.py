@@ -65,8 +65,10 @@ class Detokenizer:
 class StopStrings:
     """Feed text with ``push``; it returns (text safe to emit, whether a stop string ended it)."""
 
-    def __init__(self, stops: list[str]) -> None:
+    def __init__(self, stops: list[str], include: bool = False) -> None:
+        """``include``: the text ends after the stop string, not before it."""
         self.stops = [s for s in stops if s]
+        self.include = include
         self.hold = max((len(s) for s in self.stops), default=1) - 1
         self.text = ""
         self.sent = 0
@@ -81,10 +83,11 @@ class StopStrings:
         if not search:
             self.floor = len(self.text)
         start = max(0, self.sent - self.hold)
-        found = (self.text.find(s, max(start, self.floor - len(s) + 1)) for s in self.stops) if search else ()
-        hits = [i for i in found if i >= 0]
+        found = ((self.text.find(s, max(start, self.floor - len(s) + 1)), len(s)) for s in self.stops)
+        hits = [(i, length) for i, length in found if i >= 0] if search else []
         if hits:
-            cut = max(min(hits), self.sent)
+            at, length = min(hits)
+            cut = max(at + length if self.include else at, self.sent)
             out, self.sent, self.stopped = self.text[self.sent : cut], cut, True
             self.text = self.text[:cut]
             return out, True

@@ -72,13 +72,13 @@ class Generation:
         self.timing = timing or RequestTiming.untraced()
         self.timeline: dict[str, Any] | None = None  # the request's, once it finished (``timing.py``)
         self.events: asyncio.Queue[Event] = asyncio.Queue()
-        self.detok = Detokenizer(tokenizer)
-        self.stops = StopStrings(prep.stops)
+        self.detok = Detokenizer(tokenizer, prep.skip_special_tokens)
+        self.stops = StopStrings(prep.stops, prep.include_stop)
         self.deadline = time.monotonic() + timeout_s
         self.completion_tokens = 0
         self.finished = False
         self.want_logprobs = prep.params.logprobs is not None
-        self.stop_ids = frozenset(prep.params.stop_token_ids)
+        self.stop_ids = frozenset() if prep.include_stop else frozenset(prep.params.stop_token_ids)
         self.min_tokens = prep.params.min_tokens
         self._first: Event | None = None
 
@@ -122,7 +122,8 @@ class Generation:
                 self.finished = True
                 raise stage_error(ev.error, ev.message)
             text, held, lps = "", "", []
-            # an answer that ends with a stop token (or EOS) has it counted, not in its text (vLLM)
+            # an answer that ends with a stop token (or EOS) has it counted, not in its text, unless
+            # the request includes stop strings in it (vLLM)
             last = len(ev.tokens) - 1 if ev.finish is FinishReason.STOP else -1
             for i, (tok, lp) in enumerate(ev.tokens):
                 self.completion_tokens += 1

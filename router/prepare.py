@@ -37,6 +37,8 @@ class Prepared:
     images: list[LoadedImage]
     params: SamplingParams
     stops: list[str]
+    include_stop: bool = False  # the stop string or stop token that ends the answer is in its text
+    skip_special_tokens: bool = True
 
     def choice(self, index: int) -> Prepared:
         """The ``index``-th of a request's n choices: the same, but a seeded request's choice i
@@ -191,7 +193,7 @@ class Preparer:
             max_tokens=max_tokens, stop_token_ids=tokens.stop_token_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
             min_tokens=tokens.min_tokens, logit_bias=tokens.logit_bias,
         )  # fmt: skip
-        return Prepared(ids, images, params, stops)
+        return Prepared(ids, images, params, stops, req.include_stop_str_in_output, req.skip_special_tokens)
 
     async def _image(self, url: str, param: str, client: httpx.AsyncClient) -> LoadedImage:
         data = await load_image_url(url, param, self.limits, client)

@@ -1,4 +1,5 @@
-"""logit_bias, min_tokens and stop_token_ids in the router: what a request may ask
+"""logit_bias, min_tokens, stop_token_ids, include_stop_str_in_output, skip_special_tokens in the
+router: what a request may ask
 (``router.token_controls``), and what the answer's text holds (``router.generate``)."""
 
 from __future__ import annotations
@@ -68,13 +69,13 @@ def tokenizer() -> Any:
 
 
 def answer(
-    tokenizer: Any, params: SamplingParams, stops: list[str], evs: list[Event]
+    tokenizer: Any, params: SamplingParams, stops: list[str], evs: list[Event], prep: Prepared | None = None
 ) -> tuple[str, str, int]:
     """(text, finish_reason, completion tokens) of a generation that receives ``evs``."""
 
     async def go() -> tuple[str, str, int]:
         backend = Scripted()
-        gen = Generation(backend, tokenizer, Prepared([1, 2, 3], [], params, stops), "r", 30.0)
+        gen = Generation(backend, tokenizer, prep or Prepared([1, 2, 3], [], params, stops), "r", 30.0)
         starting = asyncio.ensure_future(gen.start())
         await asyncio.sleep(0)
         for ev in evs:
@@ -108,3 +109,19 @@ def test_min_tokens_holds_back_the_stop_strings_of_the_first_tokens(tokenizer):
     four = [Event([(t, None) for t in ids], finish=FinishReason.LENGTH)]
     assert answer(tokenizer, held, ["one"], four) == (" one two", "length", 4)
     assert answer(tokenizer, held, ["tw"], four) == (" one ", "stop", 4)
+
+
+def test_the_stop_and_special_tokens_in_the_text_on_request(tokenizer):
+    s = StopStrings(["tw", "o"], include=True)
+    assert s.push(" one two", final=True) == (" o", True)  # the first stop string to start ends it
+    ids = tokenizer.encode(" one two", add_special_tokens=False)
+    stopped = [Event([(t, None)]) for t in ids[:3]] + [Event([(ids[3], None)], finish=FinishReason.STOP)]
+    params = SamplingParams(max_tokens=8, stop_token_ids=(ids[3],))
+    include = Prepared([1, 2, 3], [], params, [], include_stop=True)
+    assert answer(tokenizer, include.params, [], stopped, include) == (" one two", "stop", 4)
+    special = tokenizer.all_special_ids[0]
+    evs = [Event([(ids[0], None), (special, None), (ids[1], None)], finish=FinishReason.LENGTH)]
+    kept = Prepared([1, 2, 3], [], SamplingParams(max_tokens=3), [], skip_special_tokens=False)
+    text = " one" + tokenizer.decode([special]) + " t"
+    assert answer(tokenizer, kept.params, [], evs, kept) == (text, "length", 3)
+    assert answer(tokenizer, kept.params, [], evs) == (" one t", "length", 3)
