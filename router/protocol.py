@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class APIError(Exception):
@@ -147,6 +147,25 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Fields whose ask this server cannot honour are refused, not ignored: an answer that looks
+    # served but is not what was asked is worse than a 400.
+    response_format: dict[str, Any] | None = None  # {"type": "text"} only: no guided decoding here
+    tools: list[Any] | None = None  # only with tool_choice "none" (they are not shown to the model)
+    tool_choice: str | dict[str, Any] | None = Field(default=None, validate_default=True)
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type", "text") != "text":
+            raise ValueError(f"{value.get('type')!r} is not supported: this server has no guided decoding")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_calls(cls, value: str | dict[str, Any] | None, info: ValidationInfo) -> Any:
+        if info.data.get("tools") and value != "none":
+            raise ValueError('tool calls are not supported: with tools, tool_choice must be "none"')
+        return value
 
 
 class CompletionRequest(SamplingFields):
@@ -154,6 +173,16 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
     max_tokens: int | None = Field(default=16, ge=1)
+    suffix: str | None = None  # refused: no fill-in-the-middle here
+    best_of: int | None = Field(default=None, ge=1, le=1)  # vLLM's V1 engine refuses it too
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> None:
+        if value:
+            raise ValueError("fill-in-the-middle is not supported")
+        return None
+
     _prompt_unicode = field_validator("prompt")(_valid_unicode)
 
 

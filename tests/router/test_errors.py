@@ -93,6 +93,15 @@ def corpus(m: str) -> list[tuple[str, object]]:
         ("/v1/completions", {"model": m, "prompt": "x", "echo": True}),
         ("/v1/completions", {"model": m, "prompt": [10**9]}),
         ("/v1/completions", {"model": "nope", "prompt": "x"}),
+        # asks this server cannot honour: refused, not ignored
+        (c, chat(m, response_format={"type": "json_object"})),
+        (c, chat(m, tools=[{"type": "function", "function": {"name": "f"}}])),
+        (c, chat(m, tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="required")),
+        (c, chat(m, logit_bias={"999999": 1})),
+        (c, chat(m, min_tokens=3, max_tokens=2)),
+        (c, chat(m, stop_token_ids=[-1])),
+        ("/v1/completions", {"model": m, "prompt": "x", "suffix": "y"}),
+        ("/v1/completions", {"model": m, "prompt": "x", "best_of": 2}),
         ("/v1/nothing", {}),
     ]
 
