@@ -191,7 +191,7 @@ class Preparer:
             frequency_penalty=sampling_value(req, "frequency_penalty", d),
             repetition_penalty=sampling_value(req, "repetition_penalty", d),
             max_tokens=max_tokens, stop_token_ids=tokens.stop_token_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
-            min_tokens=tokens.min_tokens, logit_bias=tokens.logit_bias,
+            min_tokens=tokens.min_tokens, logit_bias=tokens.logit_bias, allowed_token_ids=tokens.allowed_token_ids,
         )  # fmt: skip
         return Prepared(ids, images, params, stops, req.include_stop_str_in_output, req.skip_special_tokens)
 

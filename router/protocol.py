@@ -123,6 +123,7 @@ class SamplingFields(_Strict):
     logit_bias: dict[str, float] | None = None
     min_tokens: int = Field(default=0, ge=0)  # vLLM's: no stop token or stop string before this many
     stop_token_ids: list[int] | None = None  # vLLM's: more tokens that end the answer
+    allowed_token_ids: list[int] | None = None  # vLLM's: the only tokens the answer may hold
     include_stop_str_in_output: bool = False  # vLLM's: the stop string (or stop token) ends the text
     skip_special_tokens: bool = True  # vLLM's: special tokens are not text
     seed: int | None = Field(default=None, ge=0, le=(1 << 63) - 1)

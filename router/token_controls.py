@@ -1,10 +1,12 @@
-"""A request's controls over single tokens: ``logit_bias``, ``min_tokens``, ``stop_token_ids``.
+"""A request's controls over single tokens: ``logit_bias``, ``min_tokens``, ``stop_token_ids``,
+``allowed_token_ids``.
 
 OpenAI's ``logit_bias`` maps token ids (JSON keys, so strings) to a number added to their logits;
 as in vLLM a bias outside -100..100 is clamped there, and an id outside the model's vocabulary is
 a 400. vLLM's ``min_tokens`` holds back the stop tokens, the end-of-sequence tokens and the stop
 strings until that many tokens are out; it may not exceed the answer's length. vLLM's
 ``stop_token_ids`` end the answer like the end-of-sequence token does, ``ignore_eos`` or not.
+vLLM's ``allowed_token_ids``, when given (not empty), are the only tokens the answer may hold.
 Everything here is checked against what the wire carries (``shared.wire.messages.prefill``).
 """
 
@@ -24,6 +26,7 @@ class TokenControls:
     stop_token_ids: tuple[int, ...]  # the request's own and, unless it ignores EOS, the model's
     min_tokens: int
     logit_bias: tuple[tuple[int, float], ...]
+    allowed_token_ids: tuple[int, ...] = ()
 
 
 def token_controls(
@@ -44,7 +47,10 @@ def token_controls(
             f"stop_token_ids: at most {MAX_STOP_TOKENS} with the model's end-of-sequence tokens",
             "stop_token_ids",
         )
-    return TokenControls(tuple(stops), req.min_tokens, _logit_bias(req.logit_bias or {}, vocab_size))
+    allowed = tuple(dict.fromkeys(req.allowed_token_ids or []))
+    if any(not 0 <= t < vocab_size for t in allowed):
+        raise bad_request(f"allowed_token_ids: token ids within 0..{vocab_size - 1}", "allowed_token_ids")
+    return TokenControls(tuple(stops), req.min_tokens, _logit_bias(req.logit_bias or {}, vocab_size), allowed)
 
 
 def _logit_bias(raw: dict[str, float], vocab_size: int) -> tuple[tuple[int, float], ...]:

@@ -51,6 +51,8 @@ class SamplingParams:
     min_tokens: int = 0
     # (token id, bias) pairs added to the logits before penalties (OpenAI's logit_bias, -100 .. 100)
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # vLLM's: when set, every other token is ruled out (applied with the bias)
+    allowed_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
@@ -73,15 +75,17 @@ class SamplingParams:
             raise ValueError("min_tokens must be within 0..max_tokens")
         if any(t < 0 or not -100 <= b <= 100 for t, b in self.logit_bias):
             raise ValueError("logit_bias: token ids >= 0, biases within -100..100")
+        if any(t < 0 for t in self.allowed_token_ids):
+            raise ValueError("allowed_token_ids must be >= 0")
 
     @property
     def penalized(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1)
 
     def steered(self, draws: int) -> bool:
-        """Whether the logits need ``logit_bias`` or ``min_tokens``'s mask before this row's
-        ``draws``-th draw (tokens it sampled before, an earlier attempt's included)."""
-        return bool(self.logit_bias) or draws < self.min_tokens
+        """Whether the logits need ``logit_bias``, ``allowed_token_ids`` or ``min_tokens``'s mask
+        before this row's ``draws``-th draw (tokens it sampled before, an earlier attempt's included)."""
+        return bool(self.logit_bias or self.allowed_token_ids) or draws < self.min_tokens
 
     @property
     def greedy(self) -> bool:

@@ -11,7 +11,7 @@ exponential race (``argmax(p / e)``, ``e ~ Exp(1)`` per token) would draw one pe
 which on a CPU costs milliseconds a row at Qwen's 151,936 tokens. Nothing sorts the whole
 vocabulary unless it must: top-k takes the k largest, top-p the 1,024 largest when they hold the
 nucleus (a trained model's rows are peaked; else the row is sorted), and min-p compares with the
-row's maximum. ``logit_bias`` and ``min_tokens`` (``steer``), then the penalties (presence,
+row's maximum. ``logit_bias``, ``allowed_token_ids`` and ``min_tokens`` (``steer``), then the penalties (presence,
 frequency, repetition: ``shared.engine.penalties``) change the logits both greedy and sampled rows choose from.
 Logprobs are those of the raw logits (before all of these, temperature and filters), as vLLM
 reports them by default.
@@ -238,8 +238,9 @@ def _sample_into(
 def steer(
     logits: torch.Tensor, params: list[SamplingParams], draws: list[int], eos_token_ids: Collection[int]
 ) -> torch.Tensor:
-    """The logits [R, V] with each row's ``logit_bias`` added and, while a row has sampled fewer
-    than its ``min_tokens``, its stop tokens (and the model's end-of-sequence tokens unless it
+    """The logits [R, V] with each row's ``logit_bias`` added, the tokens outside its
+    ``allowed_token_ids`` (if it has any) set to -inf and, while a row has sampled fewer than its
+    ``min_tokens``, its stop tokens (and the model's end-of-sequence tokens unless it
     ignores EOS) set to -inf (a copy; other rows as they were). vLLM applies both before the
     penalties, and so do greedy rows."""
     out = logits.clone()
@@ -251,6 +252,11 @@ def steer(
             if ids:
                 at = torch.tensor(ids, device=logits.device)
                 out[i, at] += torch.tensor(bias, dtype=logits.dtype, device=logits.device)
+        if p.allowed_token_ids:
+            allowed = torch.tensor([t for t in p.allowed_token_ids if t < vocab], device=logits.device)
+            kept = out[i, allowed]
+            out[i] = float("-inf")
+            out[i, allowed] = kept
         if drawn < p.min_tokens:
             held = [t for t in {*p.stop_token_ids, *(() if p.ignore_eos else eos_token_ids)} if t < vocab]
             if held:

@@ -267,3 +267,14 @@ def test_token_controls_are_checked():
         with pytest.raises(ValueError):
             SamplingParams(**bad)
     SamplingParams(min_tokens=9, max_tokens=4, draw_offset=5)  # a migrated request's remaining budget
+
+
+def test_allowed_token_ids_rule_out_every_other_token():
+    logits = torch.tensor([[0.0, 3.0, 2.9, 1.0, 5.0]])
+    s = Sampler(0, torch.device("cpu"))
+    only = SamplingParams(temperature=0, allowed_token_ids=(0, 2), logit_bias=((0, 3.0),))
+    assert s(logits, [only], [None], [0]).token_ids == [0]  # 3.0 against 2.9: the bias counts
+    sampled = s(
+        logits.expand(400, -1), [SamplingParams(allowed_token_ids=(1, 3))] * 400, [None] * 400, [0] * 400
+    )
+    assert set(sampled.token_ids) == {1, 3}

@@ -75,6 +75,17 @@ def test_logit_bias_and_min_tokens_match_transformers(cluster, client, ckpt, hf)
     print(f"\nlogit_bias EOS +100, min_tokens 5: {held.choices[0].message.content!r} == transformers")
 
 
+def test_allowed_token_ids_are_the_only_tokens_of_the_answer(cluster, client, ckpt):
+    tokenizer = PromptBuilder.from_checkpoint(ckpt).tokenizer
+    allowed = [tokenizer.convert_tokens_to_ids("x"), tokenizer.convert_tokens_to_ids("y")]
+    out = client.chat.completions.create(
+        model=cluster.model, messages=[{"role": "user", "content": "Go"}], max_tokens=6, temperature=1.0, seed=3,
+        extra_body={"allowed_token_ids": allowed},
+    )  # fmt: skip
+    text = out.choices[0].message.content
+    assert out.usage.completion_tokens == 6 and len(text) == 6 and set(text) <= {"x", "y"}
+
+
 def test_stop_token_ids_end_the_answer_without_their_text(cluster, client, ckpt, hf):
     messages = [{"role": "user", "content": "Count to ten"}]
     builder, cfg = PromptBuilder.from_checkpoint(ckpt), load_config(ckpt)

@@ -47,6 +47,8 @@ def test_what_a_request_may_ask():
     assert "not a token id" in refused("logit_bias", logit_bias={"a": 1})
     refused("logit_bias", logit_bias={"-1": 1})
     refused("logit_bias", logit_bias={str(i): 1 for i in range(MAX_LOGIT_BIAS + 1)})
+    assert controls(allowed_token_ids=[5, 3, 5]).allowed_token_ids == (5, 3)
+    refused("allowed_token_ids", allowed_token_ids=[100])
     assert "must not exceed max_tokens (16)" in refused("min_tokens", min_tokens=17)
     refused("stop_token_ids", stop_token_ids=[100])
     refused("stop_token_ids", stop_token_ids=list(range(10, 73)))  # 63 and the two EOS: over 64

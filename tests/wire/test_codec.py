@@ -434,11 +434,12 @@ def test_a_seeded_reservation_carries_no_generator_state() -> None:
 
 
 def test_token_controls_travel_with_the_reservation() -> None:
-    """min_tokens and logit_bias cross prefill -> decode as the engine had them; a bias list whose
-    two halves differ in length is refused."""
+    """min_tokens, logit_bias and allowed_token_ids cross prefill -> decode as the engine had them;
+    a bias list whose two halves differ in length is refused."""
     params = SamplingParams(
-        max_tokens=9, min_tokens=4, logit_bias=((5, -2.5), (8, 100.0)), stop_token_ids=(3,)
-    )
+        max_tokens=9, min_tokens=4, logit_bias=((5, -2.5), (8, 100.0)), stop_token_ids=(3,),
+        allowed_token_ids=(5, 8, 3),
+    )  # fmt: skip
     state = SequenceState("chatcmpl-8", [5, 6, 7], 3, 0, params)
     msg = reservation(state, 3, "tcp://10.0.0.7:7001", time.time() + 5, "prefill@tcp://10.0.0.5:5700")
     assert state_from_reservation(decode(encode(msg))) == state

@@ -27,6 +27,7 @@ from shared.wire.schema import message, rule, struct
 
 MAX_STOP_TOKENS = 64
 MAX_LOGIT_BIAS = 1024  # token ids a request may bias
+MAX_ALLOWED_TOKENS = 1 << 18  # a request's allowed_token_ids (any vocabulary is smaller)
 # A video adds a text run and a vision run per temporal group (a timestamp before each group).
 MAX_SEGMENTS = 2 * MAX_IMAGES_PER_REQUEST + 2 * MAX_VIDEO_FRAMES + 1
 
@@ -53,6 +54,9 @@ class Sampling:
     # logit_bias as two lists of the same length: token ids and what is added to their logits
     bias_token_ids: list[int] = rule(ge=0, le=MAX_TOKEN_ID, max_len=MAX_LOGIT_BIAS, default_factory=list)
     bias_values: list[float] = rule(ge=-100, le=100, max_len=MAX_LOGIT_BIAS, default_factory=list)
+    allowed_token_ids: list[int] = rule(
+        ge=0, le=MAX_TOKEN_ID, max_len=MAX_ALLOWED_TOKENS, default_factory=list
+    )
 
     def validate(self) -> None:
         if len(self.bias_token_ids) != len(self.bias_values):
