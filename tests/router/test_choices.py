@@ -45,6 +45,17 @@ async def submitted(backend: Scripted, n: int) -> None:
         await asyncio.sleep(0)
 
 
+async def started(n: int) -> tuple[Scripted, list[Generation]]:
+    """n choices, started: each has had its first token."""
+    backend, gens = choices(n)
+    starting = asyncio.ensure_future(start_all(gens))
+    await submitted(backend, n)
+    for j in backend.jobs:
+        j.sink(token(0))
+    await starting
+    return backend, gens
+
+
 class Connected:
     """What ``collect`` asks of the HTTP request: the client never leaves."""
 
@@ -104,12 +115,7 @@ def test_choices_stream_side_by_side_with_their_indices():
 
 def test_a_failing_choice_ends_the_stream_and_aborts_the_others():
     async def go() -> tuple[list[str], Scripted]:
-        backend, gens = choices(3, seed=None)
-        starting = asyncio.ensure_future(start_all(gens))
-        await submitted(backend, len(gens))
-        for j in backend.jobs:
-            j.sink(token(0))
-        await starting
+        backend, gens = await started(3)
         backend.job("c-1").sink(Event(error=ErrorKind.INTERNAL, message="worker lost"))
 
         def chunk(i: int, text: str | None, finish: str | None, lps: list) -> dict:
@@ -138,12 +144,7 @@ def test_an_error_before_any_token_closes_every_choice():
 
 def test_collecting_choices_stops_them_all_at_the_first_failure():
     async def go() -> Scripted:
-        backend, gens = choices(2)
-        starting = asyncio.ensure_future(start_all(gens))
-        await submitted(backend, len(gens))
-        for j in backend.jobs:
-            j.sink(token(0))
-        await starting
+        backend, gens = await started(2)
         backend.job("c-0").sink(Event(error=ErrorKind.DEADLINE_EXCEEDED, message="too slow"))
         request: Request = Connected()  # type: ignore[assignment]
         with pytest.raises(APIError, match="too slow"):
