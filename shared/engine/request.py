@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 import torch
 
@@ -78,9 +79,15 @@ class SamplingParams:
         if any(t < 0 for t in self.allowed_token_ids):
             raise ValueError("allowed_token_ids must be >= 0")
 
-    @property
+    @cached_property
     def penalized(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1)
+
+    @cached_property
+    def plain(self) -> bool:
+        """No penalty, bias, allowed set or ``min_tokens``: the logits are chosen from as they come
+        (one attribute the sampler reads per row and step)."""
+        return not (self.penalized or self.logit_bias or self.allowed_token_ids or self.min_tokens)
 
     def steered(self, draws: int) -> bool:
         """Whether the logits need ``logit_bias``, ``allowed_token_ids`` or ``min_tokens``'s mask

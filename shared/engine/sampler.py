@@ -97,10 +97,11 @@ class Sampler:
         histories: list[TokenHistory | None] | None = None,  # each penalised row's, synced
     ) -> SamplerOutput:
         chosen_from = logits
-        if any(p.steered(d) for p, d in zip(params, draws, strict=True)):
-            chosen_from = steer(logits, params, draws, self.eos_token_ids)
-        if any(p.penalized for p in params):
-            chosen_from = penalize(chosen_from, params, histories)
+        if not all(p.plain for p in params):
+            if any(p.steered(d) for p, d in zip(params, draws, strict=True)):
+                chosen_from = steer(logits, params, draws, self.eos_token_ids)
+            if any(p.penalized for p in params):
+                chosen_from = penalize(chosen_from, params, histories)
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
         if len(random_rows) == len(params):  # every row samples: no argmax, no row selection
             tokens = self._sample(chosen_from, params, generators, draws)
