@@ -18,8 +18,11 @@ import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse as _JSONResponse
 
+from router.backend import Backend
 from router.generate import Generation, Piece, TokenLogprob
+from router.prepare import Prepared
 from router.protocol import APIError, usage
+from router.timing import RequestTiming
 
 
 async def collect(gen: Generation, request: Request) -> tuple[str, str, list[TokenLogprob]]:
@@ -51,6 +54,24 @@ async def collect(gen: Generation, request: Request) -> tuple[str, str, list[Tok
             step.cancel()
         gen.close()
     return "".join(text), finish, lps
+
+
+def generations(
+    backend: Backend, tokenizer: Any, prepared: Prepared, rid: str, n: int, timeout_s: float, request: Request,
+    route: str,
+) -> list[Generation]:  # fmt: skip
+    """A request's n choices, each a ``Generation`` with its own timing (``rid`` alone, else
+    ``rid-i``: the workers see n requests)."""
+    return [
+        Generation(
+            backend, tokenizer, prepared.choice(i), rid if n == 1 else f"{rid}-{i}", timeout_s,
+            RequestTiming(
+                request.state.clock, backend.tracer, route, request.headers.get("traceparent", ""),
+                backend.colocated,
+            ),
+        )
+        for i in range(n)
+    ]  # fmt: skip
 
 
 async def start_all(gens: list[Generation]) -> None:

@@ -18,7 +18,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from router.api.deps import BackendDep, ConfigDep, HttpDep, PreparerDep
-from router.generate import Generation
 from router.protocol import (
     ChatCompletionRequest,
     chat_choice,
@@ -27,8 +26,15 @@ from router.protocol import (
     chat_response,
     usage,
 )
-from router.responses import JSONResponse, collect_all, sse, sse_choices, start_all, with_timeline
-from router.timing import RequestTiming
+from router.responses import (
+    JSONResponse,
+    collect_all,
+    generations,
+    sse,
+    sse_choices,
+    start_all,
+    with_timeline,
+)
 
 router = APIRouter()
 
@@ -40,16 +46,8 @@ async def chat(
 ) -> Response:  # fmt: skip
     prepared = await prep.chat(req, http)
     rid = "chatcmpl-" + request.state.rid
-    gens = [
-        Generation(
-            backend, prep.tokenizer, prepared.choice(i), rid if req.n == 1 else f"{rid}-{i}", cfg.request_timeout_s,
-            RequestTiming(
-                request.state.clock, backend.tracer, "POST /v1/chat/completions",
-                request.headers.get("traceparent", ""), backend.colocated,
-            ),
-        )
-        for i in range(req.n)
-    ]  # fmt: skip
+    route = "POST /v1/chat/completions"
+    gens = generations(backend, prep.tokenizer, prepared, rid, req.n, cfg.request_timeout_s, request, route)
     await start_all(gens)
     n_prompt, model = len(prepared.prompt_ids), cfg.model_name
     if not req.stream:

@@ -14,10 +14,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from router.api.deps import BackendDep, ConfigDep, PreparerDep
-from router.generate import Generation
 from router.protocol import CompletionRequest, completion_body, completion_choice, legacy_logprobs, usage
-from router.responses import JSONResponse, collect_all, sse, sse_choices, start_all, with_timeline
-from router.timing import RequestTiming
+from router.responses import (
+    JSONResponse,
+    collect_all,
+    generations,
+    sse,
+    sse_choices,
+    start_all,
+    with_timeline,
+)
 
 router = APIRouter()
 
@@ -28,16 +34,8 @@ async def completions(
 ) -> Response:
     prepared = await prep.completion(req)
     rid = "cmpl-" + request.state.rid
-    gens = [
-        Generation(
-            backend, prep.tokenizer, prepared.choice(i), rid if req.n == 1 else f"{rid}-{i}", cfg.request_timeout_s,
-            RequestTiming(
-                request.state.clock, backend.tracer, "POST /v1/completions", request.headers.get("traceparent", ""),
-                backend.colocated,
-            ),
-        )
-        for i in range(req.n)
-    ]  # fmt: skip
+    route = "POST /v1/completions"
+    gens = generations(backend, prep.tokenizer, prepared, rid, req.n, cfg.request_timeout_s, request, route)
     await start_all(gens)
     n_prompt, model = len(prepared.prompt_ids), cfg.model_name
     offsets = [0] * req.n  # each choice's text so far: its legacy logprobs' character offsets
