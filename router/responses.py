@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -152,6 +153,16 @@ async def sse(
         yield out + b"data: [DONE]\n\n"
     finally:
         gen.close()
+
+
+def stream(
+    gens: list[Generation], first: Callable[[int], dict] | None,
+    chunk: Callable[[int, str | None, str | None, list], dict], tail: dict | None, n_prompt: int,
+) -> AsyncIterator[bytes]:  # fmt: skip
+    """The SSE events of a request's choices: ``sse`` for one, ``sse_choices`` for n > 1."""
+    if len(gens) == 1:
+        return sse(gens[0], first(0) if first is not None else None, partial(chunk, 0), tail, n_prompt)
+    return sse_choices(gens, first, chunk, tail, n_prompt)
 
 
 async def sse_choices(

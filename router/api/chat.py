@@ -12,8 +12,6 @@ answer's ``timeline`` is the first choice's).
 
 from __future__ import annotations
 
-from functools import partial
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -30,9 +28,8 @@ from router.responses import (
     JSONResponse,
     collect_all,
     generations,
-    sse,
-    sse_choices,
     start_all,
+    stream,
     with_timeline,
 )
 
@@ -68,8 +65,4 @@ async def chat(
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     tail = chat_chunk(rid, model, None, usage_=usage(n_prompt, 0)) if include_usage else None
-    if req.n == 1:
-        events = sse(gens[0], first(0), partial(chunk, 0), tail, n_prompt)
-    else:
-        events = sse_choices(gens, first, chunk, tail, n_prompt)
-    return StreamingResponse(events, media_type="text/event-stream")
+    return StreamingResponse(stream(gens, first, chunk, tail, n_prompt), media_type="text/event-stream")

@@ -8,8 +8,6 @@ generated text, so the offset runs on across the chunks of a stream. ``n`` > 1 a
 
 from __future__ import annotations
 
-from functools import partial
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -19,9 +17,8 @@ from router.responses import (
     JSONResponse,
     collect_all,
     generations,
-    sse,
-    sse_choices,
     start_all,
+    stream,
     with_timeline,
 )
 
@@ -63,8 +60,4 @@ async def completions(
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     tail = completion_body(rid, model, [], usage(n_prompt, 0), chunk=True) if include_usage else None
-    if req.n == 1:
-        events = sse(gens[0], None, partial(chunk, 0), tail, n_prompt)
-    else:
-        events = sse_choices(gens, None, chunk, tail, n_prompt)
-    return StreamingResponse(events, media_type="text/event-stream")
+    return StreamingResponse(stream(gens, None, chunk, tail, n_prompt), media_type="text/event-stream")
