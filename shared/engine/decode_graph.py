@@ -15,13 +15,16 @@ sequence, no images). It is the same model code as the eager path, traced once w
 - a step whose shapes Dynamo accepted once calls Inductor's compiled function directly
   (``graph_entry``): Dynamo's entry cost ~90 us a step, a tenth of the demo model's.
 
-Static shapes: a batch is padded to a bucket of ``batch_buckets`` and, on CUDA, its block tables
-to a width bucket (powers of two; on the CPU, to the widest table and at least 2). Padded rows
-decode token 0 at position 0 into a sink block that the block allocator never hands out, attend
-to that block only, and their logits are dropped, so they never touch a real row. The width is compiled symbolic everywhere, and so is the batch on the CPU (one
-graph for every bucket); on CUDA the graph is compiled per batch bucket (``warmup`` does all) and
-replayed as CUDA graphs (``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets), recorded
-once per (bucket, width) met: why batches are padded to a few sizes rather than run at any size.
+Static shapes on CUDA: a batch is padded to a bucket of ``batch_buckets`` and its block tables to a
+width bucket (powers of two). On the CPU a batch runs at its own size and its tables at the widest
+one (each at least 2: a size of 1 would be specialised); padding a batch of 5 to 8 cost 6-12% of the
+demo model's step (docs/BENCHMARKS.md). Padded rows decode token 0 at position 0 into a sink
+block that the block allocator never hands out, attend to that block only, and their logits are
+dropped, so they never touch a real row. The width is compiled symbolic everywhere, and so is the
+batch on the CPU (one graph for every size); on CUDA the graph is compiled per batch bucket
+(``warmup`` does all) and replayed as CUDA graphs (``triton.cudagraphs``, what
+``mode="reduce-overhead"`` sets), recorded once per (bucket, width) met: why CUDA batches are
+padded to a few sizes rather than run at any size.
 The pool's block count is a constant of the graph, kept the same from start to start by
 ``memory`` (so that Inductor's cache serves later starts). Compiling it symbolic was tried: every
 layer's pool views then enter the graph with a size and an offset each, ints that the C++ wrapper
@@ -238,6 +241,10 @@ class DecodeGraph:
         )
 
     def bucket(self, batch_size: int) -> int:
+        """Rows the step runs: on CUDA the next bucket (a graph is recorded per bucket); on the CPU,
+        whose graph is symbolic in the batch, the batch itself, at least 2."""
+        if not self.cuda:
+            return max(2, batch_size)
         return next(b for b in self.buckets if b >= batch_size)
 
     def fits(self, batch: list[ScheduledSeq]) -> bool:
