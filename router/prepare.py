@@ -2,8 +2,8 @@
 parameters.
 
 Owns the model-dependent checks (every failure is a 400 ``APIError``): the model id, the number
-and validity of images and videos, the chat template, the context length, the token budget, the
-token controls (``router.token_controls``).
+and validity of images and videos, the chat template (and its tool-call format, for ``tools``), the
+context length, the token budget, the token controls (``router.token_controls``).
 Images and videos go to the backend in prompt order, each with its runs of tokens.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from router.jobs import LoadedImage, VisionTokens
 from router.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingFields, bad_request
 from router.sampling_defaults import sampling_value
 from router.token_controls import token_controls
+from router.tool_calls import START as TOOL_CALL_START
 from router.videos import Sampling, VideoRules, load_video, too_many
 from shared.engine import SamplingParams
 from shared.models.config import load_config
@@ -86,6 +88,8 @@ class Preparer:
         urls: list[tuple[str, str]] = []
         videos: list[tuple[str, float | None, str]] = []
         for m, msg in enumerate(req.messages):
+            if msg.tool_calls and msg.role != "assistant":
+                raise bad_request("tool_calls are only accepted in assistant messages", f"messages[{m}]")
             d = msg.model_dump(exclude_none=True)
             if isinstance(msg.content, list):
                 for p, part in enumerate(msg.content):
@@ -125,8 +129,11 @@ class Preparer:
             ),
         )
         slots = [s for _, s in loaded_videos]
+        tools = self._tools(req)
         try:
-            prompt = await asyncio.to_thread(self.builder.build, messages, [im.grid for im in images], slots)
+            prompt = await asyncio.to_thread(
+                partial(self.builder.build, tools=tools), messages, [im.grid for im in images], slots
+            )
         except ValueError as e:
             raise bad_request(f"cannot apply the chat template: {e}", "messages") from None
         items = _in_prompt_order(prompt, list(images), [v for v, _ in loaded_videos])
@@ -135,6 +142,14 @@ class Preparer:
         top = (req.top_logprobs or 0) if req.logprobs else None
         max_tokens = req.max_completion_tokens or req.max_tokens
         return self._prepared(req, prompt.input_ids, items, max_tokens, top)
+
+    def _tools(self, req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
+        """The tools the chat template shows the model (``tool_choice`` "auto"), if any."""
+        if not req.calls_tools():
+            return None
+        if TOOL_CALL_START not in self.builder.chat_template:
+            raise bad_request("this model's chat template has no format for tool calls", "tools")
+        return [t.model_dump(exclude_none=True) for t in req.tools or ()]
 
     async def completion(self, req: CompletionRequest) -> Prepared:
         self.check_model(req.model)

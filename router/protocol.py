@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class APIError(Exception):
@@ -96,11 +96,48 @@ class MMProcessorKwargs(BaseModel):
     num_frames: int | None = Field(default=None, ge=1, le=4096)
 
 
+class FunctionCall(_Strict):
+    name: str = Field(min_length=1)
+    arguments: str  # JSON, as the model wrote it (rendered into the prompt as it is)
+    _unicode = field_validator("name", "arguments")(_valid_unicode)
+
+
+class ToolCall(_Strict):
+    """A call an earlier assistant turn made (``router.tool_calls`` writes them in answers)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # JSON Schema, shown to the model
+    strict: bool | None = None  # accepted, not enforced (no guided decoding), as vLLM without it
+    _unicode = field_validator("description")(_valid_unicode)
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant messages only
     _unicode = field_validator("content", "name", "tool_call_id")(_valid_unicode)
 
 
@@ -151,8 +188,12 @@ class ChatCompletionRequest(SamplingFields):
     # Fields whose ask this server cannot honour are refused, not ignored: an answer that looks
     # served but is not what was asked is worse than a 400.
     response_format: dict[str, Any] | None = None  # {"type": "text"} only: no guided decoding here
-    tools: list[Any] | None = None  # only with tool_choice "none" (they are not shown to the model)
-    tool_choice: str | dict[str, Any] | None = Field(default=None, validate_default=True)
+    # Tools are shown to the model (the chat template's format) and its calls parsed from the answer
+    # (``router.tool_calls``) with tool_choice "auto", the default with tools; "none" hides them.
+    # "required" and a named function need guided decoding to be kept: refused.
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True  # false: at most one call per answer (later ones dropped)
 
     @field_validator("response_format")
     @classmethod
@@ -163,10 +204,17 @@ class ChatCompletionRequest(SamplingFields):
 
     @field_validator("tool_choice")
     @classmethod
-    def _no_tool_calls(cls, value: str | dict[str, Any] | None, info: ValidationInfo) -> Any:
-        if info.data.get("tools") and value != "none":
-            raise ValueError('tool calls are not supported: with tools, tool_choice must be "none"')
+    def _no_forced_calls(cls, value: Any) -> Any:
+        if value == "required" or isinstance(value, NamedToolChoice):
+            raise ValueError(
+                'a forced tool call ("required" or a named function) needs guided decoding, which this '
+                'server has not; use "auto"'
+            )
         return value
+
+    def calls_tools(self) -> bool:
+        """Whether the tools are shown to the model and its answer parsed for calls."""
+        return bool(self.tools) and self.tool_choice in (None, "auto")
 
 
 class CompletionRequest(SamplingFields):
@@ -226,13 +274,13 @@ def legacy_logprobs(tokens: list[Any], start: int = 0) -> dict[str, Any]:
     }
 
 
-def chat_choice(index: int, text: str, finish: str, logprobs: dict | None) -> dict[str, Any]:
-    return {
-        "index": index,
-        "message": {"role": "assistant", "content": text},
-        "logprobs": logprobs,
-        "finish_reason": finish,
-    }
+def chat_choice(
+    index: int, text: str | None, finish: str, logprobs: dict | None, tool_calls: list[dict] | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
 
 
 def chat_response(

@@ -125,7 +125,7 @@ def _event(obj: Any) -> bytes:
 
 
 async def sse(
-    gen: Generation, first: dict | None, chunk: Callable[[str | None, str | None, list], dict],
+    gen: Generation, first: dict | None, chunk: Callable[[str, str | None, list], dict | None],
     tail: dict | None, n_prompt: int,
 ) -> AsyncIterator[bytes]:  # fmt: skip
     """SSE events; cancelled when the client disconnects, which ``finally`` turns into an abort.
@@ -140,8 +140,9 @@ async def sse(
         try:
             async for piece in gen.pieces():
                 if piece.text or piece.logprobs or piece.finish:
-                    body = chunk(piece.text, piece.finish, piece.logprobs)
-                    out += _event(with_timeline(body, gen) if piece.finish else body)
+                    body = chunk(piece.text, piece.finish, piece.logprobs)  # None: nothing to say yet
+                    if body is not None:
+                        out += _event(with_timeline(body, gen) if piece.finish else body)
                 if out and not piece.finish and not gen.has_ready():
                     yield out
                     out = b""
@@ -157,7 +158,7 @@ async def sse(
 
 def stream(
     gens: list[Generation], first: Callable[[int], dict] | None,
-    chunk: Callable[[int, str | None, str | None, list], dict], tail: dict | None, n_prompt: int,
+    chunk: Callable[[int, str, str | None, list], dict | None], tail: dict | None, n_prompt: int,
 ) -> AsyncIterator[bytes]:  # fmt: skip
     """The SSE events of a request's choices: ``sse`` for one, ``sse_choices`` for n > 1."""
     if len(gens) == 1:
@@ -167,7 +168,7 @@ def stream(
 
 async def sse_choices(
     gens: list[Generation], first: Callable[[int], dict] | None,
-    chunk: Callable[[int, str | None, str | None, list], dict], tail: dict | None, n_prompt: int,
+    chunk: Callable[[int, str, str | None, list], dict | None], tail: dict | None, n_prompt: int,
 ) -> AsyncIterator[bytes]:  # fmt: skip
     """SSE events of n > 1 choices, as each one's pieces come (the chunks name their choice's
     index), written together when they are ready together like ``sse``'s. A choice's error ends
@@ -196,7 +197,8 @@ async def sse_choices(
                 live -= 1
             elif item.text or item.logprobs or item.finish:
                 body = chunk(i, item.text, item.finish, item.logprobs)
-                out += _event(with_timeline(body, gens[i]) if item.finish else body)
+                if body is not None:
+                    out += _event(with_timeline(body, gens[i]) if item.finish else body)
             if out and live and queue.empty():
                 yield out
                 out = b""

@@ -8,6 +8,11 @@ The answer (or the stream's chunk with the finish reason) carries the request's 
 generations of the prompt run side by side (``Prepared.choice``), each its own choice ``index``
 in the answer or the stream; the usage counts the prompt once and every choice's tokens (the
 answer's ``timeline`` is the first choice's).
+
+With ``tools`` (and ``tool_choice`` "auto") the answer's ``<tool_call>`` blocks become its
+``tool_calls`` (``router.tool_calls``), and a finish of ``stop`` becomes ``tool_calls``; streamed,
+each call is one delta (its whole arguments) once its block closes, and the content deltas are the
+text outside the blocks.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from router.responses import (
     stream,
     with_timeline,
 )
+from router.tool_calls import ToolCallParser, parse_answer
 
 router = APIRouter()
 
@@ -47,17 +53,34 @@ async def chat(
     gens = generations(backend, prep.tokenizer, prepared, rid, req.n, cfg.request_timeout_s, request, route)
     await start_all(gens)
     n_prompt, model = len(prepared.prompt_ids), cfg.model_name
+    tools = req.calls_tools()
+    max_calls = None if req.parallel_tool_calls else 1
     if not req.stream:
-        answers = await collect_all(gens, request)
-        choices = [
-            chat_choice(i, text, finish, chat_logprobs(lps) if req.logprobs else None)
-            for i, (text, finish, lps) in enumerate(answers)
-        ]
+        choices = []
+        for i, (text, finish, lps) in enumerate(await collect_all(gens, request)):
+            content, calls = parse_answer(text, max_calls) if tools else (text, [])
+            finish = "tool_calls" if calls and finish == "stop" else finish
+            choices.append(
+                chat_choice(i, content, finish, chat_logprobs(lps) if req.logprobs else None, calls)
+            )
         body = chat_response(rid, model, choices, n_prompt, sum(g.completion_tokens for g in gens))
         return JSONResponse(with_timeline(body, gens[0]))
 
-    def chunk(i: int, text: str | None, finish: str | None, lps: list) -> dict:
-        delta = {} if text is None else {"content": text}
+    parsers = [ToolCallParser(max_calls) for _ in gens] if tools else []
+
+    def chunk(i: int, text: str, finish: str | None, lps: list) -> dict | None:
+        delta: dict = {"content": text}
+        if parsers:  # the content the parser shows, and the calls it completed
+            got = parsers[i].push(text)
+            if finish is not None:
+                rest = parsers[i].finish()
+                got.content, got.calls = got.content + rest.content, got.calls + rest.calls
+                finish = "tool_calls" if parsers[i].calls and finish == "stop" else finish
+            delta = {"content": got.content} if got.content else {}
+            if got.calls:
+                delta["tool_calls"] = got.calls
+            if not (delta or lps or finish):
+                return None  # held back (a block still open): no event
         return chat_chunk(rid, model, delta, finish, chat_logprobs(lps) if req.logprobs else None, index=i)
 
     def first(i: int) -> dict:

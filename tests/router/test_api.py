@@ -100,6 +100,41 @@ def test_stop_token_ids_end_the_answer_without_their_text(cluster, client, ckpt,
     assert out.choices[0].message.content == builder.tokenizer.decode(plain[:k], skip_special_tokens=True)
 
 
+def test_a_conversation_with_tools_matches_transformers(cluster, client, ckpt, hf):
+    """Tools, an earlier tool call and its result reach the model as transformers' rendering of the
+    same OpenAI messages has them: same prompt length, same greedy answer (no call in it: the
+    random checkpoint calls nothing; the parsing is tests/router/test_tool_calls.py's)."""
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Bern"}'},
+    }
+    messages = [
+        {"role": "user", "content": "Weather in Bern?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "12 C"},
+    ]
+    builder, cfg = PromptBuilder.from_checkpoint(ckpt), load_config(ckpt)
+    text = builder.tokenizer.apply_chat_template(
+        messages, tools=[weather], add_generation_prompt=True, tokenize=False
+    )
+    ids = builder.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ref = hf_generate(hf, Prompt(ids, [], []), cfg, 8)
+    out = client.chat.completions.create(
+        model=cluster.model, messages=messages, tools=[weather], max_tokens=8, temperature=0
+    )
+    assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == len(ref)
+    assert out.choices[0].message.content == builder.tokenizer.decode(ref, skip_special_tokens=True)
+    assert out.choices[0].message.tool_calls is None
+
+
 def test_n_choices_are_the_seeded_requests_side_by_side(cluster, client):
     """n=3 with a seed: choice i is what one request with seed + i answers, streamed or not; the
     usage counts the prompt once and every choice's tokens."""

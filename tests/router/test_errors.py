@@ -95,8 +95,23 @@ def corpus(m: str) -> list[tuple[str, object]]:
         ("/v1/completions", {"model": "nope", "prompt": "x"}),
         # asks this server cannot honour: refused, not ignored
         (c, chat(m, response_format={"type": "json_object"})),
-        (c, chat(m, tools=[{"type": "function", "function": {"name": "f"}}])),
         (c, chat(m, tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="required")),
+        (c, chat(m, tools=[{"type": "function", "function": {"name": "not a name"}}])),
+        (
+            c,
+            {
+                "model": m,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": "x",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                        ],
+                    }
+                ],
+            },
+        ),
         (c, chat(m, logit_bias={"999999": 1})),
         (c, chat(m, min_tokens=3, max_tokens=2)),
         (c, chat(m, stop_token_ids=[-1])),
