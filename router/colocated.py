@@ -41,6 +41,7 @@ from router.config import RouterConfig
 from router.jobs import Event, Job, VisionTokens, prompt_layout
 from router.metrics import RouterMetrics
 from shared.engine import Engine, Request, TokenOutput
+from shared.engine.guided import Guides
 from shared.engine.request import vision_inputs
 from shared.models.loader import load_model
 from shared.multimodal.image import ImageError
@@ -308,7 +309,7 @@ def load_colocated(cfg: RouterConfig, metrics: RouterMetrics, tokens: VisionToke
         torch.set_num_threads(cfg.torch_threads)
     log.info("loading the whole model from %s (%s, %s)", cfg.model, cfg.device, cfg.dtype)
     model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    engine = Engine(model, cfg.engine)
+    engine = Engine(model, cfg.engine, Guides.from_checkpoint(cfg.model, model.config.eos_token_ids[0]))
     runner = VisionRunner(cfg.model, cfg.device, cfg.dtype, model=model)
     vision = VisionStage(runner, cfg.batch_patches, cfg.image_cache_bytes)
     return ColocatedBackend(

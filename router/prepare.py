@@ -3,7 +3,8 @@ parameters.
 
 Owns the model-dependent checks (every failure is a 400 ``APIError``): the model id, the number
 and validity of images and videos, the chat template (and its tool-call format, for ``tools``), the
-context length, the token budget, the token controls (``router.token_controls``).
+context length, the token budget, the token controls (``router.token_controls``), the output's
+structure (``router.structured``).
 Images and videos go to the backend in prompt order, each with its runs of tokens.
 """
 
@@ -22,6 +23,7 @@ from router.images import FetchLimits, load_image_url
 from router.jobs import LoadedImage, VisionTokens
 from router.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingFields, bad_request
 from router.sampling_defaults import sampling_value
+from router.structured import guide_for
 from router.token_controls import token_controls
 from router.tool_calls import START as TOOL_CALL_START
 from router.videos import Sampling, VideoRules, load_video, too_many
@@ -207,6 +209,7 @@ class Preparer:
             repetition_penalty=sampling_value(req, "repetition_penalty", d),
             max_tokens=max_tokens, stop_token_ids=tokens.stop_token_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
             min_tokens=tokens.min_tokens, logit_bias=tokens.logit_bias, allowed_token_ids=tokens.allowed_token_ids,
+            guide=guide_for(req),
         )  # fmt: skip
         return Prepared(ids, images, params, stops, req.include_stop_str_in_output, req.skip_special_tokens)
 

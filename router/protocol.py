@@ -163,6 +163,10 @@ class SamplingFields(_Strict):
     allowed_token_ids: list[int] | None = None  # vLLM's: the only tokens the answer may hold
     include_stop_str_in_output: bool = False  # vLLM's: the stop string (or stop token) ends the text
     skip_special_tokens: bool = True  # vLLM's: special tokens are not text
+    # The answer's structure (``router.structured``): OpenAI's response_format (text, json_object,
+    # json_schema) or vLLM's structured_outputs (json, regex or choice)
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
     seed: int | None = Field(default=None, ge=0, le=(1 << 63) - 1)
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)  # choices: n generations of the one prompt
@@ -185,36 +189,16 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    # Fields whose ask this server cannot honour are refused, not ignored: an answer that looks
-    # served but is not what was asked is worse than a 400.
-    response_format: dict[str, Any] | None = None  # {"type": "text"} only: no guided decoding here
     # Tools are shown to the model (the chat template's format) and its calls parsed from the answer
-    # (``router.tool_calls``) with tool_choice "auto", the default with tools; "none" hides them.
-    # "required" and a named function need guided decoding to be kept: refused.
+    # (``router.tool_calls``) unless tool_choice is "none"; "auto" (the default with tools) lets the
+    # model choose, "required" and a named function hold the answer to calls (``router.structured``).
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True  # false: at most one call per answer (later ones dropped)
 
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type", "text") != "text":
-            raise ValueError(f"{value.get('type')!r} is not supported: this server has no guided decoding")
-        return value
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_forced_calls(cls, value: Any) -> Any:
-        if value == "required" or isinstance(value, NamedToolChoice):
-            raise ValueError(
-                'a forced tool call ("required" or a named function) needs guided decoding, which this '
-                'server has not; use "auto"'
-            )
-        return value
-
     def calls_tools(self) -> bool:
         """Whether the tools are shown to the model and its answer parsed for calls."""
-        return bool(self.tools) and self.tool_choice in (None, "auto")
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 class CompletionRequest(SamplingFields):

@@ -36,12 +36,13 @@ from shared.engine.compiler_check import missing_compiler
 from shared.engine.config import EngineConfig
 from shared.engine.cpu_kernels import auto_reason, decode_kernel
 from shared.engine.decode_graph import DecodeGraph
+from shared.engine.guided import GuideError, Guides
 from shared.engine.kv_pool import KVPool
 from shared.engine.kv_transfer import SequenceState, check_kv, check_layer
 from shared.engine.memory import plan_kv_blocks, profile_forward
 from shared.engine.model_runner import ModelRunner
 from shared.engine.moe_kernels import install_kernel, select_kernel
-from shared.engine.request import FinishReason, Request, TokenOutput
+from shared.engine.request import FinishReason, Request, SamplingParams, TokenOutput
 from shared.engine.sampler import Sampler
 from shared.engine.scheduler import Scheduler
 from shared.engine.sequence import Sequence, Status
@@ -53,8 +54,14 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, model: Qwen3VLMoeForConditionalGeneration, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, model: Qwen3VLMoeForConditionalGeneration, config: EngineConfig | None = None,
+        guides: Guides | None = None,
+    ) -> None:  # fmt: skip
+        """``guides``: the checkpoint's vocabulary for guided requests (``shared.engine.guided``);
+        None: a guided request is refused (``add_request`` raises)."""
         self.config = config = config or EngineConfig()
+        self.guides = guides
         self.model_config = model.config
         text = model.config.text
         weight = next(model.parameters())
@@ -120,12 +127,19 @@ class Engine:
     def add_request(self, request: Request) -> None:
         cfg = self.model_config
         request.validate(self.vision_token_ids, cfg.num_deepstack_levels, cfg.text.hidden_size)
-        self._check_new(request.request_id, len(request.prompt_token_ids), request.params.max_tokens)
+        self._check_new(request.request_id, len(request.prompt_token_ids), request.params)
         seq = Sequence.from_request(request, next(self._arrivals), self.device)
         self.seqs[seq.request_id] = seq
         self.scheduler.add(seq)
 
-    def _check_new(self, request_id: str, num_prompt_tokens: int, max_tokens: int) -> None:
+    def _check_new(self, request_id: str, num_prompt_tokens: int, params: SamplingParams) -> None:
+        max_tokens = params.max_tokens
+        if (
+            params.guide
+        ):  # compiled now (then cached): an expression that cannot guide is this request's error
+            if self.guides is None:
+                raise GuideError(f"request {request_id}: guided decoding is not available in this engine")
+            self.guides.index(params.guide)
         if request_id in self.seqs or request_id in self._importing:
             raise ValueError(f"request {request_id} is already in the engine")
         if num_prompt_tokens >= self.max_model_len:
@@ -187,6 +201,7 @@ class Engine:
             [s.generator for s in seqs],
             [s.num_output_tokens + s.params.draw_offset for s in seqs],
             [s.token_history(self.device) for s in seqs] if any(s.params.penalized for s in seqs) else None,
+            [s.guide_state(self.guides) for s in seqs] if any(s.params.guide for s in seqs) else None,
         )
         outputs = []
         for i, seq in enumerate(seqs):
@@ -212,6 +227,8 @@ class Engine:
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         p = seq.params
+        if seq.guide is not None and token == seq.guide.eos_token_id:
+            return FinishReason.STOP  # the guide allowed it: the answer is complete, ignore_eos or not
         if seq.num_output_tokens + p.draw_offset > p.min_tokens and (
             token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_token_ids)
         ):
@@ -275,7 +292,7 @@ class Engine:
 
     # ----- import ------------------------------------------------------------------------------------
     def _new_import(self, state: SequenceState) -> Sequence:
-        self._check_new(state.request_id, state.num_prompt_tokens, state.params.max_tokens)
+        self._check_new(state.request_id, state.num_prompt_tokens, state.params)
         return state.to_sequence(next(self._arrivals), self.device)
 
     def import_sequence(self, state: SequenceState, kv: SequenceKV) -> None:
@@ -291,7 +308,7 @@ class Engine:
         """Reserve blocks for a sequence whose KV, of every token in ``state``, arrives later (layer by
         layer, or written into the blocks by a transfer engine), with room for the token sampled after
         them. Returns the reserved block ids in order, or None while the pool is full."""
-        self._check_new(state.request_id, state.num_prompt_tokens, state.params.max_tokens)
+        self._check_new(state.request_id, state.num_prompt_tokens, state.params)
         seq = state.pending_sequence(next(self._arrivals), self.device)
         if not self.blocks.can_grow(seq, seq.num_tokens + 1):
             return None

@@ -54,6 +54,8 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     # vLLM's: when set, every other token is ruled out (applied with the bias)
     allowed_token_ids: tuple[int, ...] = ()
+    # A regular expression the answer must match (``shared.engine.guided``); "": unguided
+    guide: str = ""
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
@@ -85,14 +87,16 @@ class SamplingParams:
 
     @cached_property
     def plain(self) -> bool:
-        """No penalty, bias, allowed set or ``min_tokens``: the logits are chosen from as they come
+        """No penalty, bias, allowed set, guide or ``min_tokens``: the logits are chosen from as they come
         (one attribute the sampler reads per row and step)."""
-        return not (self.penalized or self.logit_bias or self.allowed_token_ids or self.min_tokens)
+        return not (
+            self.penalized or self.logit_bias or self.allowed_token_ids or self.min_tokens or self.guide
+        )
 
     def steered(self, draws: int) -> bool:
-        """Whether the logits need ``logit_bias``, ``allowed_token_ids`` or ``min_tokens``'s mask
-        before this row's ``draws``-th draw (tokens it sampled before, an earlier attempt's included)."""
-        return bool(self.logit_bias or self.allowed_token_ids) or draws < self.min_tokens
+        """Whether the logits need ``logit_bias``, ``allowed_token_ids``, a guide or ``min_tokens``'s
+        mask before this row's ``draws``-th draw (tokens it sampled before, an earlier attempt's included)."""
+        return bool(self.logit_bias or self.allowed_token_ids or self.guide) or draws < self.min_tokens
 
     @property
     def greedy(self) -> bool:

@@ -11,7 +11,7 @@ exponential race (``argmax(p / e)``, ``e ~ Exp(1)`` per token) would draw one pe
 which on a CPU costs milliseconds a row at Qwen's 151,936 tokens. Nothing sorts the whole
 vocabulary unless it must: top-k takes the k largest, top-p the 1,024 largest when they hold the
 nucleus (a trained model's rows are peaked; else the row is sorted), and min-p compares with the
-row's maximum. ``logit_bias``, ``allowed_token_ids`` and ``min_tokens`` (``steer``), then the penalties (presence,
+row's maximum. ``logit_bias``, ``allowed_token_ids``, ``min_tokens`` and a guide (``steer``), then the penalties (presence,
 frequency, repetition: ``shared.engine.penalties``) change the logits both greedy and sampled rows choose from.
 Logprobs are those of the raw logits (before all of these, temperature and filters), as vLLM
 reports them by default.
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from shared.engine import cpu_kernels
+from shared.engine.guided import GuideState
 from shared.engine.penalties import TokenHistory, penalize
 from shared.engine.request import SamplingParams
 
@@ -95,11 +96,12 @@ class Sampler:
         generators: list[torch.Generator | None],  # a seeded row's own generator, reseeded per draw
         draws: list[int],  # tokens each row's request sampled before this step
         histories: list[TokenHistory | None] | None = None,  # each penalised row's, synced
+        guides: list[GuideState | None] | None = None,  # each guided row's, synced
     ) -> SamplerOutput:
         chosen_from = logits
         if not all(p.plain for p in params):
             if any(p.steered(d) for p, d in zip(params, draws, strict=True)):
-                chosen_from = steer(logits, params, draws, self.eos_token_ids)
+                chosen_from = steer(logits, params, draws, self.eos_token_ids, guides)
             if any(p.penalized for p in params):
                 chosen_from = penalize(chosen_from, params, histories)
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
@@ -237,12 +239,15 @@ def _sample_into(
 
 
 def steer(
-    logits: torch.Tensor, params: list[SamplingParams], draws: list[int], eos_token_ids: Collection[int]
-) -> torch.Tensor:
+    logits: torch.Tensor, params: list[SamplingParams], draws: list[int], eos_token_ids: Collection[int],
+    guides: list[GuideState | None] | None = None,
+) -> torch.Tensor:  # fmt: skip
     """The logits [R, V] with each row's ``logit_bias`` added, the tokens outside its
     ``allowed_token_ids`` (if it has any) set to -inf and, while a row has sampled fewer than its
     ``min_tokens``, its stop tokens (and the model's end-of-sequence tokens unless it
-    ignores EOS) set to -inf (a copy; other rows as they were). vLLM applies both before the
+    ignores EOS) set to -inf (a copy; other rows as they were); then the tokens its guide's state
+    does not allow (``guides``: a state per row, None for unguided rows) set to -inf. Where the
+    rest left the guide nothing, the guide alone decides. vLLM applies all of these before the
     penalties, and so do greedy rows."""
     out = logits.clone()
     vocab = logits.shape[1]
@@ -262,6 +267,13 @@ def steer(
             held = [t for t in {*p.stop_token_ids, *(() if p.ignore_eos else eos_token_ids)} if t < vocab]
             if held:
                 out[i, torch.tensor(held, device=logits.device)] = float("-inf")
+        state = guides[i] if guides is not None else None
+        if state is not None:
+            allowed = state.allowed(vocab, logits.device)
+            row = out[i].masked_fill(~allowed, float("-inf"))
+            if not bool(row.isfinite().any()):  # min_tokens or the allowed set left the guide nothing
+                row = logits[i].masked_fill(~allowed, float("-inf"))
+            out[i] = row
     return out
 
 

@@ -20,6 +20,7 @@ from enum import Enum
 
 import torch
 
+from shared.engine.guided import GuideError, Guides, GuideState
 from shared.engine.penalties import TokenHistory
 from shared.engine.request import FinishReason, ImageInput, Request, SamplingParams
 from shared.models.layers.attention import SequenceKV
@@ -65,6 +66,7 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache at the last admission
         self.host_kv: SequenceKV | None = None  # swapped-out or imported KV awaiting a slot
         self.history: TokenHistory | None = None  # a penalised sequence's, from its first sampling step
+        self.guide: GuideState | None = None  # a guided sequence's, from its first sampling step
 
     def token_history(self, device: torch.device) -> TokenHistory | None:
         """What the penalties read of this sequence (None without penalties), up to date. A
@@ -76,6 +78,17 @@ class Sequence:
                 self.token_ids, self.num_prompt_tokens - self.params.draw_offset, device
             )
         return self.history.sync()
+
+    def guide_state(self, guides: Guides | None) -> GuideState | None:
+        """Where this sequence is in its guide's automaton (None when unguided), up to date; its
+        guided tokens begin where its output does (a migrated request's, where the earlier attempt's)."""
+        if not self.params.guide:
+            return None
+        if self.guide is None:
+            if guides is None:
+                raise GuideError("guided decoding is not available in this engine")
+            self.guide = guides.state(self.params.guide, self.num_prompt_tokens - self.params.draw_offset)
+        return self.guide.sync(self.token_ids)
 
     @classmethod
     def from_request(cls, req: Request, arrival: int, device: torch.device) -> Sequence:

@@ -3,11 +3,16 @@ text and base64 images), greedy parity with transformers, stop strings, completi
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
 import torch
 
+from router.protocol import ChatCompletionRequest
+from router.structured import guide_for
+from shared.engine.guided import Guides
 from shared.models.config import load_config
 from shared.multimodal.prompt import PromptBuilder
 from tests.disagg.conftest import Prompt, hf_generate, stop_ids
@@ -133,6 +138,85 @@ def test_a_conversation_with_tools_matches_transformers(cluster, client, ckpt, h
     assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == len(ref)
     assert out.choices[0].message.content == builder.tokenizer.decode(ref, skip_special_tokens=True)
     assert out.choices[0].message.tool_calls is None
+
+
+def guided_greedy(hf, ckpt, ids: list[int], expression: str, max_tokens: int) -> list[int]:
+    """transformers' greedy answer held to ``expression`` by outlines-core's automaton over the
+    checkpoint's vocabulary (the engine's is checked against the same in tests/engine/test_guided.py)."""
+    from outlines_core import Guide
+
+    guides, cfg = Guides.from_checkpoint(ckpt, load_config(ckpt).eos_token_ids[0]), load_config(ckpt)
+    assert guides is not None
+    automaton = Guide(guides.index(expression))
+
+    def allowed(batch: int, sofar: torch.Tensor) -> list[int]:
+        if sofar.shape[0] > len(ids):
+            automaton.advance(int(sofar[-1]), return_tokens=False)
+        return automaton.get_tokens()
+
+    return hf_generate(
+        hf,
+        Prompt(ids, [], []),
+        cfg,
+        max_tokens,
+        prefix_allowed_tokens_fn=allowed,
+        eos_token_id=guides.eos_token_id,
+    )
+
+
+def test_json_schema_answers_match_transformers_under_the_same_automaton(cluster, client, ckpt, hf):
+    """The guide travels router -> prefill (first token) -> decode (the rest, replaying the first):
+    token for token transformers' greedy answer under the same automaton, JSON of the schema."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 8}, "rain": {"type": "boolean"}},
+        "required": ["city", "rain"],
+    }
+    messages = [{"role": "user", "content": "Weather?"}]
+    builder = PromptBuilder.from_checkpoint(ckpt)
+    ids = builder.build(messages, []).input_ids
+    fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema}}
+    ref = guided_greedy(
+        hf, ckpt, ids, guide_for(ChatCompletionRequest(model="m", messages=messages, response_format=fmt)), 40
+    )
+    out = client.chat.completions.create(
+        model=cluster.model, messages=messages, max_tokens=40, temperature=0, response_format=fmt
+    )
+    assert out.usage.completion_tokens == len(ref) and out.choices[0].finish_reason == "stop"
+    text = out.choices[0].message.content
+    assert text == builder.tokenizer.decode(ref, skip_special_tokens=True)
+    assert set(json.loads(text)) == {"city", "rain"}
+    print(f"\njson_schema answer: {text!r} == transformers")
+
+
+def test_a_named_tool_choice_gets_one_call_of_that_tool(cluster, client):
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 8}},
+                "required": ["city"],
+            },
+        },
+    }
+    kw = dict(
+        model=cluster.model, messages=[{"role": "user", "content": "Weather in Bern?"}], tools=[weather],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60, temperature=0,
+    )  # fmt: skip
+    out = client.chat.completions.create(**kw)
+    calls = out.choices[0].message.tool_calls
+    assert out.choices[0].finish_reason == "tool_calls" and len(calls) == 1
+    assert calls[0].function.name == "get_weather" and set(json.loads(calls[0].function.arguments)) == {
+        "city"
+    }
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or []) if c.choices]
+    assert [(d.function.name, d.function.arguments) for d in deltas] == [
+        ("get_weather", calls[0].function.arguments)
+    ]
+    print(f"\nforced call: {calls[0].function.arguments}")
 
 
 def test_n_choices_are_the_seeded_requests_side_by_side(cluster, client):

@@ -94,8 +94,19 @@ def corpus(m: str) -> list[tuple[str, object]]:
         ("/v1/completions", {"model": m, "prompt": [10**9]}),
         ("/v1/completions", {"model": "nope", "prompt": "x"}),
         # asks this server cannot honour: refused, not ignored
-        (c, chat(m, response_format={"type": "json_object"})),
-        (c, chat(m, tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="required")),
+        (c, chat(m, response_format={"type": "json_schema"})),
+        (c, chat(m, response_format={"type": "yaml"})),
+        (c, chat(m, structured_outputs={"json": {"type": "object"}, "regex": "a+"})),
+        (c, chat(m, response_format={"type": "json_object"}, structured_outputs={"regex": "a+"})),
+        (c, chat(m, structured_outputs={"regex": "(unclosed"})),  # the prefill worker's 400
+        (
+            c,
+            chat(
+                m,
+                tools=[{"type": "function", "function": {"name": "f"}}],
+                tool_choice={"type": "function", "function": {"name": "g"}},
+            ),
+        ),
         (c, chat(m, tools=[{"type": "function", "function": {"name": "not a name"}}])),
         (
             c,

@@ -28,6 +28,7 @@ from shared.wire.schema import message, rule, struct
 MAX_STOP_TOKENS = 64
 MAX_LOGIT_BIAS = 1024  # token ids a request may bias
 MAX_ALLOWED_TOKENS = 1 << 18  # a request's allowed_token_ids (any vocabulary is smaller)
+MAX_GUIDE_CHARS = 1 << 18  # a guided request's regular expression (within the 1 MiB header)
 # A video adds a text run and a vision run per temporal group (a timestamp before each group).
 MAX_SEGMENTS = 2 * MAX_IMAGES_PER_REQUEST + 2 * MAX_VIDEO_FRAMES + 1
 
@@ -57,6 +58,7 @@ class Sampling:
     allowed_token_ids: list[int] = rule(
         ge=0, le=MAX_TOKEN_ID, max_len=MAX_ALLOWED_TOKENS, default_factory=list
     )
+    guide: str = rule(max_len=MAX_GUIDE_CHARS, default="")  # the regular expression of a guided answer
 
     def validate(self) -> None:
         if len(self.bias_token_ids) != len(self.bias_values):
