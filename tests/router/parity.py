@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import openai
+import torch
+from outlines_core import Guide
 
+from router.protocol import ChatCompletionRequest
+from router.structured import guide_for
+from shared.engine.guided import Guides
 from shared.models.config import load_config
 from shared.multimodal.image import decode_image
 from shared.multimodal.prompt import PromptBuilder
@@ -59,3 +65,50 @@ def assert_streaming_equals_non_streaming(client: openai.OpenAI, model: str) -> 
     assert text == whole.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == 10 == whole.usage.completion_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def guided_greedy(hf, ckpt: Path, ids: list[int], expression: str, max_tokens: int) -> list[int]:
+    """transformers' greedy answer held to ``expression`` by outlines-core's automaton over the
+    checkpoint's vocabulary (the engine's own masks are checked against the same in
+    tests/engine/test_guided.py)."""
+    cfg = load_config(ckpt)
+    guides = Guides.from_checkpoint(ckpt, cfg.eos_token_ids[0])
+    assert guides is not None
+    automaton = Guide(guides.index(expression))
+
+    def allowed(batch: int, sofar: torch.Tensor) -> list[int]:
+        if sofar.shape[0] > len(ids):
+            automaton.advance(int(sofar[-1]), return_tokens=False)
+        return automaton.get_tokens()
+
+    return hf_generate(
+        hf,
+        Prompt(ids, [], []),
+        cfg,
+        max_tokens,
+        prefix_allowed_tokens_fn=allowed,
+        eos_token_id=guides.eos_token_id,
+    )
+
+
+def assert_guided_matches_transformers(client: openai.OpenAI, model: str, ckpt: Path, hf) -> str:
+    """A ``json_schema`` answer (greedy) is token for token transformers' under the same automaton,
+    and JSON of the schema. Returns the text."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 8}, "rain": {"type": "boolean"}},
+        "required": ["city", "rain"],
+    }
+    messages = [{"role": "user", "content": "Weather?"}]
+    builder = PromptBuilder.from_checkpoint(ckpt)
+    fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema}}
+    expression = guide_for(ChatCompletionRequest(model=model, messages=messages, response_format=fmt))
+    ref = guided_greedy(hf, ckpt, builder.build(messages, []).input_ids, expression, 40)
+    out = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=40, temperature=0, response_format=fmt
+    )
+    assert out.usage.completion_tokens == len(ref) and out.choices[0].finish_reason == "stop"
+    text = out.choices[0].message.content
+    assert text == builder.tokenizer.decode(ref, skip_special_tokens=True)
+    assert set(json.loads(text)) == {"city", "rain"}
+    return text

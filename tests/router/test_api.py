@@ -10,13 +10,14 @@ import openai
 import pytest
 import torch
 
-from router.protocol import ChatCompletionRequest
-from router.structured import guide_for
-from shared.engine.guided import Guides
 from shared.models.config import load_config
 from shared.multimodal.prompt import PromptBuilder
 from tests.disagg.conftest import Prompt, hf_generate, stop_ids
-from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
+from tests.router.parity import (
+    assert_greedy_matches_transformers,
+    assert_guided_matches_transformers,
+    assert_streaming_equals_non_streaming,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -140,52 +141,9 @@ def test_a_conversation_with_tools_matches_transformers(cluster, client, ckpt, h
     assert out.choices[0].message.tool_calls is None
 
 
-def guided_greedy(hf, ckpt, ids: list[int], expression: str, max_tokens: int) -> list[int]:
-    """transformers' greedy answer held to ``expression`` by outlines-core's automaton over the
-    checkpoint's vocabulary (the engine's is checked against the same in tests/engine/test_guided.py)."""
-    from outlines_core import Guide
-
-    guides, cfg = Guides.from_checkpoint(ckpt, load_config(ckpt).eos_token_ids[0]), load_config(ckpt)
-    assert guides is not None
-    automaton = Guide(guides.index(expression))
-
-    def allowed(batch: int, sofar: torch.Tensor) -> list[int]:
-        if sofar.shape[0] > len(ids):
-            automaton.advance(int(sofar[-1]), return_tokens=False)
-        return automaton.get_tokens()
-
-    return hf_generate(
-        hf,
-        Prompt(ids, [], []),
-        cfg,
-        max_tokens,
-        prefix_allowed_tokens_fn=allowed,
-        eos_token_id=guides.eos_token_id,
-    )
-
-
 def test_json_schema_answers_match_transformers_under_the_same_automaton(cluster, client, ckpt, hf):
-    """The guide travels router -> prefill (first token) -> decode (the rest, replaying the first):
-    token for token transformers' greedy answer under the same automaton, JSON of the schema."""
-    schema = {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 8}, "rain": {"type": "boolean"}},
-        "required": ["city", "rain"],
-    }
-    messages = [{"role": "user", "content": "Weather?"}]
-    builder = PromptBuilder.from_checkpoint(ckpt)
-    ids = builder.build(messages, []).input_ids
-    fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema}}
-    ref = guided_greedy(
-        hf, ckpt, ids, guide_for(ChatCompletionRequest(model="m", messages=messages, response_format=fmt)), 40
-    )
-    out = client.chat.completions.create(
-        model=cluster.model, messages=messages, max_tokens=40, temperature=0, response_format=fmt
-    )
-    assert out.usage.completion_tokens == len(ref) and out.choices[0].finish_reason == "stop"
-    text = out.choices[0].message.content
-    assert text == builder.tokenizer.decode(ref, skip_special_tokens=True)
-    assert set(json.loads(text)) == {"city", "rain"}
+    """The guide travels router -> prefill (first token) -> decode (the rest, replaying the first)."""
+    text = assert_guided_matches_transformers(client, cluster.model, ckpt, hf)
     print(f"\njson_schema answer: {text!r} == transformers")
 
 

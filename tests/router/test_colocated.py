@@ -1,5 +1,5 @@
 """Colocated mode (``epd up --colocated``): the same OpenAI API with the whole model in the router's
-process. Greedy parity with transformers (0, 1, 2 images; videos), streaming, a client that disconnects,
+process. Greedy parity with transformers (0, 1, 2 images; videos; a JSON schema), streaming, a client that disconnects,
 bad images; and, in-process, the backend's own failure paths (bad image bytes, a failing step)."""
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ from shared.wire.messages import ErrorKind
 from tests.cluster import EpdCluster, start_cluster, wait_for
 from tests.demo_pictures import data_url
 from tests.encoder.conftest import png
-from tests.router.parity import assert_greedy_matches_transformers, assert_streaming_equals_non_streaming
+from tests.router.parity import (
+    assert_greedy_matches_transformers,
+    assert_guided_matches_transformers,
+    assert_streaming_equals_non_streaming,
+)
 from tests.router.video_ref import CONVERSATION_IDS, CONVERSATIONS, Reference, ask, assert_matches, parts_of
 
 pytestmark = pytest.mark.cluster
@@ -49,6 +53,11 @@ def client(server: EpdCluster) -> openai.OpenAI:
 def test_greedy_matches_transformers(server, client, ckpt, hf, n_images):
     text = assert_greedy_matches_transformers(client, server.model, ckpt, hf, n_images)
     print(f"\ncolocated, {n_images} images: {text!r} == transformers")
+
+
+def test_json_schema_answers_match_transformers_under_the_same_automaton(server, client, ckpt, hf):
+    text = assert_guided_matches_transformers(client, server.model, ckpt, hf)
+    print(f"\ncolocated json_schema answer: {text!r} == transformers")
 
 
 @pytest.mark.parametrize("items", CONVERSATIONS, ids=CONVERSATION_IDS)
