@@ -176,6 +176,8 @@ class ColocatedBackend(Backend):
     def _admit(self) -> None:
         for live in [v for v in self.live.values() if v.state is JobState.READY]:
             try:
+                if not self.engine.guide_ready(live.job.params.guide):
+                    continue  # compiling in the background: admitted on a later turn
                 request = engine_request(live.job, live.features, self.tokens, self.engine.pool.dtype)
                 self.engine.add_request(request)
             except ValueError as e:  # e.g. longer than the whole KV pool

@@ -3,7 +3,9 @@
 A reservation is granted only when the engine can hold the sequence's KV now
 (``Engine.begin_import`` reserves its blocks, and the grant names them); otherwise it waits in a
 bounded FIFO (the prefill worker is told ``queued`` and keeps its copy) until blocks free up or
-its deadline passes, and beyond that bound it is refused as ``overloaded``. Data is therefore
+its deadline passes, and beyond that bound it is refused as ``overloaded``. A guided request also
+waits there while its guide's automaton compiles in the background (the ones behind it may go
+first), and is refused if it cannot compile. Data is therefore
 never sent without room and never dropped. A state the engine cannot turn into a sequence is
 refused (``bad_request``) at once, and the other messages of the same batch are handled as
 usual (a prompt or sampled token outside the vocabulary too: it would fail every step that runs
@@ -46,6 +48,7 @@ class Admission(enum.StrEnum):
 
     GRANTED = "granted"  # the blocks are reserved; prefill is told to send
     FULL = "full"  # no room now; the reservation may wait
+    COMPILING = "compiling"  # its guide's automaton is not compiled yet; it waits, the next may go
     REFUSED = "refused"  # never acceptable; prefill is told why
 
 
@@ -120,7 +123,7 @@ class Importer:
             self._refuse(rid, ErrorKind.BAD_REQUEST, bad)
             return
         clock = RequestClock.received(msg.trace)
-        if not self.pending and self._try_begin(msg, clock) is not Admission.FULL:
+        if not self.pending and self._try_begin(msg, clock) in (Admission.GRANTED, Admission.REFUSED):
             return
         if len(self.pending) >= self.max_pending:
             self._refuse(rid, ErrorKind.OVERLOADED, f"no room and {len(self.pending)} reservations waiting")
@@ -131,6 +134,8 @@ class Importer:
 
     def _try_begin(self, msg: KVReserve, clock: RequestClock) -> Admission:
         try:
+            if not self.engine.guide_ready(msg.sampling.guide):
+                return Admission.COMPILING
             blocks = self.engine.begin_import(state_from_reservation(msg))
         except UNUSABLE_STATE as e:
             why = f"unusable sequence state: {type(e).__name__}: {e}"
@@ -149,11 +154,12 @@ class Importer:
             if self.clocks[rid].now() > msg.deadline:
                 del self.pending[rid], self.clocks[rid]
                 self._refuse(rid, ErrorKind.OVERLOADED, "no room before the reservation's deadline")
-        while self.pending:
-            rid, msg = next(iter(self.pending.items()))
-            if self._try_begin(msg, self.clocks[rid]) is Admission.FULL:
+        for rid, msg in list(self.pending.items()):  # in order; a compiling one lets the next go
+            admission = self._try_begin(msg, self.clocks[rid])
+            if admission is Admission.FULL:
                 return
-            del self.pending[rid], self.clocks[rid]
+            if admission is not Admission.COMPILING:
+                del self.pending[rid], self.clocks[rid]
 
     def _layer(self, msg: KVLayer) -> None:
         imp = self.importing.get(msg.request_id)

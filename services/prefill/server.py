@@ -317,7 +317,7 @@ class PrefillServer:
                 w.msg.request_id, w.msg.reply_to, ErrorKind.DEADLINE_EXCEEDED,
                 f"deadline passed with {have} of {len(w.msg.images)} image embeddings received",
             )  # fmt: skip
-        for w in self.waiting.pop_done():
+        for w in self.waiting.pop_done(self.engine.guide_ready):
             self._admit(w)
 
     def _admit(self, w: Waiting) -> None:

@@ -2,13 +2,15 @@
 
 Encoders push embeddings straight to prefill, so they can arrive before the router's
 ``PrefillRequest`` (an "orphan": kept, bounded in bytes and time) or after it. A request is ready
-when every image arrived, failed when any image failed, and expired past its deadline; whatever
-it holds is freed when it leaves.
+when every image arrived and its guide (a structured output's automaton, compiled in the
+background) is there, failed when any image or its guide failed, and expired past its deadline;
+whatever it holds is freed when it leaves.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.timeline import RequestClock
@@ -74,8 +76,21 @@ class WaitingRoom:
         except ValueError as e:
             w.problem = str(e)
 
-    def pop_done(self) -> list[Waiting]:
-        done = [w for w in self.requests.values() if w.done]
+    def pop_done(self, guide_ready: Callable[[str], bool] = lambda guide: True) -> list[Waiting]:
+        """The requests done waiting (ready or failed). ``guide_ready(expression)``: whether a guided
+        request's automaton is compiled (raising ValueError when it cannot be: the request fails)."""
+        done = []
+        for w in self.requests.values():
+            if not w.done:
+                continue
+            guide = w.msg.sampling.guide
+            if guide and not w.problem:
+                try:
+                    if not guide_ready(guide):
+                        continue
+                except ValueError as e:
+                    w.problem = str(e)
+            done.append(w)
         for w in done:
             del self.requests[w.msg.request_id]
         return done

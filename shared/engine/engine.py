@@ -132,6 +132,16 @@ class Engine:
         self.seqs[seq.request_id] = seq
         self.scheduler.add(seq)
 
+    def guide_ready(self, guide: str) -> bool:
+        """Whether a request guided by this expression ("": unguided) can be admitted without waiting
+        for it to compile (which starts now, in the background, if it has not); ``GuideError`` (a
+        ValueError) when it never can: no guided decoding here, or an expression that cannot guide."""
+        if not guide:
+            return True
+        if self.guides is None:
+            raise GuideError("guided decoding is not available in this engine")
+        return self.guides.ready(guide)
+
     def _check_new(self, request_id: str, num_prompt_tokens: int, params: SamplingParams) -> None:
         max_tokens = params.max_tokens
         if (

@@ -21,9 +21,11 @@ their text; special tokens (``<|im_end|>``, image pads) are never allowed, but f
 end of sequence at a complete state. A tokenizer of another kind has no guided decoding here
 (``Guides.from_checkpoint`` says why).
 
-Compiling an expression runs on the thread that admits the request (the engine's ``add_request``
-or ``begin_import``): cached per expression, it costs about a millisecond at the demo's 576 tokens,
-more at Qwen's 151,936.
+Compiling an expression takes about a millisecond at the demo's 576 tokens and seconds at Qwen's
+151,936 (2.3 s for a three-field schema, 12.5 s for any JSON object; docs/BENCHMARKS.md), so the
+services compile in the background (``Guides.ready``, one compiler thread; outlines-core releases
+the GIL while it builds) and admit a guided request once its automaton is there, while the others
+run. ``index`` compiles in the caller's thread (the engine's own admission, for direct users).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -102,11 +105,23 @@ class GuideState:
             self.consumed += 1
         return self
 
-    def allowed(self, vocab: int, device: torch.device) -> torch.Tensor:
-        """[vocab] bool: the tokens this state allows."""
-        words = torch.zeros((vocab + 31) // 32, dtype=torch.int32)
+    def write_mask(self, words: torch.Tensor) -> None:
+        """The tokens this state allows into ``words``, a contiguous CPU int32 row of ``mask_words``:
+        bit b of word w is token 32 w + b."""
         self.guide.write_mask_into(words.data_ptr(), words.numel(), words.element_size())
-        return ((words[:, None] >> _BITS) & 1).bool().view(-1)[:vocab].to(device)
+
+
+def mask_words(vocab: int) -> int:
+    return (vocab + 31) // 32
+
+
+def banned_tokens(states: Sequence[GuideState], vocab: int, device: torch.device) -> torch.Tensor:
+    """[len(states), vocab] bool: the tokens each state does not allow."""
+    words = torch.zeros(len(states), mask_words(vocab), dtype=torch.int32)
+    for row, state in zip(words, states, strict=True):
+        state.write_mask(row)
+    bits = (~words[:, :, None] >> _BITS) & 1  # [R, W, 32]: 1 where the state's bit is 0
+    return bits.bool().view(len(states), -1)[:, :vocab].to(device)
 
 
 class Guides:
@@ -117,6 +132,8 @@ class Guides:
         self.vocabulary = Vocabulary(eos_token_id, vocabulary)
         self.cache_size = cache_size
         self._indexes: OrderedDict[str, Index] = OrderedDict()
+        self._compiling: dict[str, Future[Index]] = {}  # at most cache_size; the oldest dropped first
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guide-compiler")
 
     @classmethod
     def from_checkpoint(cls, model_dir: Path, eos_token_id: int) -> Guides | None:
@@ -128,20 +145,45 @@ class Guides:
             log.warning("no guided decoding for %s: %s", model_dir, e)
             return None
 
+    def ready(self, expression: str) -> bool:
+        """Whether ``expression``'s automaton is compiled; if not, its compiling starts (or goes on)
+        in the background. GuideError (once) when compiling it failed."""
+        if expression in self._indexes:
+            return True
+        future = self._compiling.get(expression)
+        if future is None:
+            while len(self._compiling) >= self.cache_size:  # asked for and never looked at again
+                self._compiling.pop(next(iter(self._compiling)))
+            self._compiling[expression] = self._compiler.submit(self._compile, expression)
+            return False
+        if not future.done():
+            return False
+        del self._compiling[expression]
+        self._keep(expression, future.result())
+        return True
+
     def index(self, expression: str) -> Index:
-        """The automaton of ``expression`` over this vocabulary; GuideError when there is none."""
+        """The automaton of ``expression`` over this vocabulary (compiled now if it must be); GuideError
+        when there is none."""
         index = self._indexes.get(expression)
         if index is not None:
             self._indexes.move_to_end(expression)
             return index
+        future = self._compiling.pop(expression, None)
+        index = future.result() if future is not None else self._compile(expression)
+        self._keep(expression, index)
+        return index
+
+    def _compile(self, expression: str) -> Index:
         try:
-            index = Index(expression, self.vocabulary)
+            return Index(expression, self.vocabulary)
         except (ValueError, RuntimeError, TypeError) as e:  # outlines-core's errors for what it cannot build
             raise GuideError(f"the guide's expression cannot be used: {e}") from None
+
+    def _keep(self, expression: str, index: Index) -> None:
         self._indexes[expression] = index
         if len(self._indexes) > self.cache_size:
             self._indexes.popitem(last=False)
-        return index
 
     def state(self, expression: str, start: int) -> GuideState:
         return GuideState(self.index(expression), start, self.eos_token_id)

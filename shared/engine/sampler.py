@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from shared.engine import cpu_kernels
-from shared.engine.guided import GuideState
+from shared.engine.guided import GuideState, banned_tokens
 from shared.engine.penalties import TokenHistory, penalize
 from shared.engine.request import SamplingParams
 
@@ -267,13 +267,16 @@ def steer(
             held = [t for t in {*p.stop_token_ids, *(() if p.ignore_eos else eos_token_ids)} if t < vocab]
             if held:
                 out[i, torch.tensor(held, device=logits.device)] = float("-inf")
-        state = guides[i] if guides is not None else None
-        if state is not None:
-            allowed = state.allowed(vocab, logits.device)
-            row = out[i].masked_fill(~allowed, float("-inf"))
-            if not bool(row.isfinite().any()):  # min_tokens or the allowed set left the guide nothing
-                row = logits[i].masked_fill(~allowed, float("-inf"))
-            out[i] = row
+    guided = [i for i, state in enumerate(guides or []) if state is not None]
+    if guided:
+        assert guides is not None
+        banned = banned_tokens([guides[i] for i in guided], vocab, logits.device)  # [g, V]
+        for j, i in enumerate(guided):  # in place, row by row: no copy of the rows
+            row = out[i].masked_fill_(banned[j], float("-inf"))
+            p = params[i]
+            masked = bool(p.allowed_token_ids) or draws[i] < p.min_tokens  # what else sets -inf
+            if masked and row.max() == float("-inf"):  # and it left the guide nothing
+                row.copy_(logits[i]).masked_fill_(banned[j], float("-inf"))
     return out
 
 

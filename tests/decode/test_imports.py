@@ -12,6 +12,7 @@ import torch
 
 from services.decode.imports import Importer
 from shared.engine import Engine, EngineConfig, SamplingParams, SequenceState
+from shared.engine.guided import Guides
 from shared.engine.kv_pool import KVPool
 from shared.models.loader import load_model
 from shared.transfer import ReplyEvent, TransferReply, ZmqKVReceiver, ZmqKVSender, reservation
@@ -97,3 +98,36 @@ def test_a_transfer_the_router_aborted_before_it_came_is_refused(lm, link):
     assert by_id["gone"].event is ReplyEvent.REFUSED and "aborted" in by_id["gone"].message
     assert by_id["kept"].event is ReplyEvent.GRANTED and list(importer.importing) == ["kept"]
     assert not importer.aborted  # remembered once
+
+
+def test_a_guided_reservation_waits_for_its_automaton_and_lets_the_next_go(lm, link, tiny_checkpoint):
+    """Its guide compiles in the background meanwhile (slowed here to three turns); the plain
+    reservation behind it is granted first; an expression that cannot guide is refused."""
+    sender, receiver = link
+    guides = Guides.from_checkpoint(tiny_checkpoint(**SPEC), lm.config.eos_token_ids[0])
+    assert guides is not None
+    engine = Engine(lm, EngineConfig(block_size=8, num_blocks=30), guides)
+    slow, ready = [3], guides.ready
+
+    def slowed(expression: str) -> bool:
+        slow[0] -= 1
+        return ready(expression) and slow[0] < 0
+
+    guides.ready = slowed
+    importer = Importer(engine, receiver, lambda rid, to, kind, m: None, 4, 30.0)
+    msgs = [reserve(rid, 20, receiver) for rid in ("guided", "plain", "broken")]
+    for msg, guide in zip(msgs, ("[ab]+", "", "(unclosed"), strict=True):
+        sender.reserve(
+            receiver.address,
+            dataclasses.replace(msg, sampling=dataclasses.replace(msg.sampling, guide=guide)),
+            1.0,
+        )
+    importer.handle(collect(receiver.poll, 3))
+    events: list[tuple[str, ReplyEvent]] = []
+    deadline = time.monotonic() + 30
+    while len([e for e in events if e[1] is not ReplyEvent.QUEUED]) < 3 and time.monotonic() < deadline:
+        importer.grant_waiting()
+        events += [(r.request_id, r.event) for r in sender.poll(0.05)]
+    done = [e for e in events if e[1] is not ReplyEvent.QUEUED]
+    assert done.index(("plain", ReplyEvent.GRANTED)) < done.index(("guided", ReplyEvent.GRANTED))
+    assert ("broken", ReplyEvent.REFUSED) in done and sorted(importer.importing) == ["guided", "plain"]

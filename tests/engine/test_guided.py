@@ -124,3 +124,25 @@ def test_a_migrated_request_goes_on_in_its_automaton(engine, guides):
     cut = len(whole) // 2
     rest = guided_answer(engine, "m1", ids + whole[:cut], temperature=0, draw_offset=cut)
     assert whole[:cut] + rest == whole
+
+
+def test_compiling_in_the_background(ckpt, lm):
+    """``ready`` starts the compile and says False until it is done; a failure is raised once."""
+    import time
+
+    guides = Guides.from_checkpoint(ckpt, lm.config.eos_token_ids[0])
+    assert guides is not None
+    assert guides.ready(REGEX) is False
+    deadline = time.monotonic() + 60
+    while not guides.ready(REGEX):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert guides.index(REGEX) is guides.index(REGEX)  # kept
+    assert guides.ready("(unclosed") is False
+    with pytest.raises(GuideError):
+        while not guides.ready("(unclosed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    engine = Engine.__new__(Engine)
+    engine.guides = guides
+    assert engine.guide_ready("") and engine.guide_ready(REGEX)
