@@ -267,11 +267,10 @@ def steer(
             held = [t for t in {*p.stop_token_ids, *(() if p.ignore_eos else eos_token_ids)} if t < vocab]
             if held:
                 out[i, torch.tensor(held, device=logits.device)] = float("-inf")
-    guided = [i for i, state in enumerate(guides or []) if state is not None]
+    guided = [(i, state) for i, state in enumerate(guides or []) if state is not None]
     if guided:
-        assert guides is not None
-        banned = banned_tokens([guides[i] for i in guided], vocab, logits.device)  # [g, V]
-        for j, i in enumerate(guided):  # in place, row by row: no copy of the rows
+        banned = banned_tokens([state for _, state in guided], vocab, logits.device)  # [g, V]
+        for j, (i, _) in enumerate(guided):  # in place, row by row: no copy of the rows
             row = out[i].masked_fill_(banned[j], float("-inf"))
             p = params[i]
             masked = bool(p.allowed_token_ids) or draws[i] < p.min_tokens  # what else sets -inf
