@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -97,3 +98,22 @@ def test_nothing_waits_for_an_event_still_to_come(tokenizer: Any) -> None:
     evs = events(writes)
     text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in evs[:-1])
     assert text == WORDS and evs[-1] == "data: [DONE]" and backend.aborted == []
+
+
+def test_a_generation_that_hears_nothing_times_out(tokenizer: Any) -> None:
+    """No event before the deadline (and its 5 s of slack): a 504, and the request is aborted."""
+    from router.protocol import APIError
+
+    async def go() -> tuple[APIError, Scripted]:
+        backend = Scripted()
+        gen = Generation(
+            backend, tokenizer, Prepared([1, 2, 3], [], SamplingParams(max_tokens=8), []), "late", 30.0
+        )
+        gen.deadline = time.monotonic() - 4.8  # 0.2 s left of the slack
+        with pytest.raises(APIError) as e:
+            await gen.start()
+        gen.close()
+        return e.value, backend
+
+    error, backend = asyncio.run(go())
+    assert error.status == 504 and error.message == "request timed out" and backend.aborted == ["late"]
