@@ -21,7 +21,14 @@ import httpx
 
 from router.images import FetchLimits, load_image_url
 from router.jobs import LoadedImage, VisionTokens
-from router.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingFields, bad_request
+from router.protocol import (
+    MAX_GENERATIONS,
+    APIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+    bad_request,
+)
 from router.sampling_defaults import sampling_value
 from router.structured import guide_for
 from router.token_controls import token_controls
@@ -153,25 +160,32 @@ class Preparer:
             raise bad_request("this model's chat template has no format for tool calls", "tools")
         return [t.model_dump(exclude_none=True) for t in req.tools or ()]
 
-    async def completion(self, req: CompletionRequest) -> Prepared:
+    async def completions(self, req: CompletionRequest) -> list[Prepared]:
+        """One ``Prepared`` per prompt of the request (a batch of prompts, or one)."""
         self.check_model(req.model)
         if req.echo:
             raise bad_request("echo is not supported", "echo")
-        prompt = req.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            if len(prompt) != 1:
-                raise bad_request("only one prompt per request is supported", "prompt")
-            prompt = prompt[0]
-        if isinstance(prompt, str):
-            ids = await asyncio.to_thread(
-                lambda: self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompts = _prompts(req.prompt)
+        if not prompts:
+            raise bad_request("the prompt is empty", "prompt")
+        if len(prompts) * req.n > MAX_GENERATIONS:
+            raise bad_request(
+                f"{len(prompts)} prompts x n {req.n} generations: at most {MAX_GENERATIONS} per request",
+                "prompt",
             )
+        params = [f"prompt[{k}]" if len(prompts) > 1 else "prompt" for k in range(len(prompts))]
+        return [await self._completion(req, p, param) for p, param in zip(prompts, params, strict=True)]
+
+    async def _completion(self, req: CompletionRequest, prompt: str | list[int], param: str) -> Prepared:
+        if isinstance(prompt, str):
+            text = prompt
+            ids = await asyncio.to_thread(lambda: self.tokenizer(text, add_special_tokens=False)["input_ids"])
         else:
             ids = list(prompt)
             if any(not 0 <= t < len(self.tokenizer) for t in ids):
-                raise bad_request("prompt token ids out of the vocabulary", "prompt")
+                raise bad_request("prompt token ids out of the vocabulary", param)
         if self.builder.image_token_id in ids or self.builder.video_token_id in ids:
-            raise bad_request("the prompt must not contain image or video tokens", "prompt")
+            raise bad_request("the prompt must not contain image or video tokens", param)
         return self._prepared(req, ids, [], req.max_tokens, req.logprobs)
 
     def _prepared(
@@ -224,6 +238,15 @@ class Preparer:
         except ValueError as e:
             raise bad_request(f"invalid image: {e}", param, "invalid_image") from None
         return LoadedImage(data, image_hash(data), grid)
+
+
+def _prompts(prompt: str | list[int] | list[str] | list[list[int]]) -> list[str | list[int]]:
+    """A completions request's prompts: a text, token ids, or a list of either."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if all(isinstance(p, int) for p in prompt):  # one prompt of token ids (or none: empty)
+        return [[p for p in prompt if isinstance(p, int)]]
+    return [p for p in prompt if isinstance(p, str | list)]
 
 
 def _in_prompt_order(

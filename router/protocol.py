@@ -49,6 +49,7 @@ def _valid_unicode(value: Any) -> Any:
 
 
 MAX_CHOICES = 16
+MAX_GENERATIONS = 64  # a completions request's prompts times n
 
 
 class _Strict(BaseModel):
@@ -202,7 +203,8 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[int] | list[str]
+    # one prompt (text or token ids) or a batch of them: each gets n choices, indexed prompt * n + i
+    prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
     max_tokens: int | None = Field(default=16, ge=1)

@@ -58,19 +58,22 @@ async def collect(gen: Generation, request: Request) -> tuple[str, str, list[Tok
 
 
 def generations(
-    backend: Backend, tokenizer: Any, prepared: Prepared, rid: str, n: int, timeout_s: float, request: Request,
-    route: str,
+    backend: Backend, tokenizer: Any, prompts: list[Prepared], rid: str, n: int, timeout_s: float,
+    request: Request, route: str,
 ) -> list[Generation]:  # fmt: skip
-    """A request's n choices, each a ``Generation`` with its own timing (``rid`` alone, else
-    ``rid-i``: the workers see n requests)."""
+    """A request's choices: n per prompt, choice k * n + i the i-th of prompt k, each a
+    ``Generation`` with its own timing (``rid`` alone for one, else ``rid-<choice>``: the workers
+    see that many requests)."""
+    total = len(prompts) * n
     return [
         Generation(
-            backend, tokenizer, prepared.choice(i), rid if n == 1 else f"{rid}-{i}", timeout_s,
+            backend, tokenizer, prepared.choice(i), rid if total == 1 else f"{rid}-{k * n + i}", timeout_s,
             RequestTiming(
                 request.state.clock, backend.tracer, route, request.headers.get("traceparent", ""),
                 backend.colocated,
             ),
         )
+        for k, prepared in enumerate(prompts)
         for i in range(n)
     ]  # fmt: skip
 

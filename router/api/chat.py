@@ -50,7 +50,7 @@ async def chat(
     prepared = await prep.chat(req, http)
     rid = "chatcmpl-" + request.state.rid
     route = "POST /v1/chat/completions"
-    gens = generations(backend, prep.tokenizer, prepared, rid, req.n, cfg.request_timeout_s, request, route)
+    gens = generations(backend, prep.tokenizer, [prepared], rid, req.n, cfg.request_timeout_s, request, route)
     await start_all(gens)
     n_prompt, model = len(prepared.prompt_ids), cfg.model_name
     tools = req.calls_tools()

@@ -3,7 +3,9 @@ stream of them out, with the legacy logprobs format on request.
 
 The id is ``cmpl-<request id>``. Legacy logprobs carry each token's character offset in the
 generated text, so the offset runs on across the chunks of a stream. ``n`` > 1 as in
-``router.api.chat``: each choice its own index (and its own offsets).
+``router.api.chat``: each choice its own index (and its own offsets). A batch of prompts (texts or
+lists of token ids, as vLLM takes them) runs side by side too: prompt k's i-th choice is choice
+k * n + i, and the usage counts every prompt once.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ router = APIRouter()
 async def completions(
     req: CompletionRequest, request: Request, cfg: ConfigDep, backend: BackendDep, prep: PreparerDep
 ) -> Response:
-    prepared = await prep.completion(req)
+    prompts = await prep.completions(req)
     rid = "cmpl-" + request.state.rid
     route = "POST /v1/completions"
-    gens = generations(backend, prep.tokenizer, prepared, rid, req.n, cfg.request_timeout_s, request, route)
+    gens = generations(backend, prep.tokenizer, prompts, rid, req.n, cfg.request_timeout_s, request, route)
     await start_all(gens)
-    n_prompt, model = len(prepared.prompt_ids), cfg.model_name
-    offsets = [0] * req.n  # each choice's text so far: its legacy logprobs' character offsets
+    n_prompt, model = sum(len(p.prompt_ids) for p in prompts), cfg.model_name
+    offsets = [0] * len(gens)  # each choice's text so far: its legacy logprobs' character offsets
 
     def legacy(i: int, lps: list) -> dict | None:
         if req.logprobs is None:

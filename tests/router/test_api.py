@@ -233,6 +233,27 @@ def test_completions_logprobs_and_metrics(cluster, client):
         assert name in metrics, name
 
 
+def test_a_batch_of_prompts_is_the_single_prompts_side_by_side(cluster, client, ckpt):
+    """Completions with a batch of prompts (texts or token ids), n each: choice k * n + i is prompt
+    k's i-th, as the prompt alone gives it (seeded: choice i with seed + i), streamed and not."""
+    texts = ["Once upon", "The sky is"]
+    kw = dict(model=cluster.model, max_tokens=5, temperature=1.0, extra_body={"ignore_eos": True})
+    alone = [[client.completions.create(prompt=t, seed=11 + i, **kw) for i in range(2)] for t in texts]
+    want = [alone[k][i].choices[0].text for k in range(2) for i in range(2)]
+    batch = client.completions.create(prompt=texts, n=2, seed=11, **kw)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3] and [c.text for c in batch.choices] == want
+    assert batch.usage.prompt_tokens == sum(a[0].usage.prompt_tokens for a in alone)
+    assert batch.usage.completion_tokens == 20
+    ids = [PromptBuilder.from_checkpoint(ckpt).tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    as_ids = client.completions.create(prompt=ids, n=2, seed=11, **kw)
+    assert [c.text for c in as_ids.choices] == want
+    streamed = ["", "", "", ""]
+    for chunk in client.completions.create(prompt=texts, n=2, seed=11, stream=True, **kw):
+        for c in chunk.choices:
+            streamed[c.index] += c.text
+    assert streamed == want
+
+
 def test_top_logprobs_match_transformers(cluster, client, ckpt, hf):
     """Chosen and top-3 logprobs of a greedy answer equal transformers' log-softmax at each step."""
     messages = [{"role": "user", "content": "Name a colour"}]

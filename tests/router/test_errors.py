@@ -128,6 +128,8 @@ def corpus(m: str) -> list[tuple[str, object]]:
         (c, chat(m, stop_token_ids=[-1])),
         ("/v1/completions", {"model": m, "prompt": "x", "suffix": "y"}),
         ("/v1/completions", {"model": m, "prompt": "x", "best_of": 2}),
+        ("/v1/completions", {"model": m, "prompt": ["x"] * 5, "n": 16}),  # 80 generations, over 64
+        ("/v1/completions", {"model": m, "prompt": ["x", [1, 2]]}),  # texts and ids mixed
         ("/v1/nothing", {}),
     ]
 

@@ -95,4 +95,4 @@ def test_the_models_cap_stays_within_the_context(tmp_path: Path):
     ckpt = checkpoint(tmp_path, {"max_new_tokens": 10**9})
     prep = Preparer(ckpt, "demo", 200, 4, FetchLimits(), sampling_defaults=load_sampling_defaults(ckpt))
     req = CompletionRequest(model="demo", prompt="hello there", max_tokens=None)
-    assert 0 < asyncio.run(prep.completion(req)).params.max_tokens < 200
+    assert 0 < asyncio.run(prep.completions(req))[0].params.max_tokens < 200
