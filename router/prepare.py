@@ -31,7 +31,7 @@ from router.protocol import (
 )
 from router.sampling_defaults import sampling_value
 from router.structured import guide_for
-from router.token_controls import token_controls
+from router.token_controls import bad_words, token_controls
 from router.tool_calls import START as TOOL_CALL_START
 from router.videos import Sampling, VideoRules, load_video, too_many
 from shared.engine import SamplingParams
@@ -223,7 +223,7 @@ class Preparer:
             repetition_penalty=sampling_value(req, "repetition_penalty", d),
             max_tokens=max_tokens, stop_token_ids=tokens.stop_token_ids, ignore_eos=req.ignore_eos, logprobs=logprobs,
             min_tokens=tokens.min_tokens, logit_bias=tokens.logit_bias, allowed_token_ids=tokens.allowed_token_ids,
-            guide=guide_for(req),
+            guide=guide_for(req), bad_words=bad_words(req, self.tokenizer),
         )  # fmt: skip
         return Prepared(ids, images, params, stops, req.include_stop_str_in_output, req.skip_special_tokens)
 

@@ -164,6 +164,7 @@ class SamplingFields(_Strict):
     allowed_token_ids: list[int] | None = None  # vLLM's: the only tokens the answer may hold
     include_stop_str_in_output: bool = False  # vLLM's: the stop string (or stop token) ends the text
     skip_special_tokens: bool = True  # vLLM's: special tokens are not text
+    bad_words: list[str] | None = None  # vLLM's: words the answer must not write (router.token_controls)
     # The answer's structure (``router.structured``): OpenAI's response_format (text, json_object,
     # json_schema) or vLLM's structured_outputs (json, regex or choice)
     response_format: dict[str, Any] | None = None
@@ -175,7 +176,7 @@ class SamplingFields(_Strict):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     user: str | None = None
-    _unicode = field_validator("stop")(_valid_unicode)
+    _unicode = field_validator("stop", "bad_words")(_valid_unicode)
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -7,6 +7,9 @@ a 400. vLLM's ``min_tokens`` holds back the stop tokens, the end-of-sequence tok
 strings until that many tokens are out; it may not exceed the answer's length. vLLM's
 ``stop_token_ids`` end the answer like the end-of-sequence token does, ``ignore_eos`` or not.
 vLLM's ``allowed_token_ids``, when given (not empty), are the only tokens the answer may hold.
+vLLM's ``bad_words`` are words the answer may not write: each becomes its tokens as it would be
+written at the start of the text and after a space (two sequences where they differ), and the
+engine rules out a sequence's last token where the answer ends with the rest of it.
 Everything here is checked against what the wire carries (``shared.wire.messages.prefill``).
 """
 
@@ -14,9 +17,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from router.protocol import SamplingFields, bad_request
-from shared.wire.messages.prefill import MAX_LOGIT_BIAS, MAX_STOP_TOKENS
+from shared.wire.messages.prefill import MAX_BAD_WORD_TOKENS, MAX_BAD_WORDS, MAX_LOGIT_BIAS, MAX_STOP_TOKENS
 
 BIAS_LIMIT = 100.0
 
@@ -70,3 +74,23 @@ def _logit_bias(raw: dict[str, float], vocab_size: int) -> tuple[tuple[int, floa
             raise bad_request(f"logit_bias: the bias of token {token} is not a finite number", "logit_bias")
         out[token] = min(BIAS_LIMIT, max(-BIAS_LIMIT, bias))  # "007" and "7" are one token: the last wins
     return tuple(out.items())
+
+
+def bad_words(req: SamplingFields, tokenizer: Any) -> tuple[tuple[int, ...], ...]:
+    """The token sequences of the request's ``bad_words``: each word without its leading spaces,
+    alone and after one space (both where they differ)."""
+    out: list[tuple[int, ...]] = []
+    for word in req.bad_words or []:
+        word = word.lstrip()
+        if not word:
+            raise bad_request("bad_words: empty words are not words", "bad_words")
+        for text in (word, " " + word):
+            ids = tuple(tokenizer.encode(text, add_special_tokens=False))
+            if ids and ids not in out:
+                out.append(ids)
+    if len(out) > MAX_BAD_WORDS or sum(map(len, out)) > MAX_BAD_WORD_TOKENS:
+        raise bad_request(
+            f"bad_words: at most {MAX_BAD_WORDS} token sequences of {MAX_BAD_WORD_TOKENS} tokens in all",
+            "bad_words",
+        )
+    return tuple(out)

@@ -212,6 +212,9 @@ class Engine:
             [s.num_output_tokens + s.params.draw_offset for s in seqs],
             [s.token_history(self.device) for s in seqs] if any(s.params.penalized for s in seqs) else None,
             [s.guide_state(self.guides) for s in seqs] if any(s.params.guide for s in seqs) else None,
+            [s.recent_output(s.params.bad_words_reach) for s in seqs]
+            if any(s.params.bad_words for s in seqs)
+            else None,
         )
         outputs = []
         for i, seq in enumerate(seqs):

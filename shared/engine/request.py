@@ -56,6 +56,9 @@ class SamplingParams:
     allowed_token_ids: tuple[int, ...] = ()
     # A regular expression the answer must match (``shared.engine.guided``); "": unguided
     guide: str = ""
+    # vLLM's bad_words as token sequences: a sequence's last token is ruled out where the answer's
+    # last tokens are the rest of it (a one-token word: always)
+    bad_words: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
@@ -80,6 +83,8 @@ class SamplingParams:
             raise ValueError("logit_bias: token ids >= 0, biases within -100..100")
         if any(t < 0 for t in self.allowed_token_ids):
             raise ValueError("allowed_token_ids must be >= 0")
+        if any(not word or min(word) < 0 for word in self.bad_words):
+            raise ValueError("bad_words: non-empty token sequences of ids >= 0")
 
     @cached_property
     def penalized(self) -> bool:
@@ -87,16 +92,29 @@ class SamplingParams:
 
     @cached_property
     def plain(self) -> bool:
-        """No penalty, bias, allowed set, guide or ``min_tokens``: the logits are chosen from as they come
+        """No penalty, bias, allowed set, guide, bad words or ``min_tokens``: the logits are chosen from as they come
         (one attribute the sampler reads per row and step)."""
         return not (
-            self.penalized or self.logit_bias or self.allowed_token_ids or self.min_tokens or self.guide
+            self.penalized
+            or self.logit_bias
+            or self.allowed_token_ids
+            or self.min_tokens
+            or self.guide
+            or self.bad_words
         )
 
+    @cached_property
+    def bad_words_reach(self) -> int:
+        """How many of the answer's last tokens ``bad_words`` look at (0: none)."""
+        return max((len(word) - 1 for word in self.bad_words), default=0)
+
     def steered(self, draws: int) -> bool:
-        """Whether the logits need ``logit_bias``, ``allowed_token_ids``, a guide or ``min_tokens``'s
+        """Whether the logits need ``logit_bias``, ``allowed_token_ids``, a guide, bad words or ``min_tokens``'s
         mask before this row's ``draws``-th draw (tokens it sampled before, an earlier attempt's included)."""
-        return bool(self.logit_bias or self.allowed_token_ids or self.guide) or draws < self.min_tokens
+        return (
+            bool(self.logit_bias or self.allowed_token_ids or self.guide or self.bad_words)
+            or draws < self.min_tokens
+        )
 
     @property
     def greedy(self) -> bool:

@@ -97,11 +97,12 @@ class Sampler:
         draws: list[int],  # tokens each row's request sampled before this step
         histories: list[TokenHistory | None] | None = None,  # each penalised row's, synced
         guides: list[GuideState | None] | None = None,  # each guided row's, synced
+        recent: list[list[int]] | None = None,  # each row's last output tokens (``bad_words_reach``)
     ) -> SamplerOutput:
         chosen_from = logits
         if not all(p.plain for p in params):
             if any(p.steered(d) for p, d in zip(params, draws, strict=True)):
-                chosen_from = steer(logits, params, draws, self.eos_token_ids, guides)
+                chosen_from = steer(logits, params, draws, self.eos_token_ids, guides, recent)
             if any(p.penalized for p in params):
                 chosen_from = penalize(chosen_from, params, histories)
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
@@ -240,14 +241,16 @@ def _sample_into(
 
 def steer(
     logits: torch.Tensor, params: list[SamplingParams], draws: list[int], eos_token_ids: Collection[int],
-    guides: list[GuideState | None] | None = None,
+    guides: list[GuideState | None] | None = None, recent: list[list[int]] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The logits [R, V] with each row's ``logit_bias`` added, the tokens outside its
     ``allowed_token_ids`` (if it has any) set to -inf and, while a row has sampled fewer than its
     ``min_tokens``, its stop tokens (and the model's end-of-sequence tokens unless it
-    ignores EOS) set to -inf (a copy; other rows as they were); then the tokens its guide's state
-    does not allow (``guides``: a state per row, None for unguided rows) set to -inf. Where the
-    rest left the guide nothing, the guide alone decides. vLLM applies all of these before the
+    ignores EOS) set to -inf, and the last token of each of its ``bad_words`` whose other tokens
+    end its output (``recent``: each row's last output tokens) set to -inf (a copy; other rows as
+    they were); then the tokens its guide's state does not allow (``guides``: a state per row,
+    None for unguided rows) set to -inf. Where the rest left the guide nothing, the guide alone
+    decides. vLLM applies all of these before the
     penalties, and so do greedy rows."""
     out = logits.clone()
     vocab = logits.shape[1]
@@ -267,16 +270,27 @@ def steer(
             held = [t for t in {*p.stop_token_ids, *(() if p.ignore_eos else eos_token_ids)} if t < vocab]
             if held:
                 out[i, torch.tensor(held, device=logits.device)] = float("-inf")
+        if p.bad_words:
+            tail = recent[i] if recent is not None else []
+            ruled_out = {w[-1] for w in p.bad_words if w[-1] < vocab and _ends_with(tail, w[:-1])}
+            if ruled_out:
+                out[i, torch.tensor(sorted(ruled_out), device=logits.device)] = float("-inf")
     guided = [(i, state) for i, state in enumerate(guides or []) if state is not None]
     if guided:
         banned = banned_tokens([state for _, state in guided], vocab, logits.device)  # [g, V]
         for j, (i, _) in enumerate(guided):  # in place, row by row: no copy of the rows
             row = out[i].masked_fill_(banned[j], float("-inf"))
             p = params[i]
-            masked = bool(p.allowed_token_ids) or draws[i] < p.min_tokens  # what else sets -inf
+            masked = (
+                bool(p.allowed_token_ids or p.bad_words) or draws[i] < p.min_tokens
+            )  # what else sets -inf
             if masked and row.max() == float("-inf"):  # and it left the guide nothing
                 row.copy_(logits[i]).masked_fill_(banned[j], float("-inf"))
     return out
+
+
+def _ends_with(tokens: list[int], part: tuple[int, ...]) -> bool:
+    return not part or (len(tokens) >= len(part) and tuple(tokens[len(tokens) - len(part) :]) == part)
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,11 @@ class Sequence:
             )
         return self.history.sync()
 
+    def recent_output(self, n: int) -> list[int]:
+        """The last ``n`` tokens of the output (a migrated request's earlier tokens count as output)."""
+        start = max(self.num_prompt_tokens - self.params.draw_offset, len(self.token_ids) - n)
+        return self.token_ids[start:] if n else []
+
     def guide_state(self, guides: Guides | None) -> GuideState | None:
         """Where this sequence is in its guide's automaton (None when unguided), up to date; its
         guided tokens begin where its output does (a migrated request's, where the earlier attempt's)."""

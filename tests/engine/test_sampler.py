@@ -278,3 +278,15 @@ def test_allowed_token_ids_rule_out_every_other_token():
         logits.expand(400, -1), [SamplingParams(allowed_token_ids=(1, 3))] * 400, [None] * 400, [0] * 400
     )
     assert set(sampled.token_ids) == {1, 3}
+
+
+def test_bad_words_rule_out_a_words_last_token_after_the_rest_of_it():
+    logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, 1.0]] * 3)
+    s = Sampler(0, torch.device("cpu"))
+    p = SamplingParams(temperature=0, bad_words=((1,), (0, 2), (3, 0, 3)))
+    # token 1 always; 2 only after 0; 3 only after 3, 0 (the third row: 1, 2 and 3 out, 4 is next)
+    got = s(logits, [p] * 3, [None] * 3, [0] * 3, recent=[[], [4, 0], [3, 0]]).token_ids
+    assert got == [2, 3, 4]
+    assert p.bad_words_reach == 2 and SamplingParams().bad_words_reach == 0 and not p.plain
+    with pytest.raises(ValueError):
+        SamplingParams(bad_words=((),))

@@ -81,6 +81,28 @@ def test_logit_bias_and_min_tokens_match_transformers(cluster, client, ckpt, hf)
     print(f"\nlogit_bias EOS +100, min_tokens 5: {held.choices[0].message.content!r} == transformers")
 
 
+def test_bad_words_match_transformers(cluster, client, ckpt, hf):
+    """A word of the greedy answer (two tokens of it, and one alone), banned: the answer is
+    transformers' greedy answer with the same token sequences as ``bad_words_ids``."""
+    messages = [{"role": "user", "content": "Count to ten"}]
+    builder, cfg = PromptBuilder.from_checkpoint(ckpt), load_config(ckpt)
+    tok, prompt = builder.tokenizer, Prompt(builder.build(messages, []).input_ids, [], [])
+    kw = dict(model=cluster.model, messages=messages, max_tokens=12, temperature=0)
+    plain = hf_generate(hf, prompt, cfg, 12, min_new_tokens=12)
+    words = [tok.decode(plain[3:5]), tok.decode(plain[7:8])]
+    sequences = []  # as the router makes them: each word alone and after a space
+    for word in words:
+        for text in (word.lstrip(), " " + word.lstrip()):
+            ids = tok.encode(text, add_special_tokens=False)
+            if ids not in sequences:
+                sequences.append(ids)
+    ref = hf_generate(hf, prompt, cfg, 12, bad_words_ids=sequences, min_new_tokens=12)
+    assert ref != plain
+    out = client.chat.completions.create(**kw, extra_body={"bad_words": words, "min_tokens": 12})
+    assert out.choices[0].message.content == tok.decode(ref, skip_special_tokens=True)
+    print(f"\nbad_words {words!r}: {out.choices[0].message.content!r} == transformers")
+
+
 def test_allowed_token_ids_are_the_only_tokens_of_the_answer(cluster, client, ckpt):
     tokenizer = PromptBuilder.from_checkpoint(ckpt).tokenizer
     allowed = [tokenizer.convert_tokens_to_ids("x"), tokenizer.convert_tokens_to_ids("y")]

@@ -14,7 +14,7 @@ from router.generate import Generation
 from router.jobs import Event
 from router.prepare import Prepared
 from router.protocol import APIError, CompletionRequest
-from router.token_controls import token_controls
+from router.token_controls import bad_words, token_controls
 from shared.engine import SamplingParams
 from shared.wire.messages import FinishReason
 from shared.wire.messages.prefill import MAX_LOGIT_BIAS
@@ -127,3 +127,22 @@ def test_the_stop_and_special_tokens_in_the_text_on_request(tokenizer):
     text = " one" + tokenizer.decode([special]) + " t"
     assert answer(tokenizer, kept.params, [], evs, kept) == (text, "length", 3)
     assert answer(tokenizer, kept.params, [], evs) == (" one t", "length", 3)
+
+
+def test_bad_words_become_their_tokens_alone_and_after_a_space():
+    tok = demo_tokenizer()
+    req = CompletionRequest.model_validate({"model": "m", "prompt": "x", "bad_words": ["  two", "one"]})
+    seqs = bad_words(req, tok)
+    expected = []
+    for word in ("two", "one"):
+        for text in (word, " " + word):
+            ids = tuple(tok.encode(text, add_special_tokens=False))
+            if ids not in expected:
+                expected.append(ids)
+    assert seqs == tuple(expected) and len(seqs) == 4  # " two" is not "two" in this vocabulary
+    for words in ([" "], [f"w{i}" for i in range(100)], ["a b " * 700]):  # empty, 200 sequences, 2,800 tokens
+        with pytest.raises(APIError) as e:
+            bad_words(
+                CompletionRequest.model_validate({"model": "m", "prompt": "x", "bad_words": words}), tok
+            )
+        assert e.value.param == "bad_words"

@@ -434,11 +434,12 @@ def test_a_seeded_reservation_carries_no_generator_state() -> None:
 
 
 def test_token_controls_travel_with_the_reservation() -> None:
-    """min_tokens, logit_bias and allowed_token_ids cross prefill -> decode as the engine had them;
-    a bias list whose two halves differ in length is refused."""
+    """min_tokens, logit_bias, allowed_token_ids, a guide and bad_words cross prefill -> decode as the
+    engine had them; a bias list whose two halves differ in length, or bad-word lengths that do not
+    add up to their ids, are refused."""
     params = SamplingParams(
         max_tokens=9, min_tokens=4, logit_bias=((5, -2.5), (8, 100.0)), stop_token_ids=(3,),
-        allowed_token_ids=(5, 8, 3),
+        allowed_token_ids=(5, 8, 3), guide='\\{"a": [0-9]+\\}', bad_words=((7,), (4, 9, 9), (2, 2)),
     )  # fmt: skip
     state = SequenceState("chatcmpl-8", [5, 6, 7], 3, 0, params)
     msg = reservation(state, 3, "tcp://10.0.0.7:7001", time.time() + 5, "prefill@tcp://10.0.0.5:5700")
@@ -446,6 +447,10 @@ def test_token_controls_travel_with_the_reservation() -> None:
     header, data = header_and_frames(msg)
     header["body"]["sampling"]["bias_values"] = [1.0]
     with pytest.raises(WireError, match="differ in length"):
+        decode(repack(header, data))
+    header, data = header_and_frames(msg)
+    header["body"]["sampling"]["bad_word_lengths"] = [1, 3]
+    with pytest.raises(WireError, match="do not add up"):
         decode(repack(header, data))
 
 

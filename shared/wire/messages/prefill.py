@@ -29,6 +29,8 @@ MAX_STOP_TOKENS = 64
 MAX_LOGIT_BIAS = 1024  # token ids a request may bias
 MAX_ALLOWED_TOKENS = 1 << 18  # a request's allowed_token_ids (any vocabulary is smaller)
 MAX_GUIDE_CHARS = 1 << 18  # a guided request's regular expression (within the 1 MiB header)
+MAX_BAD_WORDS = 128  # token sequences of a request's bad_words (a word gives one or two)
+MAX_BAD_WORD_TOKENS = 2048  # their tokens, all together
 # A video adds a text run and a vision run per temporal group (a timestamp before each group).
 MAX_SEGMENTS = 2 * MAX_IMAGES_PER_REQUEST + 2 * MAX_VIDEO_FRAMES + 1
 
@@ -59,10 +61,17 @@ class Sampling:
         ge=0, le=MAX_TOKEN_ID, max_len=MAX_ALLOWED_TOKENS, default_factory=list
     )
     guide: str = rule(max_len=MAX_GUIDE_CHARS, default="")  # the regular expression of a guided answer
+    # bad_words as one list of token ids and the length of each word's sequence in it
+    bad_word_ids: list[int] = rule(ge=0, le=MAX_TOKEN_ID, max_len=MAX_BAD_WORD_TOKENS, default_factory=list)
+    bad_word_lengths: list[int] = rule(
+        ge=1, le=MAX_BAD_WORD_TOKENS, max_len=MAX_BAD_WORDS, default_factory=list
+    )
 
     def validate(self) -> None:
         if len(self.bias_token_ids) != len(self.bias_values):
             raise ValueError("bias_token_ids and bias_values differ in length")
+        if sum(self.bad_word_lengths) != len(self.bad_word_ids):
+            raise ValueError("bad_word_lengths do not add up to the bad_word_ids")
 
 
 @struct
