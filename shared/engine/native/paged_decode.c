@@ -24,15 +24,15 @@
 
 /* One block of one (sequence, key/value head): the GROUP query rows' scores over its slots, the online
  * softmax rescaled once, the values added. The head's running state: acc, top (running max), sum. */
-#define DEFINE_BLOCK(NAME, T, LOAD)                                                                     \
+#define DEFINE_BLOCK(NAME, T, ROW)                                                                      \
     static inline void NAME(const float qs[G][D], const T *k, const T *v, int64_t first, int64_t n,     \
                             int64_t row, float acc[G][D], float top[G], float sum[G]) {                 \
         float kf[D], vf[D], s[G][BS];                                                                   \
         for (int t = 0; t < BS; t++) { /* a whole block: slots past n are the block's own, masked */     \
-            LOAD(k + (first + t) * row, kf, D);                                                         \
+            const float *kr = ROW(k + (first + t) * row, kf, D);                                        \
             for (int g = 0; g < G; g++) {                                                               \
                 float dot = 0.0f;                                                                       \
-                for (int d = 0; d < D; d++) dot += qs[g][d] * kf[d];                                    \
+                for (int d = 0; d < D; d++) dot += qs[g][d] * kr[d];                                    \
                 s[g][t] = dot;                                                                          \
             }                                                                                           \
         }                                                                                               \
@@ -50,9 +50,9 @@
             top[g] = m;                                                                                 \
         }                                                                                               \
         for (int t = 0; t < n; t++) { /* values: only written slots (the rest may hold anything) */     \
-            LOAD(v + (first + t) * row, vf, D);                                                         \
+            const float *vr = ROW(v + (first + t) * row, vf, D);                                        \
             for (int g = 0; g < G; g++)                                                                 \
-                for (int d = 0; d < D; d++) acc[g][d] += s[g][t] * vf[d];                               \
+                for (int d = 0; d < D; d++) acc[g][d] += s[g][t] * vr[d];                               \
         }                                                                                               \
     }
 
@@ -105,7 +105,7 @@
         return refused;                                                                                 \
     }
 
-DEFINE_BLOCK(block_f32, float, load_f32)
-DEFINE_BLOCK(block_bf16, uint16_t, load_bf16)
+DEFINE_BLOCK(block_f32, float, row_f32) /* keys and values read in place */
+DEFINE_BLOCK(block_bf16, uint16_t, row_bf16)
 DEFINE_KERNEL(paged_decode_f32, block_f32, float, load_f32, store_f32)
 DEFINE_KERNEL(paged_decode_bf16, block_bf16, uint16_t, load_bf16, store_bf16)

@@ -35,17 +35,6 @@
 #endif
 
 
-/* A weight row as float32: float32 rows are read in place, bfloat16 ones converted into ``buf``. */
-static inline const float *row_f32(const float *src, float *buf, int64_t n) {
-    (void)buf, (void)n;
-    return src;
-}
-
-static inline const float *row_bf16(const uint16_t *src, float *buf, int64_t n) {
-    load_bf16(src, buf, n);
-    return buf;
-}
-
 /* Ask for the cache lines of a weight row a few rows ahead of the one being multiplied. */
 static inline void prefetch_row(const void *row, int64_t bytes) {
     for (int64_t c = 0; c < bytes; c += 64) __builtin_prefetch((const char *)row + c);
