@@ -144,9 +144,8 @@ class Engine:
 
     def _check_new(self, request_id: str, num_prompt_tokens: int, params: SamplingParams) -> None:
         max_tokens = params.max_tokens
-        if (
-            params.guide
-        ):  # compiled now (then cached): an expression that cannot guide is this request's error
+        # A guide is compiled now (then cached): an expression that cannot guide is this request's error.
+        if params.guide:
             if self.guides is None:
                 raise GuideError(f"request {request_id}: guided decoding is not available in this engine")
             self.guides.index(params.guide)

@@ -281,9 +281,8 @@ def steer(
         for j, (i, _) in enumerate(guided):  # in place, row by row: no copy of the rows
             row = out[i].masked_fill_(banned[j], float("-inf"))
             p = params[i]
-            masked = (
-                bool(p.allowed_token_ids or p.bad_words) or draws[i] < p.min_tokens
-            )  # what else sets -inf
+            # what else sets -inf: allowed tokens, bad words, min_tokens
+            masked = bool(p.allowed_token_ids or p.bad_words) or draws[i] < p.min_tokens
             if masked and row.max() == float("-inf"):  # and it left the guide nothing
                 row.copy_(logits[i]).masked_fill_(banned[j], float("-inf"))
     return out
